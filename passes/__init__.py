@@ -1,0 +1,29 @@
+"""qcompile.passes: graph passes, grouped by compile phase.
+
+Before AOTAutograd (Dynamo's torch-level graph):
+    `find_gemm_sites`, `insert_fqt_quantizers` (uses `quantized_attention` for SDPA).
+After AOTAutograd, per forward/backward ATen graph, before Inductor:
+    `read_graph` (what the plan reports), `strip_layer_markers`, `decompose_quantizers`.
+"""
+
+from .decompose_quantizers import decompose_quantizers
+from .gemm_sites import GemmSite, find_gemm_sites, layer_name
+from .insert_quantizers import SiteRecord, insert_fqt_quantizers
+from .quantized_attention import quantized_attention
+from .read_quantized_graph import OperandFact, forward_tensor_roles, read_graph, trace_operand
+from .strip_layer_markers import strip_layer_markers
+
+__all__ = [
+    "GemmSite",
+    "OperandFact",
+    "SiteRecord",
+    "decompose_quantizers",
+    "find_gemm_sites",
+    "forward_tensor_roles",
+    "insert_fqt_quantizers",
+    "layer_name",
+    "quantized_attention",
+    "read_graph",
+    "strip_layer_markers",
+    "trace_operand",
+]

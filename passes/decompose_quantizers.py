@@ -1,0 +1,86 @@
+"""Inline qcompile's ops as plain ATen so Inductor can fuse them (the last pass before Inductor).
+
+Each ``qcompile::*`` node is replaced by the graph of its reference implementation, traced on
+the node's own fake values. Doing it node by node (not by re-tracing the whole graph) keeps
+every other node, its metadata and the symbolic shapes of the graph exactly as AOTAutograd
+made them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import fx
+from torch._subclasses.fake_tensor import FakeTensor
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from qcompile.runtime import QUANTIZER_DECOMPOSITIONS
+
+
+def _fake_arg(a):
+    if isinstance(a, fx.Node):
+        return a.meta["val"]
+    if isinstance(a, (list, tuple)):
+        return type(a)(_fake_arg(x) for x in a)
+    return a
+
+
+def decompose_quantizers(gm: fx.GraphModule) -> fx.GraphModule:
+    """In place; returns ``gm``. Graphs without qcompile ops are returned unchanged."""
+    targets = [n for n in gm.graph.nodes if n.op == "call_function" and n.target in QUANTIZER_DECOMPOSITIONS]
+    if not targets:
+        return gm
+    # Trace into the ATen subset Inductor lowers (its own decomposition table), as AOTAutograd does.
+    from torch._inductor.decomposition import select_decomp_table
+
+    decompositions = select_decomp_table()
+    for node in targets:
+        fn = QUANTIZER_DECOMPOSITIONS[node.target]
+        tensor_pos = [i for i, a in enumerate(node.args) if isinstance(a, fx.Node)]
+        fakes = [node.args[i].meta["val"] for i in tensor_pos]
+        consts = list(node.args)
+
+        def call(*tensors, _fn=fn, _consts=consts, _pos=tensor_pos):
+            args = list(_consts)
+            for i, t in zip(_pos, tensors):
+                args[i] = t
+            return _fn(*args)
+
+        fake_mode = next((f.fake_mode for f in fakes if isinstance(f, FakeTensor)), None)
+        with contextlib.nullcontext() if fake_mode is None else fake_mode:
+            sub = make_fx(call, decomposition_table=decompositions, tracing_mode="real" if fake_mode else "fake")(*fakes)
+        env: dict[fx.Node, fx.Node] = {}
+        placeholders = iter(node.args[i] for i in tensor_pos)
+        with gm.graph.inserting_before(node):
+            for sn in sub.graph.nodes:
+                if sn.op == "placeholder":
+                    env[sn] = next(placeholders)
+                elif sn.op == "output":
+                    result = fx.map_arg(sn.args[0], lambda x: env[x])
+                elif sn.op == "get_attr":
+                    attr = getattr(sub, sn.target)
+                    name = f"_qc_const_{len(list(gm.named_buffers()))}_{sn.target}"
+                    gm.register_buffer(name, attr)
+                    env[sn] = gm.graph.get_attr(name)
+                    env[sn].meta.update(sn.meta)
+                else:
+                    new = gm.graph.node_copy(sn, lambda x: env[x])
+                    new.meta.update({k: v for k, v in node.meta.items() if k not in new.meta})
+                    env[sn] = new
+        node.replace_all_uses_with(result)
+        gm.graph.erase_node(node)
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()
+    # Inductor turns aten.rand into its seeded Philox-style random ops in a joint-graph pass that
+    # has already run; run it for the random draws the quantizers just brought in.
+    from torch._inductor.fx_passes.replace_random import replace_random_passes
+    from torch._inductor.virtualized import V
+
+    graph_fake_mode = next(
+        (n.meta["val"].fake_mode for n in gm.graph.nodes if isinstance(n.meta.get("val"), FakeTensor)), None
+    )
+    with V.set_fake_mode(graph_fake_mode) if graph_fake_mode is not None else contextlib.nullcontext():
+        replace_random_passes(gm)
+    return gm

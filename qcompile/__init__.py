@@ -1,0 +1,41 @@
+"""qcompile: a torch.compile backend for fully quantized training (4-bit forward and backward).
+
+    model = torch.compile(model, backend="fqt", options={"policy": "luq-int4"})
+    print(qcompile.plan(model))
+"""
+
+from qcompile import runtime  # noqa: F401  (registers the qcompile:: ops)
+from qcompile.backend import fqt_backend, register_fqt_backend
+from qcompile.compiled_graphs import clear as clear_plans
+from qcompile.plan import Plan, PlanRow, plan
+from qcompile.policy import ROLES, LayerDecision, Policy, PolicyError, Rule
+from qcompile.policy_files import load_policy_file, resolve_policy
+from qcompile.presets import DEFAULT_PRESET, preset, presets
+from qcompile.quantize import quantize
+from qcompile.runtime.spec import NAMED_SPECS, QuantSpec, parse_spec
+
+__version__ = "0.1.0"
+
+register_fqt_backend()
+
+__all__ = [
+    "DEFAULT_PRESET",
+    "NAMED_SPECS",
+    "ROLES",
+    "LayerDecision",
+    "Plan",
+    "PlanRow",
+    "Policy",
+    "PolicyError",
+    "QuantSpec",
+    "Rule",
+    "clear_plans",
+    "fqt_backend",
+    "load_policy_file",
+    "parse_spec",
+    "plan",
+    "preset",
+    "presets",
+    "quantize",
+    "resolve_policy",
+]

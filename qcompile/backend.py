@@ -1,0 +1,99 @@
+"""The ``fqt`` torch.compile backend.
+
+Pipeline: Dynamo graph → `insert_fqt_quantizers` (policy) → Inductor's `compile_fx`, whose
+AOTAutograd produces the forward and backward graphs; our inner compile reads each of them into
+the plan, strips layer markers, inlines the quantizers as ATen and hands the graph to
+Inductor's `compile_fx_inner`. Everything qcompile does not touch compiles exactly as with
+``torch.compile``'s default backend.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import fx
+
+from qcompile.compiled_graphs import CompiledGraph, register
+from qcompile.passes import (
+    decompose_quantizers,
+    forward_tensor_roles,
+    insert_fqt_quantizers,
+    read_graph,
+    strip_layer_markers,
+)
+from qcompile.policy import PolicyError
+from qcompile.policy_files import resolve_policy
+
+BACKEND_NAME = "fqt"
+OUR_OPTIONS = ("policy",)
+
+
+def _inductor_config_patches(mode: str | None, options: dict[str, Any]) -> dict[str, Any]:
+    """``mode=`` as Inductor's mode options; every non-qcompile option must be an Inductor config key."""
+    from torch._inductor import config as inductor_config
+    from torch._inductor import list_mode_options
+
+    patches: dict[str, Any] = {}
+    if mode not in (None, "default"):
+        modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+        if mode not in modes:
+            raise PolicyError(f"unknown mode {mode!r}; valid modes: {modes}")
+        patches.update(list_mode_options(mode))
+    valid_keys = inductor_config.get_config_copy()
+    for key, value in options.items():
+        if key not in valid_keys:
+            raise PolicyError(
+                f"unknown option {key!r}: options are {OUR_OPTIONS} or torch._inductor.config keys"
+            )
+        patches[key] = value
+    return patches
+
+
+def _inner_compile(gm: fx.GraphModule, example_inputs: Sequence[Any], *, record: CompiledGraph, **kwargs: Any):
+    from torch._inductor.compile_fx import compile_fx_inner
+
+    kind = "backward" if kwargs.get("is_backward") else "inference" if kwargs.get("is_inference") else "forward"
+    if kind != "backward":
+        record.forward_roles.update(forward_tensor_roles(gm))
+    record.add_facts(kind, read_graph(gm, kind))
+    strip_layer_markers(gm)
+    decompose_quantizers(gm)
+    return compile_fx_inner(gm, example_inputs, **kwargs)
+
+
+def fqt_backend(
+    gm: fx.GraphModule,
+    example_inputs: Sequence[Any],
+    options: dict[str, Any] | None = None,
+    mode: str | None = None,
+) -> Callable[..., Any]:
+    """``torch.compile(model, backend="fqt", options={"policy": ...}, mode=...)``.
+
+    options: ``policy`` (preset name, `qcompile.Policy`, dict, or .toml/.json path; default
+    ``"luq-int4"``); any other key is passed to Inductor as a config patch.
+    mode: an Inductor mode (``"max-autotune"``, ...).
+    """
+    from torch._inductor.compile_fx import compile_fx
+
+    options = dict(options or {})
+    policy = resolve_policy(options.pop("policy", None))
+    patches = _inductor_config_patches(mode, options)
+    records = insert_fqt_quantizers(gm, policy)
+    record = register(CompiledGraph(policy, records), example_inputs)
+    inner = functools.partial(_inner_compile, record=record)
+    # AOTAutograd's cache would hand back compiled graphs without calling our inner compile,
+    # leaving the plan nothing to read; Inductor's own FX graph cache (inside it) still applies.
+    with torch._functorch.config.patch(enable_autograd_cache=False):
+        return compile_fx(gm, example_inputs, inner_compile=inner, config_patches=patches or None)
+
+
+def register_fqt_backend() -> None:
+    """Register ``"fqt"`` with Dynamo unless the installed entry point already provides it
+    (registering both would make Dynamo's lookup fail on a duplicate name)."""
+    from torch._dynamo.backends import registry
+
+    if BACKEND_NAME not in registry._BACKENDS and BACKEND_NAME not in registry._COMPILER_FNS:
+        torch._dynamo.register_backend(fqt_backend, name=BACKEND_NAME)

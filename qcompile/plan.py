@@ -1,0 +1,267 @@
+"""`qcompile.plan`: what every GEMM of a compiled model runs at, read from its compiled graphs.
+
+Each row is one matmul-class call site. Its four operand columns come from the quantizer
+nodes found in front of the GEMMs of the forward and backward graphs AOTAutograd produced
+(`qcompile.passes.read_graph`), not from the policy: if a quantizer were missing from a graph,
+the plan would say ``fp32`` there.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from tabulate import tabulate
+
+from qcompile.compiled_graphs import CompiledGraph, graphs_for
+from qcompile.passes import OperandFact, SiteRecord
+from qcompile.policy import ROLES
+from qcompile.runtime.spec import QuantSpec
+
+_GRAN_SHORT = {"per-tensor": "tensor", "per-sample": "sample", "per-channel": "channel"}
+
+
+def spec_cell(spec: QuantSpec) -> str:
+    """``int4 sawb rdn tensor``, ``luq4 sample``, ``fp32``."""
+    if not spec.is_quantized:
+        return "fp32"
+    parts = [spec.label if spec.signed != "auto" else f"{spec.label}±"]
+    if spec.format == "int":
+        parts += [spec.scaling, "sr" if spec.rounding == "stochastic" else "rdn"]
+    parts.append(_GRAN_SHORT[spec.granularity])
+    if spec.samples > 1:
+        parts.append(f"smp{spec.samples}")
+    return " ".join(parts)
+
+
+@dataclass
+class RoleEntry:
+    """One operand role of one site as the graphs ran it; ``ran`` False when no GEMM needed it."""
+
+    ran: bool
+    spec: QuantSpec | None = None
+    gemm: str = ""
+    shared_from: str | None = None
+    note: str = ""
+
+    @property
+    def bits(self) -> int | None:
+        if not self.ran or self.spec is None:
+            return None
+        return self.spec.bits if self.spec.is_quantized else 32
+
+    def cell(self) -> str:
+        if not self.ran:
+            return self.note or "—"
+        text = spec_cell(self.spec) if self.spec else "fp32"
+        return f"{text} (= {self.shared_from.removeprefix('grad_')})" if self.shared_from else text
+
+    def to_json(self) -> dict[str, Any] | None:
+        if not self.ran:
+            return None
+        spec = self.spec or QuantSpec()
+        return {
+            "spec": spec.to_string(), "format": spec.format, "bits": self.bits, "scaling": spec.scaling,
+            "granularity": spec.granularity, "rounding": spec.rounding, "signed": spec.signed,
+            "samples": spec.samples, "gemm": self.gemm, "shared_from": self.shared_from,
+        }  # fmt: skip
+
+
+@dataclass
+class PlanRow:
+    graph: str
+    layer: str
+    op: str
+    shapes: list[list[int | str]]
+    flops: int | None
+    weight: RoleEntry
+    activation: RoleEntry
+    grad_dgrad: RoleEntry
+    grad_wgrad: RoleEntry
+    saved: str = ""
+    reason: str = ""
+
+    def roles(self) -> dict[str, RoleEntry]:
+        return {r: getattr(self, r) for r in ROLES}
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"graph": self.graph, "layer": self.layer, "op": self.op, "shapes": self.shapes, "flops": self.flops}
+        out.update({r: e.to_json() for r, e in self.roles().items()})
+        out.update(saved_for_backward=self.saved, reason=self.reason)
+        return out
+
+
+@dataclass
+class Plan:
+    """Per-op bit-width plan of every graph compiled so far for a model."""
+
+    rows: list[PlanRow] = field(default_factory=list)
+    policies: list[str] = field(default_factory=list)
+    graphs: list[str] = field(default_factory=list)
+
+    def totals(self) -> dict[str, Any]:
+        """Share of matmul FLOPs whose GEMM ran with both operands at <= 4 bits (SMP counted N×)."""
+        fwd = fwd_low = bwd = bwd_low = 0
+        for r in self.rows:
+            if r.flops is None:
+                continue
+            fwd += r.flops
+            if _low(r.activation) and _low(r.weight):
+                fwd_low += r.flops
+            for grad, other in ((r.grad_dgrad, r.weight), (r.grad_wgrad, r.activation)):
+                if grad.ran:
+                    n = grad.spec.samples if grad.spec else 1
+                    bwd += n * r.flops
+                    if _low(grad) and _low(other):
+                        bwd_low += n * r.flops
+        return {
+            "gemms": len(self.rows),
+            "quantized_gemms": sum(any(_low(e) for e in r.roles().values()) for r in self.rows),
+            "forward_flops": fwd,
+            "forward_low_bit_share": fwd_low / fwd if fwd else 0.0,
+            "backward_flops": bwd,
+            "backward_low_bit_share": bwd_low / bwd if bwd else 0.0,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"policies": self.policies, "graphs": self.graphs, "rows": [r.to_json() for r in self.rows],
+                "totals": self.totals()}  # fmt: skip
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def row(self, layer: str, op: str | None = None) -> PlanRow:
+        """The first row of ``layer`` (and ``op``); KeyError naming the layers otherwise."""
+        for r in self.rows:
+            if r.layer == layer and (op is None or r.op == op):
+                return r
+        raise KeyError(f"no plan row for layer {layer!r}; layers: {sorted({r.layer for r in self.rows})}")
+
+    def __str__(self) -> str:
+        headers = ["layer", "op", "shapes", "weight", "activation", "dY→dgrad", "dY→wgrad", "saved for bwd", "note"]
+        table = [
+            [r.layer, r.op, " × ".join("[" + ",".join(map(str, s)) + "]" for s in r.shapes),
+             r.weight.cell(), r.activation.cell(), r.grad_dgrad.cell(), r.grad_wgrad.cell(), r.saved, r.reason]
+            for r in self.rows
+        ]  # fmt: skip
+        t = self.totals()
+        summary = (
+            f"policy: {', '.join(self.policies) or '-'} | graphs: {', '.join(self.graphs) or '-'}\n"
+            f"{t['quantized_gemms']}/{t['gemms']} GEMM sites quantized; matmul FLOPs at <=4 bits: "
+            f"forward {t['forward_low_bit_share']:.1%}, "
+            + (f"backward {t['backward_low_bit_share']:.1%}" if t["backward_flops"] else "backward: none compiled (inference only)")
+        )
+        return tabulate(table, headers=headers, tablefmt="simple") + "\n" + summary
+
+    def __repr__(self) -> str:
+        return f"Plan({len(self.rows)} rows, policies={self.policies})"
+
+
+def _low(entry: RoleEntry) -> bool:
+    return entry.ran and entry.spec is not None and entry.spec.is_quantized and entry.spec.bits <= 4
+
+
+def _entry(graph: CompiledGraph, record: SiteRecord, role: str) -> RoleEntry:
+    fact: OperandFact | None = graph.facts.get((record.key, role))
+    if fact is not None:
+        return RoleEntry(True, fact.spec, fact.gemm, fact.shared_from)
+    backward_role = role.startswith("grad_")
+    if not record.rewritten:
+        if backward_role and "backward" not in graph.compiled:
+            return RoleEntry(False, note="— (no backward)")
+        return RoleEntry(True, QuantSpec(), "not rewritten")
+    if backward_role:
+        if "backward" not in graph.compiled:
+            return RoleEntry(False, note="— (no backward)")
+        return RoleEntry(False, note="— (no grad)")
+    return RoleEntry(False, note="(not compiled)")
+
+
+def _saved(graph: CompiledGraph, record: SiteRecord) -> str:
+    items: list[str] = []
+    for role in ("grad_dgrad", "grad_wgrad"):
+        fact = graph.facts.get((record.key, role))
+        for item in fact.saved if fact else []:
+            name, _, dtype = item.partition(":")
+            if name == "recomputed":
+                text = f"{dtype} recomputed"
+            elif name in graph.forward_roles:
+                _, saved_role, spec = graph.forward_roles[name]
+                text = f"{'Ŵ' if saved_role == 'weight' else 'X̂'} {spec.label} as {dtype}"
+            else:
+                text = f"{'W' if role == 'grad_dgrad' else 'X'} {dtype}"
+            if text not in items:
+                items.append(text)
+    return ", ".join(items)
+
+
+def plan_from_graphs(graphs: Sequence[CompiledGraph]) -> Plan:
+    p = Plan()
+    for g in graphs:
+        if g.policy.name not in p.policies:
+            p.policies.append(g.policy.name)
+        gid = g.records[0].key.split("s")[0] if g.records else "g?"
+        p.graphs.append(f"{gid}:{'+'.join(dict.fromkeys(g.compiled)) or 'not compiled'}")
+        for rec in g.records:
+            p.rows.append(PlanRow(
+                graph=rec.key, layer=rec.layer, op=rec.op, shapes=rec.shapes, flops=rec.flops,
+                weight=_entry(g, rec, "weight"), activation=_entry(g, rec, "activation"),
+                grad_dgrad=_entry(g, rec, "grad_dgrad"), grad_wgrad=_entry(g, rec, "grad_wgrad"),
+                saved=_saved(g, rec), reason="; ".join(rec.reasons),
+            ))  # fmt: skip
+    return p
+
+
+def _unwrap(model: Any) -> Any:
+    return getattr(model, "_orig_mod", model)
+
+
+def plan(
+    model: Any = None,
+    example_inputs: Any = None,
+    policy: Any = None,
+) -> Plan:
+    """The plan of a model compiled with ``backend="fqt"``.
+
+    ``qcompile.plan(cmodel)``: every graph compiled so far for ``cmodel`` (run it once first).
+    ``qcompile.plan(model, example_inputs, policy=...)``: plan without training: compiles a deep
+    copy of the model, runs one forward and backward on ``example_inputs`` (a tensor or a tuple)
+    and reports its graphs; ``model`` and its gradients are left untouched.
+    ``qcompile.plan()``: every graph compiled in this process.
+    """
+    if example_inputs is None:
+        if policy is not None:
+            raise ValueError("policy= needs example_inputs= (a plan of an already compiled model reads its graphs)")
+        graphs = graphs_for(_unwrap(model) if model is not None else None)
+        if not graphs:
+            raise ValueError(
+                "no graph compiled with backend='fqt' for this model yet: run it once, or pass example_inputs "
+                "to plan it without training"
+            )
+        return plan_from_graphs(graphs)
+    from qcompile.backend import fqt_backend
+
+    base = _unwrap(model)
+    if not isinstance(base, torch.nn.Module):
+        raise TypeError(f"plan with example_inputs needs an nn.Module, got {type(base).__name__}")
+    if policy is None:
+        previous = graphs_for(base)
+        policy = previous[-1].policy if previous else None
+    shadow = copy.deepcopy(base)
+    compiled = torch.compile(shadow, backend=fqt_backend, options={"policy": policy} if policy is not None else None)
+    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    out = compiled(*inputs)
+    leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.requires_grad]
+    if leaves and torch.is_grad_enabled():
+        torch.autograd.backward([t.float().sum() for t in leaves])
+    return plan_from_graphs(graphs_for(shadow))

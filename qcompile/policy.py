@@ -1,0 +1,212 @@
+"""Quantization policies: which quantizer each GEMM operand role gets, per layer.
+
+A `Policy` holds one `QuantSpec` per operand role of a layer's three GEMMs:
+
+=============  =========================================  ==============================
+role           operand                                    granularities that factor out
+=============  =========================================  ==============================
+weight         W in the forward (and, saved, in dgrad)    per-tensor, per-channel
+activation     X in the forward (and, saved, in wgrad)    per-tensor, per-sample
+grad_dgrad     dY in ``dX = dY·W``                         per-tensor, per-sample
+grad_wgrad     dY in ``dW = dYᵀ·X``                        per-tensor, per-channel
+=============  =========================================  ==============================
+
+A scale can leave a low-bit GEMM only if it is constant along the contraction axis; that is
+the whole idea of SCQ and the reason for the table. Rules override specs per module path or op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import functools
+from dataclasses import dataclass, field, fields
+
+from qcompile.runtime.spec import HIGH_PRECISION, QuantSpec, parse_spec
+
+ROLES = ("weight", "activation", "grad_dgrad", "grad_wgrad")
+ROLE_FORMATS = {
+    "weight": ("none", "int"),
+    "activation": ("none", "int"),
+    "grad_dgrad": ("none", "int", "luq"),
+    "grad_wgrad": ("none", "int", "luq"),
+}
+ROLE_GRANULARITIES = {
+    "weight": ("per-tensor", "per-channel"),
+    "activation": ("per-tensor", "per-sample"),
+    "grad_dgrad": ("per-tensor", "per-sample"),
+    "grad_wgrad": ("per-tensor", "per-channel"),
+}
+OP_KINDS = (
+    "linear", "addmm", "mm", "bmm", "matmul", "baddbmm",
+    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+    "attention.qk", "attention.pv",
+)  # fmt: skip
+
+
+class PolicyError(ValueError):
+    """A policy, rule or quantizer spec that cannot be honoured; the message names valid choices."""
+
+
+def _role_spec(role: str, value: object) -> QuantSpec:
+    try:
+        spec = parse_spec(value)  # type: ignore[arg-type]
+    except ValueError as e:
+        raise PolicyError(f"{role}: {e}") from None
+    if spec.format not in ROLE_FORMATS[role]:
+        raise PolicyError(
+            f"{role}: format {spec.format!r} is not allowed; valid formats for {role}: {ROLE_FORMATS[role]}"
+        )
+    if spec.is_quantized and spec.granularity not in ROLE_GRANULARITIES[role]:
+        raise PolicyError(
+            f"{role}: granularity {spec.granularity!r} cannot be factored out of its GEMM "
+            f"(the scale would vary along the contraction axis); valid: {ROLE_GRANULARITIES[role]}"
+        )
+    if spec.samples > 1 and role in ("weight", "activation"):
+        raise PolicyError(f"{role}: samples (SMP) applies to gradient roles only")
+    return spec
+
+
+def _strict_init(cls):
+    """Unknown keyword fields raise `PolicyError` naming the valid fields (not a bare TypeError)."""
+    dc_init = cls.__init__
+    names = [f.name for f in fields(cls)]
+
+    @functools.wraps(dc_init)
+    def __init__(self, *args, **kwargs):
+        unknown = sorted(set(kwargs) - set(names))
+        if unknown:
+            raise PolicyError(f"unknown {cls.__name__} field(s) {unknown}; valid fields: {names}")
+        dc_init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    return cls
+
+
+@_strict_init
+@dataclass(frozen=True)
+class Rule:
+    """Override some roles for layers whose module path matches ``layer`` and whose op kind
+    matches ``op`` (both `fnmatch` globs, e.g. ``layer="head"``, ``op="attention.*"``).
+
+    Unset roles keep what the policy gave. Later rules win over earlier ones.
+    """
+
+    layer: str = "*"
+    op: str = "*"
+    weight: QuantSpec | str | None = None
+    activation: QuantSpec | str | None = None
+    grad_dgrad: QuantSpec | str | None = None
+    grad_wgrad: QuantSpec | str | None = None
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        for role in ROLES:
+            value = getattr(self, role)
+            if value is not None:
+                object.__setattr__(self, role, _role_spec(role, value))
+        if all(getattr(self, r) is None for r in ROLES):
+            raise PolicyError(f"rule for layer={self.layer!r} op={self.op!r} overrides no role; set one of {ROLES}")
+        if not isinstance(self.layer, str) or not isinstance(self.op, str):
+            raise PolicyError("rule layer and op must be glob strings")
+
+    @classmethod
+    def high_precision(cls, layer: str = "*", op: str = "*", reason: str = "") -> Rule:
+        """Keep matching layers entirely in high precision."""
+        return cls(layer=layer, op=op, reason=reason or "rule: high precision", **dict.fromkeys(ROLES, "fp32"))
+
+    def matches(self, layer: str, op: str) -> bool:
+        return fnmatch.fnmatchcase(layer, self.layer) and fnmatch.fnmatchcase(op, self.op)
+
+
+@dataclass(frozen=True)
+class LayerDecision:
+    """The four specs one GEMM site gets, and why it deviates from the policy's defaults."""
+
+    weight: QuantSpec
+    activation: QuantSpec
+    grad_dgrad: QuantSpec
+    grad_wgrad: QuantSpec
+    share_gradient_sample: bool
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def any_quantized(self) -> bool:
+        return any(getattr(self, r).is_quantized for r in ROLES)
+
+
+@_strict_init
+@dataclass(frozen=True)
+class Policy:
+    """What every GEMM of a model runs at. Frozen; derive variants with `Policy.replace`.
+
+    share_gradient_sample: one dY sample feeds both backward GEMMs (the LUQ paper); needs the
+        same per-tensor spec for both gradient roles, since only a per-tensor scale factors out
+        of both GEMMs.
+    keep_first_last: the first and last weight-bearing GEMM of each compiled graph stay in high
+        precision (as in the LBT and 1-bit FQT code); shown in the plan.
+    rules: per-layer overrides (`Rule`), applied in order after ``keep_first_last``.
+    """
+
+    weight: QuantSpec | str = "int4"
+    activation: QuantSpec | str = "int4-auto"
+    grad_dgrad: QuantSpec | str = "luq4-sample"
+    grad_wgrad: QuantSpec | str = "luq4-channel"
+    share_gradient_sample: bool = False
+    keep_first_last: bool = True
+    rules: tuple[Rule, ...] = field(default_factory=tuple)
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        for role in ROLES:
+            object.__setattr__(self, role, _role_spec(role, getattr(self, role)))
+        rules = tuple(self.rules) if isinstance(self.rules, (list, tuple)) else None
+        if rules is None or not all(isinstance(r, Rule) for r in rules):
+            raise PolicyError("rules must be a sequence of qcompile.Rule")
+        object.__setattr__(self, "rules", rules)
+        for flag in ("share_gradient_sample", "keep_first_last"):
+            if not isinstance(getattr(self, flag), bool):
+                raise PolicyError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+        if self.share_gradient_sample:
+            _check_shareable(self.grad_dgrad, self.grad_wgrad)
+
+    @property
+    def is_high_precision(self) -> bool:
+        """True when no role of no layer can be quantized (the ``fp32`` preset)."""
+        specs = [getattr(self, r) for r in ROLES] + [getattr(rule, r) for rule in self.rules for r in ROLES]
+        return not any(s is not None and s.is_quantized for s in specs)
+
+    def replace(self, **changes: object) -> Policy:
+        """A copy with some fields changed, validated like the constructor."""
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise PolicyError(f"unknown Policy field(s) {unknown}; valid fields: {[f.name for f in fields(self)]}")
+        return dataclasses.replace(self, **changes)
+
+    def decide(self, layer: str, op: str, position: str | None = None) -> LayerDecision:
+        """Resolve the specs for one GEMM site. ``position`` is ``"first"``/``"last"``/None."""
+        if position not in (None, "first", "last"):
+            raise PolicyError(f"position must be 'first', 'last' or None, got {position!r}")
+        specs = {r: getattr(self, r) for r in ROLES}
+        reasons: list[str] = []
+        if self.keep_first_last and position is not None:
+            specs = dict.fromkeys(ROLES, HIGH_PRECISION)
+            reasons.append(f"{position} GEMM layer (keep_first_last)")
+        for rule in self.rules:
+            if rule.matches(layer, op):
+                for role in ROLES:
+                    if getattr(rule, role) is not None:
+                        specs[role] = getattr(rule, role)
+                reasons.append(rule.reason or f"rule layer={rule.layer!r} op={rule.op!r}")
+        share = self.share_gradient_sample and specs["grad_dgrad"] == specs["grad_wgrad"]
+        return LayerDecision(**specs, share_gradient_sample=share, reasons=tuple(reasons))
+
+
+def _check_shareable(dgrad: QuantSpec, wgrad: QuantSpec) -> None:
+    if dgrad != wgrad:
+        raise PolicyError("share_gradient_sample needs grad_dgrad == grad_wgrad")
+    if dgrad.is_quantized and dgrad.granularity != "per-tensor":
+        raise PolicyError(
+            "share_gradient_sample needs a per-tensor gradient spec: a per-sample scale does not "
+            "factor out of the wgrad GEMM, nor a per-channel one out of dgrad"
+        )

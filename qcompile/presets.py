@@ -1,0 +1,48 @@
+"""Named policies. Adding a preset is one entry in `_PRESETS`."""
+
+from __future__ import annotations
+
+from qcompile.policy import Policy, PolicyError
+
+_PRESETS: dict[str, Policy] = {
+    # The design card's default: INT4 SAWB forward, LUQ dY quantized twice with the SCQ split.
+    "luq-int4": Policy(name="luq-int4"),
+    # LUQ as published: one per-tensor LUQ sample of dY feeds both backward GEMMs.
+    "luq": Policy(
+        name="luq",
+        grad_dgrad="luq4",
+        grad_wgrad="luq4",
+        share_gradient_sample=True,
+    ),
+    # LUQ with SMP (§5.1): the average of 2 independent LUQ samples, cost 2x per backward GEMM.
+    "luq-smp2": Policy(
+        name="luq-smp2",
+        grad_dgrad="luq4-smp2",
+        grad_wgrad="luq4-smp2",
+        share_gradient_sample=True,
+    ),
+    # No quantization at all: the same numbers as torch.compile with Inductor.
+    "fp32": Policy(
+        name="fp32",
+        weight="fp32",
+        activation="fp32",
+        grad_dgrad="fp32",
+        grad_wgrad="fp32",
+        keep_first_last=False,
+    ),
+}
+
+DEFAULT_PRESET = "luq-int4"
+
+
+def presets() -> dict[str, Policy]:
+    """All named policies, by name (a copy: the registry cannot be changed through it)."""
+    return dict(_PRESETS)
+
+
+def preset(name: str) -> Policy:
+    """The named policy; `PolicyError` (a ValueError) lists the valid names."""
+    try:
+        return _PRESETS[name]
+    except (KeyError, TypeError):
+        raise PolicyError(f"unknown policy preset {name!r}; valid presets: {', '.join(_PRESETS)}") from None

@@ -1,0 +1,31 @@
+"""qcompile.runtime: the quantizer ops and their reference implementations.
+
+Importing this package registers the ``qcompile::*`` torch.library ops.
+"""
+
+from .decompositions import QUANTIZER_DECOMPOSITIONS
+from .gradient_quantize import gradient_reduce_dims, quantize_gradient
+from .int_quantize import int_quantize, int_quantize_reference
+from .layer_marker import mark_layer
+from .luq_quantize import luq_quantize, luq_quantize_reference
+from .quantized_conv import qconv
+from .quantized_matmul import SHARED, qmatmul
+from .spec import HIGH_PRECISION, NAMED_SPECS, QuantSpec, parse_spec
+
+__all__ = [
+    "HIGH_PRECISION",
+    "NAMED_SPECS",
+    "QUANTIZER_DECOMPOSITIONS",
+    "SHARED",
+    "QuantSpec",
+    "gradient_reduce_dims",
+    "int_quantize",
+    "int_quantize_reference",
+    "luq_quantize",
+    "luq_quantize_reference",
+    "mark_layer",
+    "parse_spec",
+    "qconv",
+    "qmatmul",
+    "quantize_gradient",
+]

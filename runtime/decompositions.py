@@ -1,0 +1,50 @@
+"""Decompositions of qcompile's graph ops into plain ATen, applied just before Inductor.
+
+Quantizers stay opaque custom ops through AOTAutograd so the compiled graphs can be read back
+(the plan) and exported; Inductor then gets their reference implementations, which it fuses
+into its generated loops instead of calling them as separate eager kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import layer_marker, quantized_conv, quantized_matmul  # noqa: F401  (register the ops first)
+from .autocast_rule import common_gemm_dtype
+from .int_quantize import int_quantize_reference
+from .luq_quantize import luq_quantize_reference
+
+ops = torch.ops.qcompile
+
+
+def _int_quantize(x, bits, scaling, signed, reduce_dims, stochastic, tag):
+    return int_quantize_reference(x, bits, scaling, signed, reduce_dims, stochastic)
+
+
+def _luq_quantize(g, bits, reduce_dims, sample, tag):
+    return luq_quantize_reference(g, bits, reduce_dims)
+
+
+def _qmatmul(a, b, grad_a, grad_b, tag):
+    dtype = common_gemm_dtype(a, b)
+    return torch.matmul(a.to(dtype), b.to(dtype))
+
+
+def _qconv(x, w, stride, padding, dilation, transposed, output_padding, groups, grad_x, grad_w, tag):
+    dtype = common_gemm_dtype(x, w)
+    return torch.ops.aten.convolution(
+        x.to(dtype), w.to(dtype), None, stride, padding, dilation, transposed, output_padding, groups
+    )
+
+
+def _mark_layer(x, tag):
+    return x
+
+
+QUANTIZER_DECOMPOSITIONS = {
+    ops.int_quantize.default: _int_quantize,
+    ops.luq_quantize.default: _luq_quantize,
+    ops.qmatmul.default: _qmatmul,
+    ops.qconv.default: _qconv,
+    ops.mark_layer.default: _mark_layer,
+}

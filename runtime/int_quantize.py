@@ -1,0 +1,118 @@
+"""Uniform INT quantization (SAWB or max scaling), the forward quantizer of LUQ and LBT.
+
+Reference implementation and the ``qcompile::int_quantize`` custom op. The op's autograd is the
+straight-through estimator (the incoming gradient passes unchanged), as in the LUQ paper's
+forward; its Inductor decomposition is the reference itself, so on CPU it fuses into the
+generated loops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .scaling_groups import group_amax, group_amin, group_mean, normalize_dims
+
+# SAWB 4-bit coefficients (Choi et al. 2018, as used by the LUQ code): clip = c1*sqrt(E[x^2]) - c2*E|x|
+SAWB_C1 = 12.1
+SAWB_C2 = 12.2
+
+
+def int_levels(bits: int, unsigned: bool) -> tuple[int, int]:
+    """(lowest, highest) integer code. Signed is symmetric: -7..7 for 4 bits (15 levels; the
+    released LUQ code's ±8 has 17 levels, a known bug), unsigned 0..15."""
+    if unsigned:
+        return 0, 2**bits - 1
+    top = 2 ** (bits - 1) - 1
+    return -top, top
+
+
+def int_clip(x: torch.Tensor, scaling: str, reduce_dims: Sequence[int]) -> torch.Tensor:
+    """Clip value per group. SAWB (ALGORITHMS.md, INT4 SAWB step 1) falls back to max|x| when
+    its estimate is <= 0 or larger than max|x|."""
+    amax = group_amax(x, reduce_dims)
+    if scaling == "max":
+        return amax
+    sawb = SAWB_C1 * group_mean(x * x, reduce_dims).sqrt() - SAWB_C2 * group_mean(x.abs(), reduce_dims)
+    return torch.where((sawb <= 0) | (sawb > amax), amax, sawb)
+
+
+def int_quantize_reference(
+    x: torch.Tensor,
+    bits: int = 4,
+    scaling: str = "sawb",
+    signed: str = "signed",
+    reduce_dims: Sequence[int] = (),
+    stochastic: bool = False,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Fake-quantize ``x`` to a uniform ``bits``-bit grid and return it dequantized.
+
+    INT4 SAWB / max scaling (ALGORITHMS.md "Forward quantizers"; LUQ paper §4, forward path):
+    ``s = clip / qmax``, ``q = clamp(round(x / s), qmin, qmax)``, ``x̂ = q·s``. With
+    ``stochastic=True`` rounding is ``floor(x/s + u)``, ``u ~ U[0, 1)`` (unbiased inside the clip).
+    ``signed="auto"`` picks the unsigned grid 0..2^b-1 per group when the group has no negative
+    value (e.g. after ReLU), branch-free so it fuses.
+
+    ``noise`` (same shape as ``x``, values in [0, 1)) replaces the random draw: a test hook that
+    makes stochastic rounding exactly reproducible against other implementations.
+    All-zero groups give zeros; NaN/inf propagate (never silently clipped away).
+    """
+    if x.numel() == 0:
+        return x.clone()
+    dims = normalize_dims(reduce_dims, x.ndim)
+    xf = x.float()
+    clip = int_clip(xf, scaling, dims)
+    if signed == "auto":
+        unsigned = group_amin(xf, dims) >= 0
+        lo = torch.zeros_like(clip)
+        hi = torch.where(unsigned, float(2**bits - 1), float(2 ** (bits - 1) - 1))
+        lo = torch.where(unsigned, lo, -hi)
+    else:
+        lo_i, hi_i = int_levels(bits, signed == "unsigned")
+        lo, hi = float(lo_i), float(hi_i)
+    scale = clip / hi
+    # All-zero group: any non-zero scale gives exact zeros; keep NaN/inf scales as they are.
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    y = xf / scale
+    if stochastic:
+        u = torch.rand_like(xf) if noise is None else noise.float()
+        y = torch.floor(y + u)
+    else:
+        y = torch.round(y)
+    q = torch.clamp(y, lo, hi) if isinstance(lo, float) else torch.maximum(torch.minimum(y, hi), lo)
+    return (q * scale).to(x.dtype)
+
+
+@torch.library.custom_op(
+    "qcompile::int_quantize", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,)
+)
+def int_quantize(
+    x: torch.Tensor,
+    bits: int,
+    scaling: str,
+    signed: str,
+    reduce_dims: list[int],
+    stochastic: bool,
+    tag: str,
+) -> torch.Tensor:
+    """Graph op for `int_quantize_reference`. ``tag`` names the layer and role
+    (``"layer1.0.conv1|activation"``) so the plan can read the compiled graph back.
+
+    Tagged nondeterministic (it may round stochastically) so the partitioner saves its output
+    for backward instead of recomputing it: backward must see the very values forward used."""
+    return int_quantize_reference(x, bits, scaling, signed, reduce_dims, stochastic)
+
+
+@int_quantize.register_fake
+def _int_quantize_fake(x, bits, scaling, signed, reduce_dims, stochastic, tag):
+    return torch.empty_like(x)
+
+
+def _int_quantize_backward(ctx, grad):
+    # Straight-through estimator: d x̂ / d x = 1 (LUQ and LBT forward).
+    return grad, None, None, None, None, None, None
+
+
+int_quantize.register_autograd(_int_quantize_backward)
