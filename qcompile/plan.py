@@ -250,7 +250,10 @@ def plan(
             )
         return plan_from_graphs(graphs)
     from qcompile.backend import fqt_backend
+    from qcompile.policy_files import resolve_policy
 
+    if policy is not None:
+        policy = resolve_policy(policy)  # a bad policy fails here, as a ValueError, not inside Dynamo
     base = _unwrap(model)
     if not isinstance(base, torch.nn.Module):
         raise TypeError(f"plan with example_inputs needs an nn.Module, got {type(base).__name__}")

@@ -30,11 +30,14 @@ def int_levels(bits: int, unsigned: bool) -> tuple[int, int]:
 
 def int_clip(x: torch.Tensor, scaling: str, reduce_dims: Sequence[int]) -> torch.Tensor:
     """Clip value per group. SAWB (ALGORITHMS.md, INT4 SAWB step 1) falls back to max|x| when
-    its estimate is <= 0 or larger than max|x|."""
+    its estimate is <= 0 or larger than max|x|. The SAWB statistics are taken on ``x / max|x|``
+    so that ``x²`` neither underflows nor overflows for tiny or huge tensors."""
     amax = group_amax(x, reduce_dims)
     if scaling == "max":
         return amax
-    sawb = SAWB_C1 * group_mean(x * x, reduce_dims).sqrt() - SAWB_C2 * group_mean(x.abs(), reduce_dims)
+    safe = torch.where(amax == 0, torch.ones_like(amax), amax)
+    u = x / safe
+    sawb = safe * (SAWB_C1 * group_mean(u * u, reduce_dims).sqrt() - SAWB_C2 * group_mean(u.abs(), reduce_dims))
     return torch.where((sawb <= 0) | (sawb > amax), amax, sawb)
 
 
@@ -82,7 +85,8 @@ def int_quantize_reference(
     else:
         y = torch.round(y)
     q = torch.clamp(y, lo, hi) if isinstance(lo, float) else torch.maximum(torch.minimum(y, hi), lo)
-    return (q * scale).to(x.dtype)
+    # (q / qmax) · clip rather than q · (clip / qmax): the top level is then exactly the clip.
+    return (q / hi * clip).to(x.dtype)
 
 
 @torch.library.custom_op(

@@ -73,8 +73,9 @@ class QuantSpec:
         if not isinstance(self.samples, int) or not 1 <= self.samples <= MAX_SAMPLES:
             raise ValueError(f"samples must be an int in 1..{MAX_SAMPLES}, got {self.samples!r}")
         if self.format == "none":
-            if self.bits != 32:
-                raise ValueError("format 'none' is high precision; leave bits at 32")
+            defaults = {f.name: f.default for f in fields(self)}
+            if any(getattr(self, k) != v for k, v in defaults.items()):
+                raise ValueError("format 'none' is high precision and takes no other fields (use QuantSpec())")
             return
         if self.format == "int":
             if self.bits not in INT_BITS:
@@ -95,6 +96,8 @@ class QuantSpec:
                 raise ValueError("LUQ is unbiased only with stochastic rounding; rounding must be 'stochastic'")
             if self.signed != "signed":
                 raise ValueError("LUQ is sign-magnitude; signed must be 'signed'")
+            if self.scaling != "max":
+                raise ValueError("LUQ scales by max|g| (α = max|g|/2^(levels-1)); scaling must be 'max'")
 
     @property
     def is_quantized(self) -> bool:

@@ -11,10 +11,10 @@ import math
 
 import pytest
 import torch
+from qcompile.runtime import int_quantize_reference as iq
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 import qcompile  # noqa: F401  (registers the qcompile:: ops)
-from qcompile.runtime import int_quantize_reference as iq
 
 OP = torch.ops.qcompile.int_quantize
 
@@ -174,11 +174,6 @@ def test_max_scaling_preserves_max_abs_to_one_ulp():
         assert torch.sign(q[i]) == torch.sign(x[i])  # negative max stays negative
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG runtime/int_quantize.py (x̂ = q*(clip/hi)): (clip/7)*7 != clip in float32 for ~8% of "
-    "random tensors, so the top level can miss max|x| by 1 ulp (and exceed it)",
-)
 def test_max_scaling_preserves_max_abs_exactly():
     g = _gen(7)
     bad = []
@@ -199,11 +194,6 @@ def test_scale_equivariance_for_powers_of_two(scaling):
         torch.testing.assert_close(iq(x * c, 4, scaling), q * c, rtol=0, atol=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG runtime/int_quantize.py int_clip: mean(x*x) under/overflows in float32 for "
-    "|x| beyond ~1e±19, so SAWB silently falls back to max scaling for tiny/huge tensors",
-)
 @pytest.mark.parametrize("k", [-70, 70])
 def test_sawb_scale_equivariance_tiny_and_huge(k):
     x = torch.randn(2000, generator=_gen(9))

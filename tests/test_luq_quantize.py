@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from qcompile.runtime import luq_quantize_reference as luq
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 import qcompile
-from qcompile.runtime import luq_quantize_reference as luq
 
 OP = torch.ops.qcompile.luq_quantize
 K = 2000  # draws per element in the statistical tests

@@ -1,0 +1,120 @@
+"""``python -m qcompile``: plan a model without training it, list presets, run the demo.
+
+    python -m qcompile plan torchvision_like.models:resnet20 --input-shape 8,3,32,32 --policy luq
+    python -m qcompile presets
+    python -m qcompile demo --epochs 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+from tabulate import tabulate
+
+
+def _load_factory(target: str):
+    """``package.module:factory`` or ``path/to/file.py:factory`` → the callable."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not attr:
+        raise SystemExit(f"error: model must be given as module:factory, got {target!r}")
+    if module_name.endswith(".py"):
+        path = Path(module_name)
+        if not path.is_file():
+            raise SystemExit(f"error: no such file {module_name!r}")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    else:
+        sys.path.insert(0, str(Path.cwd()))
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise SystemExit(f"error: cannot import {module_name!r}: {e}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise SystemExit(f"error: {module_name!r} has no attribute {attr!r}") from None
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"input shape must be comma-separated integers, got {text!r}") from None
+    if not dims or any(d < 0 for d in dims):
+        raise argparse.ArgumentTypeError(f"input shape must be non-negative integers, got {text!r}")
+    return dims
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    import qcompile
+
+    factory = _load_factory(args.model)
+    model = factory()
+    if not isinstance(model, torch.nn.Module):
+        raise SystemExit(f"error: {args.model} returned {type(model).__name__}, not an nn.Module")
+    torch.manual_seed(args.seed)
+    inputs = []
+    for shape in args.input_shape:
+        if args.int_input:
+            inputs.append(torch.randint(0, args.int_input, shape))
+        else:
+            inputs.append(torch.randn(shape))
+    model.train(not args.eval)
+    try:
+        plan = qcompile.plan(model, tuple(inputs), policy=args.policy)
+    except qcompile.PolicyError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(plan.to_json() if args.json else plan)
+    return 0
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    import qcompile
+
+    rows = [
+        [name, p.weight.to_string(), p.activation.to_string(), p.grad_dgrad.to_string(), p.grad_wgrad.to_string(),
+         p.share_gradient_sample, p.keep_first_last]
+        for name, p in qcompile.presets().items()
+    ]  # fmt: skip
+    headers = ["preset", "weight", "activation", "grad_dgrad", "grad_wgrad", "shared dY", "keep first/last"]
+    print(tabulate(rows, headers=headers))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from qcompile import demo
+
+    return demo.main(args.demo_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m qcompile", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("plan", help="print the per-GEMM bit-width plan of a model without training it")
+    p.add_argument("model", help="module:factory or file.py:factory returning an nn.Module")
+    p.add_argument("--input-shape", type=_shape, action="append", required=True,
+                   help="shape of one example input, e.g. 8,3,32,32 (repeat for several inputs)")  # fmt: skip
+    p.add_argument("--int-input", type=int, default=0, metavar="HIGH",
+                   help="make integer inputs in [0, HIGH) (token ids) instead of normal floats")  # fmt: skip
+    p.add_argument("--policy", default=None, help="preset name or .toml/.json policy file (default luq-int4)")
+    p.add_argument("--eval", action="store_true", help="plan the model in eval() mode")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_plan)
+    s = sub.add_parser("presets", help="list the named policies")
+    s.set_defaults(func=_cmd_presets)
+    d = sub.add_parser("demo", help="train FP32 and 4-bit side by side on the 8x8 digits")
+    d.add_argument("demo_args", nargs=argparse.REMAINDER)
+    d.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
