@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import contextlib
 
-import torch
+from qcompile.runtime import QUANTIZER_DECOMPOSITIONS
 from torch import fx
 from torch._subclasses.fake_tensor import FakeTensor
 from torch.fx.experimental.proxy_tensor import make_fx
-
-from qcompile.runtime import QUANTIZER_DECOMPOSITIONS
 
 
 def _fake_arg(a):
@@ -43,13 +41,15 @@ def decompose_quantizers(gm: fx.GraphModule) -> fx.GraphModule:
 
         def call(*tensors, _fn=fn, _consts=consts, _pos=tensor_pos):
             args = list(_consts)
-            for i, t in zip(_pos, tensors):
+            for i, t in zip(_pos, tensors, strict=True):
                 args[i] = t
             return _fn(*args)
 
         fake_mode = next((f.fake_mode for f in fakes if isinstance(f, FakeTensor)), None)
         with contextlib.nullcontext() if fake_mode is None else fake_mode:
-            sub = make_fx(call, decomposition_table=decompositions, tracing_mode="real" if fake_mode else "fake")(*fakes)
+            sub = make_fx(
+                call, decomposition_table=decompositions, tracing_mode="real" if fake_mode else "fake"
+            )(*fakes)
         env: dict[fx.Node, fx.Node] = {}
         placeholders = iter(node.args[i] for i in tensor_pos)
         with gm.graph.inserting_before(node):
@@ -57,7 +57,7 @@ def decompose_quantizers(gm: fx.GraphModule) -> fx.GraphModule:
                 if sn.op == "placeholder":
                     env[sn] = next(placeholders)
                 elif sn.op == "output":
-                    result = fx.map_arg(sn.args[0], lambda x: env[x])
+                    result = fx.map_arg(sn.args[0], env.__getitem__)
                 elif sn.op == "get_attr":
                     attr = getattr(sub, sn.target)
                     name = f"_qc_const_{len(list(gm.named_buffers()))}_{sn.target}"
@@ -65,7 +65,7 @@ def decompose_quantizers(gm: fx.GraphModule) -> fx.GraphModule:
                     env[sn] = gm.graph.get_attr(name)
                     env[sn].meta.update(sn.meta)
                 else:
-                    new = gm.graph.node_copy(sn, lambda x: env[x])
+                    new = gm.graph.node_copy(sn, env.__getitem__)
                     new.meta.update({k: v for k, v in node.meta.items() if k not in new.meta})
                     env[sn] = new
         node.replace_all_uses_with(result)

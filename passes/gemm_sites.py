@@ -173,7 +173,7 @@ def _string_padding(mode: str, w: Any, dilation: list[int] | None, dims: int) ->
     shape = shape_of(w)
     if dilation is None or len(shape) != dims + 2 or not all(isinstance(k, int) for k in shape[2:]):
         return None
-    totals = [d * (k - 1) for d, k in zip(dilation, shape[2:])]  # type: ignore[operator]
+    totals = [d * (k - 1) for d, k in zip(dilation, shape[2:], strict=True)]  # type: ignore[operator]
     if any(t % 2 for t in totals):
         return None
     return [t // 2 for t in totals]
@@ -193,16 +193,25 @@ def classify(node: fx.Node, gm: fx.GraphModule) -> GemmSite | None:
         return site
     if is_fn and target in _CONV:
         return _conv_site(node, *_CONV[target], gm=gm)
-    kind = (_MATMUL_FUNCS.get(target) if is_fn else _MATMUL_METHODS.get(target) if is_method else None)  # type: ignore[arg-type]
+    kind = _MATMUL_FUNCS.get(target) if is_fn else _MATMUL_METHODS.get(target) if is_method else None  # type: ignore[arg-type]
     if kind:
-        a, b = node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs.get("other", node.kwargs.get("mat2"))
-        site = GemmSite(node, kind, layer, a=a, b=b, a_is_weight=is_parameter(a, gm), b_is_weight=is_parameter(b, gm))
+        a, b = (
+            node.args[0],
+            node.args[1] if len(node.args) > 1 else node.kwargs.get("other", node.kwargs.get("mat2")),
+        )
+        site = GemmSite(
+            node, kind, layer, a=a, b=b, a_is_weight=is_parameter(a, gm), b_is_weight=is_parameter(b, gm)
+        )
         if (rank_of(a) or 0) < 2 or (rank_of(b) or 0) < 2:
             site.unsupported = "matmul with a 1-D operand (a matrix-vector product)"
         return site
-    kind = (_ADD_FUNCS.get(target) if is_fn else _ADD_METHODS.get(target) if is_method else None)  # type: ignore[arg-type]
+    kind = _ADD_FUNCS.get(target) if is_fn else _ADD_METHODS.get(target) if is_method else None  # type: ignore[arg-type]
     if kind:
-        bias, a, b = node.args[0], _arg(node, 1, "mat1" if kind == "addmm" else "batch1"), _arg(node, 2, "mat2" if kind == "addmm" else "batch2")
+        bias, a, b = (
+            node.args[0],
+            _arg(node, 1, "mat1" if kind == "addmm" else "batch1"),
+            _arg(node, 2, "mat2" if kind == "addmm" else "batch2"),
+        )
         site = GemmSite(node, kind, layer, a=a, b=b, bias=bias, a_is_weight=is_parameter(a, gm),
                         b_is_weight=is_parameter(b, gm),
                         scalars={"beta": node.kwargs.get("beta", 1), "alpha": node.kwargs.get("alpha", 1)})  # fmt: skip
@@ -219,10 +228,14 @@ def classify(node: fx.Node, gm: fx.GraphModule) -> GemmSite | None:
             "scale": node.kwargs.get("scale"),
             "enable_gqa": node.kwargs.get("enable_gqa", False),
         }
-        if not isinstance(site.extra["dropout_p"], (int, float)) or not isinstance(site.extra["is_causal"], bool):
+        if not isinstance(site.extra["dropout_p"], (int, float)) or not isinstance(
+            site.extra["is_causal"], bool
+        ):
             site.unsupported = "attention with non-constant dropout_p / is_causal"
         return site
-    unsupported = (_UNSUPPORTED_FUNCS.get(target) if is_fn else _UNSUPPORTED_METHODS.get(target) if is_method else None)  # type: ignore[arg-type]
+    unsupported = (
+        _UNSUPPORTED_FUNCS.get(target) if is_fn else _UNSUPPORTED_METHODS.get(target) if is_method else None
+    )  # type: ignore[arg-type]
     if unsupported:
         args = [a for a in node.args if isinstance(a, fx.Node)]
         return GemmSite(node, unsupported, layer, a=args[0] if args else None, b=args[1] if len(args) > 1 else None,

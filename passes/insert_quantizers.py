@@ -16,12 +16,13 @@ import operator
 from dataclasses import dataclass, field
 
 import torch
+from qcompile.runtime import SHARED, QuantSpec
 from torch import fx
 
 from qcompile.policy import LayerDecision, Policy
-from qcompile.runtime import SHARED, QuantSpec
 
 from .gemm_sites import GemmSite, example_value, find_gemm_sites, rank_of, shape_of
+from .quantized_attention import quantized_attention
 
 
 def _hinted(n) -> list[int | str]:
@@ -38,7 +39,7 @@ def _hinted(n) -> list[int | str]:
         hint = getattr(getattr(s, "node", None), "hint", None)
         out.append(int(hint) if hint is not None else str(s))
     return out
-from .quantized_attention import quantized_attention
+
 
 _graph_ids = itertools.count()
 int_quantize = torch.ops.qcompile.int_quantize.default
@@ -105,7 +106,11 @@ class _Rewriter:
         self.d = decision
         self.key = key
         self.layer = site.layer
-        self.meta = {k: v for k, v in site.node.meta.items() if k in ("nn_module_stack", "stack_trace", "source_fn_stack")}
+        self.meta = {
+            k: v
+            for k, v in site.node.meta.items()
+            if k in ("nn_module_stack", "stack_trace", "source_fn_stack")
+        }
 
     def call(self, target, args, kwargs=None) -> fx.Node:
         node = self.graph.call_function(target, tuple(args), kwargs or {})
@@ -146,7 +151,9 @@ class _Rewriter:
         if is_weight:
             return self.quantize(value, self.d.weight, self.weight_dims(value, weight_keep), "weight")
         spec = self.d.activation
-        return self.quantize(value, spec, self.activation_dims(value, right), "weight" if right else "activation")
+        return self.quantize(
+            value, spec, self.activation_dims(value, right), "weight" if right else "activation"
+        )
 
     def qmatmul(self, a: fx.Node, b: fx.Node) -> fx.Node:
         return self.call(qmatmul, (a, b, *self.grad_specs(), self.tag("gemm")))
@@ -162,14 +169,26 @@ class _Rewriter:
         op = s.op
         if op == "linear":
             xq = self.operand(s.a, False, False, 0)
-            wq = self.operand(s.b, s.b_is_weight, True, 0) if s.b_is_weight else self.quantize(
-                s.b, self.d.activation, [] if self.d.activation.granularity == "per-tensor" else [1], "weight")
+            wq = (
+                self.operand(s.b, s.b_is_weight, True, 0)
+                if s.b_is_weight
+                else self.quantize(
+                    s.b,
+                    self.d.activation,
+                    [] if self.d.activation.granularity == "per-tensor" else [1],
+                    "weight",
+                )
+            )
             out = self.qmatmul(xq, self.call(torch.t, (wq,)))
             return self.add_bias(out, s.bias) if s.bias is not None else out
         if s.conv is not None:
             c = s.conv
-            xq = self.quantize(s.a, self.d.activation, self.activation_dims(s.a, False, conv=True), "activation")
-            wq = self.quantize(s.b, self.d.weight, self.weight_dims(s.b, 1 if c["transposed"] else 0), "weight")
+            xq = self.quantize(
+                s.a, self.d.activation, self.activation_dims(s.a, False, conv=True), "activation"
+            )
+            wq = self.quantize(
+                s.b, self.d.weight, self.weight_dims(s.b, 1 if c["transposed"] else 0), "weight"
+            )
             out = self.call(qconv, (xq, wq, c["stride"], c["padding"], c["dilation"], c["transposed"],
                                     c["output_padding"], c["groups"], *self.grad_specs(), self.tag("gemm")))  # fmt: skip
             if s.bias is None:
@@ -202,7 +221,9 @@ def _attention_specs(d: LayerDecision) -> tuple[str, str, str, str]:
     return act, act, d.grad_dgrad.to_string(), grad_b
 
 
-def _rewrite_attention(gm: fx.GraphModule, site: GemmSite, qk: LayerDecision, pv: LayerDecision, keys: tuple[str, str]) -> fx.Node:
+def _rewrite_attention(
+    gm: fx.GraphModule, site: GemmSite, qk: LayerDecision, pv: LayerDecision, keys: tuple[str, str]
+) -> fx.Node:
     e = site.extra
     node = site.node
     with gm.graph.inserting_before(node):
@@ -277,20 +298,29 @@ def _remap_operands(site: GemmSite, replaced: dict[fx.Node, fx.Node]) -> None:
     site.extra = {k: remap(v) for k, v in site.extra.items()}
 
 
-def _handle_attention(gm, site: GemmSite, policy: Policy, graph_id: int, counter, replaced) -> list[SiteRecord]:
+def _handle_attention(
+    gm, site: GemmSite, policy: Policy, graph_id: int, counter, replaced
+) -> list[SiteRecord]:
     keys = (f"g{graph_id}s{next(counter)}", f"g{graph_id}s{next(counter)}")
     v = site.extra["value"]
     q_shape, k_shape, v_shape = shape_of(site.a), shape_of(site.b), shape_of(v)
     records = [
         SiteRecord(keys[0], site.layer, "attention.qk", [q_shape, k_shape], site_flops(site, "qk"), None),
-        SiteRecord(keys[1], site.layer, "attention.pv", [q_shape[:-1] + k_shape[-2:-1], v_shape], site_flops(site, "pv"), None),
+        SiteRecord(
+            keys[1],
+            site.layer,
+            "attention.pv",
+            [q_shape[:-1] + k_shape[-2:-1], v_shape],
+            site_flops(site, "pv"),
+            None,
+        ),
     ]
     if site.unsupported is not None:
         for r in records:
             r.reasons = (site.unsupported,)
         return records
     decisions = [policy.decide(site.layer, r.op) for r in records]
-    for r, d in zip(records, decisions):
+    for r, d in zip(records, decisions, strict=True):
         r.decision, r.reasons = d, d.reasons
     if not any(d.any_quantized for d in decisions):
         return records

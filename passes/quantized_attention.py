@@ -12,15 +12,18 @@ import math
 
 import torch
 import torch.nn.functional as F
-
 from qcompile.runtime import QuantSpec, int_quantize, parse_spec, qmatmul
 
 
-def forward_quantize(x: torch.Tensor, spec: QuantSpec | str, reduce_dims: list[int], tag: str) -> torch.Tensor:
+def forward_quantize(
+    x: torch.Tensor, spec: QuantSpec | str, reduce_dims: list[int], tag: str
+) -> torch.Tensor:
     spec = parse_spec(spec)
     if not spec.is_quantized:
         return x
-    return int_quantize(x, spec.bits, spec.scaling, spec.signed, reduce_dims, spec.rounding == "stochastic", tag)
+    return int_quantize(
+        x, spec.bits, spec.scaling, spec.signed, reduce_dims, spec.rounding == "stochastic", tag
+    )
 
 
 def activation_dims(spec: QuantSpec | str, ndim: int, right_operand: bool) -> list[int]:
@@ -31,7 +34,9 @@ def activation_dims(spec: QuantSpec | str, ndim: int, right_operand: bool) -> li
     return [ndim - 2] if right_operand else [ndim - 1]
 
 
-def quantized_gemm(a: torch.Tensor, b: torch.Tensor, specs: tuple[str, str, str, str], tag: str) -> torch.Tensor:
+def quantized_gemm(
+    a: torch.Tensor, b: torch.Tensor, specs: tuple[str, str, str, str], tag: str
+) -> torch.Tensor:
     """``a @ b`` with both operands activations: ``specs`` = (activation for a, activation for b,
     grad_dgrad, grad_wgrad-or-"shared") as spec strings; ``tag`` = ``"<layer>|gemm|<site>"``."""
     layer, _, site = tag.rsplit("|", 2)

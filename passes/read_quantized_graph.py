@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import fx
-
 from qcompile.runtime.scaling_groups import granularity_of
 from qcompile.runtime.spec import QuantSpec
+from torch import fx
 
 aten = torch.ops.aten
 qops = torch.ops.qcompile
@@ -102,7 +101,9 @@ def describe_quantizers(nodes: list[fx.Node], role: str) -> QuantSpec:
     ndim = val.ndim if isinstance(val, torch.Tensor) else len(n.args[0].meta["val"].shape)
     if n.target is qops.luq_quantize.default:
         _, bits, dims, _, _ = n.args
-        return QuantSpec("luq", bits, "max", granularity_of(dims, ndim, role), "stochastic", "signed", len(nodes))
+        return QuantSpec(
+            "luq", bits, "max", granularity_of(dims, ndim, role), "stochastic", "signed", len(nodes)
+        )
     _, bits, scaling, signed, dims, stochastic, _ = n.args
     return QuantSpec("int", bits, scaling, granularity_of(dims, ndim, role), "stochastic" if stochastic else "nearest",
                      signed, len(nodes))  # fmt: skip
@@ -126,7 +127,7 @@ def read_graph(gm: fx.GraphModule, graph: str) -> dict[tuple[str, str], OperandF
         operands = [a for a in node.args[:2] if isinstance(a, fx.Node)]
         if node.target in (qops.qmatmul.default, qops.qconv.default):
             _, _, key = parse_tag(node.args[-1])
-            for role, operand in zip(("activation", "weight"), operands):
+            for role, operand in zip(("activation", "weight"), operands, strict=False):
                 tr = trace_operand(operand)
                 quant = [q for q in tr.quantizers if parse_tag(q.args[-1])[1] == role] or tr.quantizers
                 spec = describe_quantizers(quant, role) if quant else QuantSpec()
@@ -148,9 +149,14 @@ def read_graph(gm: fx.GraphModule, graph: str) -> dict[tuple[str, str], OperandF
             saved = [
                 f"{p.name}:{_dtype(p)}" for o2, tr2 in traces if o2 is not operand for p in tr2.placeholders
             ] + [
-                f"recomputed:{parse_tag(q.args[-1])[1]}" for o2, tr2 in traces if o2 is not operand for q in tr2.quantizers
+                f"recomputed:{parse_tag(q.args[-1])[1]}"
+                for o2, tr2 in traces
+                if o2 is not operand
+                for q in tr2.quantizers
             ]
-            facts[(key, role)] = OperandFact(spec, gemm, graph, shared_from=shared, saved=saved, dtype=_dtype(operand))
+            facts[(key, role)] = OperandFact(
+                spec, gemm, graph, shared_from=shared, saved=saved, dtype=_dtype(operand)
+            )
     return facts
 
 

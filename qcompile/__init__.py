@@ -1,7 +1,7 @@
 """qcompile: a torch.compile backend for fully quantized training (4-bit forward and backward).
 
-    model = torch.compile(model, backend="fqt", options={"policy": "luq-int4"})
-    print(qcompile.plan(model))
+model = torch.compile(model, backend="fqt", options={"policy": "luq-int4"})
+print(qcompile.plan(model))
 """
 
 from qcompile import runtime  # noqa: F401  (registers the qcompile:: ops)

@@ -52,10 +52,14 @@ def _inductor_config_patches(mode: str | None, options: dict[str, Any]) -> dict[
     return patches
 
 
-def _inner_compile(gm: fx.GraphModule, example_inputs: Sequence[Any], *, record: CompiledGraph, **kwargs: Any):
+def _inner_compile(
+    gm: fx.GraphModule, example_inputs: Sequence[Any], *, record: CompiledGraph, **kwargs: Any
+):
     from torch._inductor.compile_fx import compile_fx_inner
 
-    kind = "backward" if kwargs.get("is_backward") else "inference" if kwargs.get("is_inference") else "forward"
+    kind = (
+        "backward" if kwargs.get("is_backward") else "inference" if kwargs.get("is_inference") else "forward"
+    )
     if kind != "backward":
         record.forward_roles.update(forward_tensor_roles(gm))
     record.add_facts(kind, read_graph(gm, kind))

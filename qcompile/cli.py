@@ -1,8 +1,8 @@
 """``python -m qcompile``: plan a model without training it, list presets, run the demo.
 
-    python -m qcompile plan torchvision_like.models:resnet20 --input-shape 8,3,32,32 --policy luq
-    python -m qcompile presets
-    python -m qcompile demo --epochs 4
+python -m qcompile plan torchvision_like.models:resnet20 --input-shape 8,3,32,32 --policy luq
+python -m qcompile presets
+python -m qcompile demo --epochs 4
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ def _shape(text: str) -> tuple[int, ...]:
     try:
         dims = tuple(int(d) for d in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"input shape must be comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"input shape must be comma-separated integers, got {text!r}"
+        ) from None
     if not dims or any(d < 0 for d in dims):
         raise argparse.ArgumentTypeError(f"input shape must be non-negative integers, got {text!r}")
     return dims

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -89,7 +89,13 @@ class PlanRow:
         return {r: getattr(self, r) for r in ROLES}
 
     def to_json(self) -> dict[str, Any]:
-        out = {"graph": self.graph, "layer": self.layer, "op": self.op, "shapes": self.shapes, "flops": self.flops}
+        out = {
+            "graph": self.graph,
+            "layer": self.layer,
+            "op": self.op,
+            "shapes": self.shapes,
+            "flops": self.flops,
+        }
         out.update({r: e.to_json() for r, e in self.roles().items()})
         out.update(saved_for_backward=self.saved, reason=self.reason)
         return out
@@ -148,7 +154,17 @@ class Plan:
         raise KeyError(f"no plan row for layer {layer!r}; layers: {sorted({r.layer for r in self.rows})}")
 
     def __str__(self) -> str:
-        headers = ["layer", "op", "shapes", "weight", "activation", "dY→dgrad", "dY→wgrad", "saved for bwd", "note"]
+        headers = [
+            "layer",
+            "op",
+            "shapes",
+            "weight",
+            "activation",
+            "dY→dgrad",
+            "dY→wgrad",
+            "saved for bwd",
+            "note",
+        ]
         table = [
             [r.layer, r.op, " × ".join("[" + ",".join(map(str, s)) + "]" for s in r.shapes),
              r.weight.cell(), r.activation.cell(), r.grad_dgrad.cell(), r.grad_wgrad.cell(), r.saved, r.reason]
@@ -159,7 +175,11 @@ class Plan:
             f"policy: {', '.join(self.policies) or '-'} | graphs: {', '.join(self.graphs) or '-'}\n"
             f"{t['quantized_gemms']}/{t['gemms']} GEMM sites quantized; matmul FLOPs at <=4 bits: "
             f"forward {t['forward_low_bit_share']:.1%}, "
-            + (f"backward {t['backward_low_bit_share']:.1%}" if t["backward_flops"] else "backward: none compiled (inference only)")
+            + (
+                f"backward {t['backward_low_bit_share']:.1%}"
+                if t["backward_flops"]
+                else "backward: none compiled (inference only)"
+            )
         )
         return tabulate(table, headers=headers, tablefmt="simple") + "\n" + summary
 
@@ -241,7 +261,9 @@ def plan(
     """
     if example_inputs is None:
         if policy is not None:
-            raise ValueError("policy= needs example_inputs= (a plan of an already compiled model reads its graphs)")
+            raise ValueError(
+                "policy= needs example_inputs= (a plan of an already compiled model reads its graphs)"
+            )
         graphs = graphs_for(_unwrap(model) if model is not None else None)
         if not graphs:
             raise ValueError(
@@ -261,10 +283,14 @@ def plan(
         previous = graphs_for(base)
         policy = previous[-1].policy if previous else None
     shadow = copy.deepcopy(base)
-    compiled = torch.compile(shadow, backend=fqt_backend, options={"policy": policy} if policy is not None else None)
+    compiled = torch.compile(
+        shadow, backend=fqt_backend, options={"policy": policy} if policy is not None else None
+    )
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     out = compiled(*inputs)
-    leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.requires_grad]
+    leaves = [
+        t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.requires_grad
+    ]
     if leaves and torch.is_grad_enabled():
         torch.autograd.backward([t.float().sum() for t in leaves])
     return plan_from_graphs(graphs_for(shadow))

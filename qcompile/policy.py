@@ -106,14 +106,18 @@ class Rule:
             if value is not None:
                 object.__setattr__(self, role, _role_spec(role, value))
         if all(getattr(self, r) is None for r in ROLES):
-            raise PolicyError(f"rule for layer={self.layer!r} op={self.op!r} overrides no role; set one of {ROLES}")
+            raise PolicyError(
+                f"rule for layer={self.layer!r} op={self.op!r} overrides no role; set one of {ROLES}"
+            )
         if not isinstance(self.layer, str) or not isinstance(self.op, str):
             raise PolicyError("rule layer and op must be glob strings")
 
     @classmethod
     def high_precision(cls, layer: str = "*", op: str = "*", reason: str = "") -> Rule:
         """Keep matching layers entirely in high precision."""
-        return cls(layer=layer, op=op, reason=reason or "rule: high precision", **dict.fromkeys(ROLES, "fp32"))
+        return cls(
+            layer=layer, op=op, reason=reason or "rule: high precision", **dict.fromkeys(ROLES, "fp32")
+        )
 
     def matches(self, layer: str, op: str) -> bool:
         return fnmatch.fnmatchcase(layer, self.layer) and fnmatch.fnmatchcase(op, self.op)
@@ -180,7 +184,9 @@ class Policy:
         """A copy with some fields changed, validated like the constructor."""
         unknown = sorted(set(changes) - {f.name for f in fields(self)})
         if unknown:
-            raise PolicyError(f"unknown Policy field(s) {unknown}; valid fields: {[f.name for f in fields(self)]}")
+            raise PolicyError(
+                f"unknown Policy field(s) {unknown}; valid fields: {[f.name for f in fields(self)]}"
+            )
         return dataclasses.replace(self, **changes)
 
     def decide(self, layer: str, op: str, position: str | None = None) -> LayerDecision:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from qcompile.policy import ROLES, Policy, PolicyError, Rule
 from qcompile.presets import DEFAULT_PRESET, preset
@@ -95,7 +96,9 @@ def _rule_from_dict(data: Any, index: int) -> Rule:
         )
     try:
         if high:
-            return Rule.high_precision(fields_.get("layer", "*"), fields_.get("op", "*"), fields_.get("reason", ""))
+            return Rule.high_precision(
+                fields_.get("layer", "*"), fields_.get("op", "*"), fields_.get("reason", "")
+            )
         return Rule(**fields_)
     except PolicyError as e:
         raise PolicyError(f"rules[{index}]: {e}") from None

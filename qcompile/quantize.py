@@ -9,7 +9,9 @@ from qcompile.runtime.gradient_quantize import gradient_reduce_dims
 from qcompile.runtime.spec import QuantSpec, parse_spec
 
 
-def quantize(x: torch.Tensor, spec: str | QuantSpec, *, channel_dim: int = -1, **overrides: object) -> torch.Tensor:
+def quantize(
+    x: torch.Tensor, spec: str | QuantSpec, *, channel_dim: int = -1, **overrides: object
+) -> torch.Tensor:
     """Fake-quantize ``x`` (returned dequantized, same dtype) with a spec such as ``"int4"``,
     ``"uint4"``, ``"luq4"``, ``"int8-max-sr"`` or a `QuantSpec`; ``overrides`` change spec fields
     (``granularity="per-channel"``). ``channel_dim`` is the channel axis for per-sample /
@@ -29,5 +31,7 @@ def quantize(x: torch.Tensor, spec: str | QuantSpec, *, channel_dim: int = -1, *
         if s.format == "luq":
             draws.append(luq_quantize_reference(x, s.bits, dims))
         else:
-            draws.append(int_quantize_reference(x, s.bits, s.scaling, s.signed, dims, s.rounding == "stochastic"))
+            draws.append(
+                int_quantize_reference(x, s.bits, s.scaling, s.signed, dims, s.rounding == "stochastic")
+            )
     return draws[0] if len(draws) == 1 else torch.stack(draws).mean(0)

@@ -29,9 +29,7 @@ def gradient_reduce_dims(granularity: str, ndim: int, channel_dim: int) -> list[
     return [d for d in range(ndim) if d != c]
 
 
-def quantize_gradient(
-    dy: torch.Tensor, spec: QuantSpec | str, channel_dim: int, tag: str
-) -> torch.Tensor:
+def quantize_gradient(dy: torch.Tensor, spec: QuantSpec | str, channel_dim: int, tag: str) -> torch.Tensor:
     """Return the quantized dY for one backward GEMM (averaged over ``spec.samples`` draws, SMP).
 
     A high-precision spec still leaves a `mark_layer` node so the plan can name the GEMM.
@@ -47,7 +45,12 @@ def quantize_gradient(
         else:
             draws.append(
                 int_quantize(
-                    dy, spec.bits, spec.scaling, spec.signed, dims, spec.rounding == "stochastic",
+                    dy,
+                    spec.bits,
+                    spec.scaling,
+                    spec.signed,
+                    dims,
+                    spec.rounding == "stochastic",
                     f"{tag}#{sample}",
                 )
             )

@@ -37,7 +37,9 @@ def int_clip(x: torch.Tensor, scaling: str, reduce_dims: Sequence[int]) -> torch
         return amax
     safe = torch.where(amax == 0, torch.ones_like(amax), amax)
     u = x / safe
-    sawb = safe * (SAWB_C1 * group_mean(u * u, reduce_dims).sqrt() - SAWB_C2 * group_mean(u.abs(), reduce_dims))
+    sawb = safe * (
+        SAWB_C1 * group_mean(u * u, reduce_dims).sqrt() - SAWB_C2 * group_mean(u.abs(), reduce_dims)
+    )
     return torch.where((sawb <= 0) | (sawb > amax), amax, sawb)
 
 
@@ -89,9 +91,7 @@ def int_quantize_reference(
     return (q / hi * clip).to(x.dtype)
 
 
-@torch.library.custom_op(
-    "qcompile::int_quantize", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,)
-)
+@torch.library.custom_op("qcompile::int_quantize", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,))
 def int_quantize(
     x: torch.Tensor,
     bits: int,

@@ -59,9 +59,7 @@ def luq_quantize_reference(
     return (torch.sign(gf) * q * alpha).to(g.dtype)
 
 
-@torch.library.custom_op(
-    "qcompile::luq_quantize", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,)
-)
+@torch.library.custom_op("qcompile::luq_quantize", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,))
 def luq_quantize(g: torch.Tensor, bits: int, reduce_dims: list[int], sample: int, tag: str) -> torch.Tensor:
     """Graph op for `luq_quantize_reference`. ``sample`` numbers SMP draws so that graph CSE
     never merges two independent draws; ``tag`` names the layer and role for the plan."""

@@ -13,6 +13,7 @@ import torch
 
 from .autocast_rule import common_gemm_dtype, register_gemm_autocast
 from .gradient_quantize import quantize_gradient
+from .layer_marker import mark_layer
 from .quantized_matmul import SHARED
 
 
@@ -68,7 +69,10 @@ def _backward(ctx, dy):
     if ctx.needs_input_grad[0]:
         dx = conv_bwd(gx, [True, False, False])[0].to(x.dtype)
     if ctx.needs_input_grad[1]:
-        gw = gx if ctx.grad_w == SHARED else quantize_gradient(dy, ctx.grad_w, 1, f"{layer}|grad_wgrad|{site}")
+        if ctx.grad_w == SHARED:
+            gw = mark_layer(gx, f"{layer}|grad_wgrad|{site}")  # same draw; the marker names its GEMM
+        else:
+            gw = quantize_gradient(dy, ctx.grad_w, 1, f"{layer}|grad_wgrad|{site}")
         dw = conv_bwd(gw, [False, True, False])[1].to(w.dtype)
     return dx, dw, None, None, None, None, None, None, None, None, None
 

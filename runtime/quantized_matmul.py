@@ -16,6 +16,7 @@ import torch
 
 from .autocast_rule import common_gemm_dtype, register_gemm_autocast
 from .gradient_quantize import quantize_gradient
+from .layer_marker import mark_layer
 
 SHARED = "shared"
 
@@ -66,7 +67,7 @@ def _backward(ctx, dy):
         da = _grad_a(ga, a, b)
     if ctx.needs_input_grad[1]:
         if ctx.grad_b == SHARED:
-            gb = ga
+            gb = mark_layer(ga, f"{layer}|grad_wgrad|{site}")  # same draw; the marker names its GEMM
         else:
             gb = quantize_gradient(dy, ctx.grad_b, -1, f"{layer}|grad_wgrad|{site}")
         db = _grad_b(gb, a, b)

@@ -75,13 +75,13 @@ class QuantSpec:
         if self.format == "none":
             defaults = {f.name: f.default for f in fields(self)}
             if any(getattr(self, k) != v for k, v in defaults.items()):
-                raise ValueError("format 'none' is high precision and takes no other fields (use QuantSpec())")
+                raise ValueError(
+                    "format 'none' is high precision and takes no other fields (use QuantSpec())"
+                )
             return
         if self.format == "int":
             if self.bits not in INT_BITS:
-                raise ValueError(
-                    f"INT supports bits {INT_BITS.start}..{INT_BITS.stop - 1}, got {self.bits}"
-                )
+                raise ValueError(f"INT supports bits {INT_BITS.start}..{INT_BITS.stop - 1}, got {self.bits}")
             if self.scaling == "sawb" and self.bits != 4:
                 raise ValueError(
                     "SAWB coefficients (12.1, 12.2) are fitted for 4 bits only; "
@@ -89,11 +89,11 @@ class QuantSpec:
                 )
         if self.format == "luq":
             if self.bits not in LUQ_BITS:
-                raise ValueError(
-                    f"LUQ supports bits {LUQ_BITS.start}..{LUQ_BITS.stop - 1}, got {self.bits}"
-                )
+                raise ValueError(f"LUQ supports bits {LUQ_BITS.start}..{LUQ_BITS.stop - 1}, got {self.bits}")
             if self.rounding != "stochastic":
-                raise ValueError("LUQ is unbiased only with stochastic rounding; rounding must be 'stochastic'")
+                raise ValueError(
+                    "LUQ is unbiased only with stochastic rounding; rounding must be 'stochastic'"
+                )
             if self.signed != "signed":
                 raise ValueError("LUQ is sign-magnitude; signed must be 'signed'")
             if self.scaling != "max":

@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
+from qcompile.passes import read_graph
 
 import qcompile
-from qcompile.passes import read_graph
 from tests.models.small_nets import mlp
 
 NO_FIRST_LAST = qcompile.preset("luq-int4").replace(keep_first_last=False)
@@ -52,7 +52,9 @@ def test_backward_graph_has_gradient_quantizers_before_both_gemms():
         assert per_layer["grad_wgrad"].spec.format == "luq"
         assert per_layer["grad_wgrad"].spec.granularity == "per-channel"
         assert per_layer["grad_dgrad"].gemm.startswith("aten.mm")
-    luq_nodes = [n for n in graphs["backward"].graph.nodes if n.target is torch.ops.qcompile.luq_quantize.default]
+    luq_nodes = [
+        n for n in graphs["backward"].graph.nodes if n.target is torch.ops.qcompile.luq_quantize.default
+    ]
     assert len(luq_nodes) == 6  # two independent draws (SCQ) per layer
 
 
@@ -70,11 +72,17 @@ def test_forward_graph_feeds_quantized_operands_to_every_gemm():
 def test_shared_sample_preset_feeds_one_draw_to_both_gemms():
     torch.manual_seed(0)
     policy = qcompile.preset("luq").replace(keep_first_last=False)
-    graphs = _capture_graphs(mlp(), torch.randn(8, 16, requires_grad=True), policy)
-    luq_nodes = [n for n in graphs["backward"].graph.nodes if n.target is torch.ops.qcompile.luq_quantize.default]
+    graphs = _capture_graphs(mlp(), torch.randn(8, 16), policy)
+    luq_nodes = [
+        n for n in graphs["backward"].graph.nodes if n.target is torch.ops.qcompile.luq_quantize.default
+    ]
     assert len(luq_nodes) == 3  # one per layer
     facts = read_graph(graphs["backward"], "backward")
-    assert all(f.shared_from == "grad_dgrad" for (k, r), f in facts.items() if r == "grad_wgrad")
+    wgrad = [f for (k, r), f in facts.items() if r == "grad_wgrad"]
+    dgrad = [f for (k, r), f in facts.items() if r == "grad_dgrad"]
+    assert len(wgrad) == 3 and len(dgrad) == 2  # the first layer's input needs no gradient
+    assert all(f.shared_from == "grad_dgrad" and f.spec.format == "luq" for f in wgrad)
+    assert all(f.shared_from is None for f in dgrad)
 
 
 def test_quantized_gradients_lie_on_the_luq_grid_of_each_sample():
@@ -107,7 +115,9 @@ def test_forward_output_is_int4_sawb_of_the_inputs():
     x = torch.randn(4, 32)
     from qcompile.runtime import int_quantize_reference
 
-    expected = int_quantize_reference(x, 4, "sawb", "auto") @ int_quantize_reference(layer.weight, 4, "sawb").t()
+    expected = (
+        int_quantize_reference(x, 4, "sawb", "auto") @ int_quantize_reference(layer.weight, 4, "sawb").t()
+    )
     out = c(x)
     assert torch.allclose(out, expected, atol=1e-5)
     assert not torch.allclose(out, layer(x), atol=1e-3)
@@ -124,7 +134,7 @@ def test_fp32_preset_matches_inductor_exactly():
     ya.sum().backward()
     yb.sum().backward()
     assert torch.equal(ya, yb)
-    for p, q in zip(m1.parameters(), m2.parameters()):
+    for p, q in zip(m1.parameters(), m2.parameters(), strict=True):
         assert torch.equal(p.grad, q.grad)
 
 

@@ -16,9 +16,11 @@ pytestmark = pytest.mark.slow
 
 
 def _train(model, batches, loss_fn, policy, steps, lr):
+    """Train ``steps`` Adam steps; ``policy=None`` is the eager FP32 reference (the fp32 preset's
+    equality with Inductor is tested in test_backend_graphs; one compile per test keeps CI fast)."""
     torch.manual_seed(1)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    compiled = torch.compile(model, backend="fqt", options={"policy": policy})
+    compiled = model if policy is None else torch.compile(model, backend="fqt", options={"policy": policy})
     losses = []
     for step in range(steps):
         x, y = batches[step % len(batches)]
@@ -31,7 +33,7 @@ def _train(model, batches, loss_fn, policy, steps, lr):
 
 
 def _compare(model, batches, loss_fn, steps=30, lr=3e-3):
-    fp, _ = _train(copy.deepcopy(model), batches, loss_fn, "fp32", steps, lr)
+    fp, _ = _train(copy.deepcopy(model), batches, loss_fn, None, steps, lr)
     q, compiled = _train(model, batches, loss_fn, "luq-int4", steps, lr)
     start, fp_end, q_end = fp[0], sum(fp[-5:]) / 5, sum(q[-5:]) / 5
     assert all(torch.isfinite(torch.tensor(q)))
@@ -88,9 +90,6 @@ def test_hugging_face_gpt2_from_config_trains():
     def lm_loss(out, _):
         return out.loss
 
-    def call(model):
-        return model
-
     class Wrapped(nn.Module):
         def __init__(self, m):
             super().__init__()
@@ -100,5 +99,6 @@ def test_hugging_face_gpt2_from_config_trains():
             return self.m(input_ids=ids, labels=ids)
 
     plan = _compare(Wrapped(model), batches, lm_loss, steps=30, lr=3e-3)
-    qk = plan.row("m.transformer.h.0.attn", "attention.qk")
+    # Dynamo names HF submodules from the traced frame's root (the GPT-2 model).
+    qk = plan.row("transformer.h.0.attn", "attention.qk")
     assert qk.activation.spec.bits == 4 and qk.grad_dgrad.spec.format == "luq"

@@ -1,0 +1,183 @@
+"""Odd inputs and usage: batch 1, empty batches, views, autocast, dynamic shapes, breaks, plans."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+import qcompile
+from qcompile.compiled_graphs import graphs_for
+from tests.models.small_nets import mlp
+
+ALL_QUANTIZED = qcompile.preset("luq-int4").replace(keep_first_last=False)
+
+
+def _compiled(model, policy=ALL_QUANTIZED, **kwargs):
+    return torch.compile(model, backend="fqt", options={"policy": policy}, **kwargs)
+
+
+def test_batch_size_one_and_non_contiguous_3d_inputs():
+    torch.manual_seed(0)
+    m = mlp()
+    c = _compiled(m)
+    c(torch.randn(1, 16)).sum().backward()
+    x = torch.randn(16, 5, 3).permute(2, 1, 0)  # [3, 5, 16], non-contiguous
+    assert not x.is_contiguous()
+    out = c(x)
+    assert out.shape == (3, 5, 4)
+    out.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+def test_tied_embedding_and_output_projection_without_bias():
+    class TiedLM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(20, 16)
+            self.mid = nn.Linear(16, 16, bias=False)
+            self.out = nn.Linear(16, 20, bias=False)
+            self.out.weight = self.embed.weight
+
+        def forward(self, ids):
+            return self.out(torch.relu(self.mid(self.embed(ids))))
+
+    torch.manual_seed(0)
+    m = TiedLM()
+    c = _compiled(m)
+    c(torch.randint(0, 20, (2, 6))).sum().backward()
+    assert m.embed.weight.grad is not None and torch.isfinite(m.embed.weight.grad).all()
+    plan = qcompile.plan(c)
+    assert plan.row("out").weight.spec.bits == 4
+
+
+def test_zero_gradient_gives_zeros_and_nan_gradient_propagates():
+    torch.manual_seed(0)
+    m = mlp()
+    c = _compiled(m)
+    x = torch.randn(4, 16, requires_grad=True)
+    c(x).backward(torch.zeros(4, 4))
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in m.parameters())
+    x.grad = None
+    upstream = torch.randn(4, 4)
+    upstream[1, 2] = float("nan")
+    c(x).backward(upstream)
+    assert torch.isnan(x.grad).any()
+    assert torch.isnan(m[0].weight.grad).any()
+
+
+def test_empty_batch():
+    m = mlp()
+    c = _compiled(m)
+    out = c(torch.randn(0, 16))
+    assert out.shape == (0, 4)
+    out.sum().backward()
+
+
+def test_autocast_bf16_runs_gemms_in_bf16():
+    torch.manual_seed(0)
+    m = mlp()
+    c = _compiled(m)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = c(torch.randn(4, 16))
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in m.parameters())
+    assert "bfloat16" in qcompile.plan(c).row("2").saved
+
+
+def test_dynamic_batch_compiles_once():
+    torch.manual_seed(0)
+    m = mlp()
+    c = _compiled(m, dynamic=True)
+    for batch in (4, 7, 9, 16):
+        c(torch.randn(batch, 16)).sum().backward()
+    assert len(graphs_for(m)) == 1
+
+
+def test_inference_only_plan_has_forward_quantizers_only():
+    m = mlp()
+    c = _compiled(m)
+    with torch.no_grad():
+        c(torch.randn(4, 16))
+    plan = qcompile.plan(c)
+    row = plan.row("2")
+    assert row.weight.spec.bits == 4 and not row.grad_dgrad.ran
+    assert "inference only" in str(plan)
+
+
+def test_graph_breaks_each_subgraph_is_quantized_and_planned():
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = mlp(), mlp(inputs=4)
+
+        def forward(self, x):
+            y = self.a(x)
+            torch._dynamo.graph_break()
+            return self.b(y)
+
+    m = Broken()
+    c = _compiled(m)
+    c(torch.randn(4, 16)).sum().backward()
+    plan = qcompile.plan(c)
+    assert len(plan.graphs) == 2
+    assert {r.layer for r in plan if r.weight.spec and r.weight.spec.bits == 4} >= {"a.0", "b.0"}
+
+
+def test_matmul_family_ops_are_rewritten():
+    class Ops(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(8, 8))
+            self.bias = nn.Parameter(torch.randn(8))
+
+        def forward(self, x, b):
+            y = torch.addmm(self.bias, x, self.w, beta=0.5, alpha=2.0)
+            y = self.w @ y.t()  # weight on the left
+            z = torch.bmm(b, b.transpose(1, 2))
+            z = torch.baddbmm(z, z, z)
+            e = torch.einsum("ij,kj->ik", y, y)
+            return y.sum() + z.sum() + e.sum()
+
+    torch.manual_seed(0)
+    m = Ops()
+    c = _compiled(m)
+    x, b = torch.randn(4, 8), torch.randn(2, 3, 5, requires_grad=True)
+    c(x, b).backward()
+    plan = qcompile.plan(c)
+    ops = [r.op for r in plan]
+    assert ops == ["addmm", "matmul", "bmm", "baddbmm", "einsum"]
+    assert all(r.activation.spec.bits == 4 for r in plan.rows[:4])
+    assert "not supported" in plan.row("<root>", "einsum").reason
+    assert torch.isfinite(m.w.grad).all() and torch.isfinite(b.grad).all()
+
+
+def test_plan_json_and_planning_without_training_leaves_model_untouched():
+    from tests.models.small_nets import SmallResNet
+
+    torch.manual_seed(0)
+    m = SmallResNet()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    plan = qcompile.plan(m, torch.randn(2, 3, 8, 8), policy="luq")
+    assert all(p.grad is None for p in m.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    data = json.loads(plan.to_json())
+    row = next(r for r in data["rows"] if r["layer"] == "block1.conv1")
+    assert {"layer", "op", "weight", "activation", "grad_dgrad", "grad_wgrad"} <= row.keys()
+    assert row["grad_wgrad"]["format"] == "luq" and row["grad_wgrad"]["shared_from"] == "grad_dgrad"
+    assert data["rows"][0]["reason"].startswith("first GEMM layer")
+    assert 0 < data["totals"]["forward_low_bit_share"] < 1
+
+
+def test_cli_plan_prints_the_table(capsys):
+    from qcompile.cli import main
+
+    assert main(["plan", "tests.models.small_nets:mlp", "--input-shape", "4,16"]) == 0
+    out = capsys.readouterr().out
+    assert "int4" in out and "luq4" in out and "keep_first_last" in out
+    with pytest.raises(SystemExit):
+        main(["plan", "tests.models.small_nets:nope", "--input-shape", "4,16"])
