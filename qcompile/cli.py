@@ -92,7 +92,7 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from qcompile import demo
 
-    return demo.main(args.demo_args)
+    return demo.main([])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,11 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("presets", help="list the named policies")
     s.set_defaults(func=_cmd_presets)
     d = sub.add_parser("demo", help="train FP32 and 4-bit side by side on the 8x8 digits")
-    d.add_argument("demo_args", nargs=argparse.REMAINDER)
     d.set_defaults(func=_cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:  # everything after `demo` belongs to the demo's own parser
+        from qcompile import demo
+
+        rest = argv[1:]
+        return demo.main(rest[1:] if rest[:1] == ["--"] else rest)
     args = build_parser().parse_args(argv)
     return args.func(args)
