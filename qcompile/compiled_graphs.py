@@ -24,6 +24,7 @@ class CompiledGraph:
     facts: dict[tuple[str, str], OperandFact] = field(default_factory=dict)
     compiled: list[str] = field(default_factory=list)
     forward_roles: dict[str, tuple] = field(default_factory=dict)
+    had_params: bool = False
 
     def add_facts(self, graph: str, facts: dict[tuple[str, str], OperandFact]) -> None:
         with _LOCK:
@@ -39,7 +40,10 @@ def register(graph: CompiledGraph, example_inputs) -> CompiledGraph:
     for t in example_inputs:
         if isinstance(t, torch.nn.Parameter):
             graph.params.add(t)
+            graph.had_params = True
     with _LOCK:
+        # Forget graphs whose model has been garbage-collected, so long sessions do not grow.
+        _GRAPHS[:] = [g for g in _GRAPHS if not g.had_params or len(g.params)]
         _GRAPHS.append(graph)
     return graph
 
