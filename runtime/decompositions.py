@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 
 from . import layer_marker, quantized_conv, quantized_matmul  # noqa: F401  (register the ops first)
-from .autocast_rule import common_gemm_dtype
 from .int_quantize import int_quantize_reference
 from .luq_quantize import luq_quantize_reference
 
@@ -25,18 +24,6 @@ def _luq_quantize(g, bits, reduce_dims, sample, tag):
     return luq_quantize_reference(g, bits, reduce_dims)
 
 
-def _qmatmul(a, b, grad_a, grad_b, tag):
-    dtype = common_gemm_dtype(a, b)
-    return torch.matmul(a.to(dtype), b.to(dtype))
-
-
-def _qconv(x, w, stride, padding, dilation, transposed, output_padding, groups, grad_x, grad_w, tag):
-    dtype = common_gemm_dtype(x, w)
-    return torch.ops.aten.convolution(
-        x.to(dtype), w.to(dtype), None, stride, padding, dilation, transposed, output_padding, groups
-    )
-
-
 def _mark_layer(x, tag):
     return x
 
@@ -44,7 +31,7 @@ def _mark_layer(x, tag):
 QUANTIZER_DECOMPOSITIONS = {
     ops.int_quantize.default: _int_quantize,
     ops.luq_quantize.default: _luq_quantize,
-    ops.qmatmul.default: _qmatmul,
-    ops.qconv.default: _qconv,
+    ops.qmatmul.default: quantized_matmul.matmul_forward,
+    ops.qconv.default: quantized_conv.conv_forward,
     ops.mark_layer.default: _mark_layer,
 }

@@ -17,6 +17,24 @@ from .layer_marker import mark_layer
 from .quantized_matmul import SHARED
 
 
+def conv_forward(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    stride,
+    padding,
+    dilation,
+    transposed,
+    output_padding,
+    groups,
+    *_: object,
+) -> torch.Tensor:
+    """The forward of `qconv` (op, fake kernel and Inductor decomposition alike)."""
+    dtype = common_gemm_dtype(x, w)
+    return torch.ops.aten.convolution(
+        x.to(dtype), w.to(dtype), None, stride, padding, dilation, transposed, output_padding, groups
+    )
+
+
 @torch.library.custom_op("qcompile::qconv", mutates_args=())
 def qconv(
     x: torch.Tensor,
@@ -31,18 +49,10 @@ def qconv(
     grad_w: str,
     tag: str,
 ) -> torch.Tensor:
-    dtype = common_gemm_dtype(x, w)
-    return torch.ops.aten.convolution(
-        x.to(dtype), w.to(dtype), None, stride, padding, dilation, transposed, output_padding, groups
-    )
+    return conv_forward(x, w, stride, padding, dilation, transposed, output_padding, groups)
 
 
-@qconv.register_fake
-def _qconv_fake(x, w, stride, padding, dilation, transposed, output_padding, groups, grad_x, grad_w, tag):
-    dtype = common_gemm_dtype(x, w)
-    return torch.ops.aten.convolution(
-        x.to(dtype), w.to(dtype), None, stride, padding, dilation, transposed, output_padding, groups
-    )
+qconv.register_fake(conv_forward)
 
 
 def _setup(ctx, inputs, output):

@@ -21,18 +21,20 @@ from .layer_marker import mark_layer
 SHARED = "shared"
 
 
+def matmul_forward(a: torch.Tensor, b: torch.Tensor, *_: object) -> torch.Tensor:
+    """The forward of `qmatmul` (op, fake kernel and Inductor decomposition alike)."""
+    dtype = common_gemm_dtype(a, b)
+    return torch.matmul(a.to(dtype), b.to(dtype))
+
+
 @torch.library.custom_op("qcompile::qmatmul", mutates_args=())
 def qmatmul(a: torch.Tensor, b: torch.Tensor, grad_a: str, grad_b: str, tag: str) -> torch.Tensor:
     """`torch.matmul` for operands of rank >= 2; ``grad_a``/``grad_b`` are `QuantSpec` strings
     for dY in the dgrad and wgrad GEMMs, ``tag`` the layer (``"<layer>|gemm|<site>"``)."""
-    dtype = common_gemm_dtype(a, b)
-    return torch.matmul(a.to(dtype), b.to(dtype))
+    return matmul_forward(a, b)
 
 
-@qmatmul.register_fake
-def _qmatmul_fake(a, b, grad_a, grad_b, tag):
-    dtype = common_gemm_dtype(a, b)
-    return torch.matmul(a.to(dtype), b.to(dtype))
+qmatmul.register_fake(matmul_forward)
 
 
 def _setup(ctx, inputs, output):
