@@ -30,16 +30,16 @@ def int_levels(bits: int, unsigned: bool) -> tuple[int, int]:
 
 def int_clip(x: torch.Tensor, scaling: str, reduce_dims: Sequence[int]) -> torch.Tensor:
     """Clip value per group. SAWB (ALGORITHMS.md, INT4 SAWB step 1) falls back to max|x| when
-    its estimate is <= 0 or larger than max|x|. The SAWB statistics are taken on ``x / max|x|``
-    so that ``x²`` neither underflows nor overflows for tiny or huge tensors."""
+    its estimate is <= 0 or larger than max|x|. Its statistics accumulate in float64: ``x²``
+    cannot overflow or underflow for any float32 input, and they share one pass over ``x`` with
+    the max (no second pass to normalise first)."""
     amax = group_amax(x, reduce_dims)
     if scaling == "max":
         return amax
-    safe = torch.where(amax == 0, torch.ones_like(amax), amax)
-    u = x / safe
-    sawb = safe * (
-        SAWB_C1 * group_mean(u * u, reduce_dims).sqrt() - SAWB_C2 * group_mean(u.abs(), reduce_dims)
-    )
+    xd = x.double()
+    sawb = (
+        SAWB_C1 * group_mean(xd * xd, reduce_dims).sqrt() - SAWB_C2 * group_mean(xd.abs(), reduce_dims)
+    ).float()
     return torch.where((sawb <= 0) | (sawb > amax), amax, sawb)
 
 

@@ -12,6 +12,8 @@ import torch
 
 from .scaling_groups import group_amax, normalize_dims
 
+_EXPONENT_BITS = 0x7F800000
+
 
 def luq_levels(bits: int) -> int:
     """Number of non-zero magnitudes: 1 sign bit, bits-1 exponent bits, one code for zero.
@@ -47,11 +49,10 @@ def luq_quantize_reference(
     alpha = torch.where(alpha == 0, torch.ones_like(alpha), alpha)
     x = gf.abs() / alpha
     u = torch.rand_like(gf) if noise is None else noise.float()
-    # f = 2^floor(log2 x) for x >= 1, corrected by one step against log2 rounding error.
-    f = torch.exp2(torch.floor(torch.log2(torch.clamp(x, min=1.0))))
-    f = torch.where(f > torch.clamp(x, min=1.0), f * 0.5, f)
-    f = torch.where(2 * f <= x, f * 2, f)
-    log_rounded = torch.where(u < (x - f) / f, 2 * f, f)
+    # f = 2^floor(log2 x) for x >= 1, exactly: keep only the exponent bits of the float.
+    f = (torch.clamp(x, min=1.0).view(torch.int32) & _EXPONENT_BITS).view(torch.float32)
+    # Round up to 2f with probability (x - f)/f, written without a division.
+    log_rounded = torch.where(u * f < x - f, 2 * f, f)
     underflow = (u < x).to(gf.dtype)
     q = torch.where(x < 1, underflow, log_rounded)
     # x is NaN for non-finite groups: keep it visible (loss-scaling skip logic reads it).
