@@ -2,6 +2,7 @@
 
 Before AOTAutograd (Dynamo's torch-level graph):
     `find_gemm_sites`, `insert_fqt_quantizers` (uses `quantized_attention` for SDPA).
+On AOTAutograd's joint graph, before partitioning: `save_quantized_operands`.
 After AOTAutograd, per forward/backward ATen graph, before Inductor:
     `read_graph` (what the plan reports), `strip_layer_markers`, `decompose_quantizers`.
 """
@@ -11,11 +12,13 @@ from .gemm_sites import GemmSite, find_gemm_sites, layer_name
 from .insert_quantizers import SiteRecord, insert_fqt_quantizers
 from .quantized_attention import quantized_attention
 from .read_quantized_graph import OperandFact, forward_tensor_roles, read_graph, trace_operand
+from .save_quantized_operands import SaveQuantizedOperands, save_quantized_operands
 from .strip_layer_markers import strip_layer_markers
 
 __all__ = [
     "GemmSite",
     "OperandFact",
+    "SaveQuantizedOperands",
     "SiteRecord",
     "decompose_quantizers",
     "find_gemm_sites",
@@ -24,6 +27,7 @@ __all__ = [
     "layer_name",
     "quantized_attention",
     "read_graph",
+    "save_quantized_operands",
     "strip_layer_markers",
     "trace_operand",
 ]

@@ -24,6 +24,11 @@ def _fake_arg(a):
     return a
 
 
+def _is_tag(node: fx.Node, index: int) -> bool:
+    """The trailing string argument of every qcompile op is its tag: it does not change the math."""
+    return index == len(node.args) - 1 and isinstance(node.args[index], str)
+
+
 def decompose_quantizers(gm: fx.GraphModule) -> fx.GraphModule:
     """In place; returns ``gm``. Graphs without qcompile ops are returned unchanged."""
     targets = [n for n in gm.graph.nodes if n.op == "call_function" and n.target in QUANTIZER_DECOMPOSITIONS]

@@ -22,6 +22,7 @@ from qcompile.passes import (
     forward_tensor_roles,
     insert_fqt_quantizers,
     read_graph,
+    save_quantized_operands,
     strip_layer_markers,
 )
 from qcompile.policy import PolicyError
@@ -84,14 +85,14 @@ def fqt_backend(
 
     options = dict(options or {})
     policy = resolve_policy(options.pop("policy", None))
-    patches = _inductor_config_patches(mode, options)
+    patches = {"joint_custom_pre_pass": save_quantized_operands, **_inductor_config_patches(mode, options)}
     records = insert_fqt_quantizers(gm, policy)
     record = register(CompiledGraph(policy, records), example_inputs)
     inner = functools.partial(_inner_compile, record=record)
     # AOTAutograd's cache would hand back compiled graphs without calling our inner compile,
     # leaving the plan nothing to read; Inductor's own FX graph cache (inside it) still applies.
     with torch._functorch.config.patch(enable_autograd_cache=False):
-        return compile_fx(gm, example_inputs, inner_compile=inner, config_patches=patches or None)
+        return compile_fx(gm, example_inputs, inner_compile=inner, config_patches=patches)
 
 
 def register_fqt_backend() -> None:

@@ -53,7 +53,13 @@ def _grad_b(gb: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if b.ndim == 2:
         # Weight-like b: fold every batch dim of a and dY into the contraction (one GEMM).
         k, n = b.shape
-        db = a.reshape(-1, k).mT @ gb.reshape(-1, n)
+        a2, g2 = a.reshape(-1, k), gb.reshape(-1, n)
+        if b.stride(0) == 1 and b.stride(1) == k and k > 1:
+            # b is Wᵀ of a row-major W (nn.Linear): produce dW in W's own layout, so autograd
+            # hands it to .grad without a transposing copy (measured: 10% of an MLP step).
+            db = (g2.mT @ a2).mT
+        else:
+            db = a2.mT @ g2
     else:
         db = torch.matmul(a.mT, gb).sum_to_size(b.shape)
     return db.to(b.dtype)

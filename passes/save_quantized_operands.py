@@ -1,0 +1,31 @@
+"""Joint-graph pass: backward GEMMs read the forward's quantized operands, never recompute them.
+
+The min-cut partitioner may choose to save the FP32 input of a forward quantizer and recompute
+``Q(X)`` in the backward graph when that looks cheaper. For a stochastic forward quantizer that
+would be wrong (backward would see other values than forward used), and for every quantizer it
+is against the design: ``X̂`` and ``Ŵ`` are exactly what dgrad and wgrad consume, and the natural
+thing to store packed. This pass tags every forward quantizer ``MUST_SAVE`` before the
+partitioner runs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import fx
+from torch._inductor.custom_graph_pass import CustomGraphPass
+from torch.utils.checkpoint import CheckpointPolicy
+
+
+class SaveQuantizedOperands(CustomGraphPass):
+    """Use as Inductor's ``joint_custom_pre_pass``; in place on the joint forward-backward graph."""
+
+    def __call__(self, graph: fx.Graph) -> None:
+        for node in graph.nodes:
+            if node.op == "call_function" and node.target is torch.ops.qcompile.int_quantize.default:
+                node.meta["recompute"] = CheckpointPolicy.MUST_SAVE
+
+    def uuid(self) -> str:
+        return "qcompile.SaveQuantizedOperands.v1"
+
+
+save_quantized_operands = SaveQuantizedOperands()
