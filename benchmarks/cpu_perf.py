@@ -17,8 +17,12 @@ Writes ``benchmarks/results/cpu_perf.json`` and ``cpu_perf_sweep.png``.
 from __future__ import annotations
 
 import os
+import tempfile
 
-os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "0")  # compile times must be real
+# Compile times must be real: no FX graph cache, and a fresh on-disk kernel cache per run (else
+# kernels compiled by an earlier run make one side's compile look free).
+os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "0")
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="qcompile-cpu-perf-"))
 
 import argparse  # noqa: E402
 import json  # noqa: E402
