@@ -41,10 +41,16 @@ _UNSUPPORTED_FUNCS = {
     torch.linalg.multi_dot: "multi_dot",
     torch.inner: "inner",
     F.multi_head_attention_forward: "multi_head_attention",
+    torch._native_multi_head_attention: "native_multi_head_attention",
+    torch._transformer_encoder_layer_fwd: "transformer_encoder_layer_fwd",
 }
 _UNSUPPORTED_REASONS = {
     "multi_head_attention": "nn.MultiheadAttention's fused forward is opaque to qcompile; its projections "
     "and attention stay high precision",
+    "native_multi_head_attention": "nn.MultiheadAttention's inference fast path (one fused kernel) stays "
+    "high precision",
+    "transformer_encoder_layer_fwd": "nn.TransformerEncoderLayer's inference fast path (one fused kernel) "
+    "stays high precision",
 }
 _UNSUPPORTED_METHODS = {"mv": "mv", "addbmm": "addbmm", "addmv": "addmv"}
 _VIEW_METHODS = {"t", "transpose", "permute", "view", "reshape", "contiguous", "mT", "T", "expand", "to"}
@@ -87,6 +93,39 @@ def layer_name(node: fx.Node) -> str:
     path = re.sub(r"\[(\d+)\]", r".\1", path)
     path = re.sub(r"\['([^']*)'\]", r".\1", path)
     return path.strip(".") or "<root>"
+
+
+def _source_path(source_name: str) -> list[str]:
+    """``L['self']._modules['attn']._parameters['in_proj_weight']`` → ``['attn', 'in_proj_weight']``."""
+    return re.findall(r"_(?:modules|parameters)\['([^']*)'\]", source_name)
+
+
+def weight_layer_name(weight: Any, fallback: str) -> str:
+    """Module path of the parameter a GEMM reads, when it is deeper than the calling module's
+    (MultiheadAttention calls ``linear`` on ``out_proj.weight`` and ``in_proj_weight`` itself)."""
+    node = weight
+    while (
+        isinstance(node, fx.Node)
+        and node.op != "placeholder"
+        and node.args
+        and isinstance(node.args[0], fx.Node)
+    ):
+        node = node.args[0]
+    grapharg = node.meta.get("grapharg") if isinstance(node, fx.Node) else None
+    source = getattr(getattr(grapharg, "source", None), "name", None)
+    if not isinstance(source, str):
+        return fallback
+    source = source() if callable(source) else source
+    parts = _source_path(source)
+    if not parts:
+        return fallback
+    owner = ".".join(parts[:-1])
+    if parts[-1] != "weight":
+        name = parts[-1].removesuffix("_weight")
+        owner = f"{owner}.{name}" if owner else name
+    if fallback in ("<root>", "") or (owner.startswith(fallback) and owner != fallback):
+        return owner
+    return fallback
 
 
 def example_value(n: Any) -> torch.Tensor | None:
@@ -188,6 +227,8 @@ def classify(node: fx.Node, gm: fx.GraphModule) -> GemmSite | None:
     if is_fn and target in _LINEAR:
         x, w, bias = _arg(node, 0, "input"), _arg(node, 1, "weight"), _arg(node, 2, "bias")
         site = GemmSite(node, "linear", layer, a=x, b=w, bias=bias, b_is_weight=is_parameter(w, gm))
+        if site.b_is_weight:
+            site.layer = weight_layer_name(w, layer)
         if rank_of(x) is None or rank_of(x) < 2:
             site.unsupported = "1-D input to linear"
         return site

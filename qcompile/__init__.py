@@ -7,6 +7,7 @@ print(qcompile.plan(model))
 from qcompile import runtime  # noqa: F401  (registers the qcompile:: ops)
 from qcompile.backend import fqt_backend, register_fqt_backend
 from qcompile.compiled_graphs import clear as clear_plans
+from qcompile.dynamo_rules import trace_into_attention_functions
 from qcompile.plan import Plan, PlanRow, plan
 from qcompile.policy import ROLES, LayerDecision, Policy, PolicyError, Rule
 from qcompile.policy_files import load_policy_file, resolve_policy
@@ -17,6 +18,7 @@ from qcompile.runtime.spec import NAMED_SPECS, QuantSpec, parse_spec
 __version__ = "0.1.0"
 
 register_fqt_backend()
+trace_into_attention_functions()
 
 __all__ = [
     "DEFAULT_PRESET",

@@ -181,3 +181,47 @@ def test_cli_plan_prints_the_table(capsys):
     assert "int4" in out and "luq4" in out and "keep_first_last" in out
     with pytest.raises(SystemExit):
         main(["plan", "tests.models.small_nets:nope", "--input-shape", "4,16"])
+
+
+def test_multihead_attention_is_traced_into_without_changing_numerics():
+    import copy
+
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(16, 2, batch_first=True)
+    ref = copy.deepcopy(mha)
+    x = torch.randn(2, 5, 16)
+    fp32 = torch.compile(mha, backend="fqt", options={"policy": "fp32"})
+    torch.testing.assert_close(fp32(x, x, x)[0], ref(x, x, x)[0])
+    torch._dynamo.reset()
+    q = torch.compile(copy.deepcopy(ref), backend="fqt", options={"policy": ALL_QUANTIZED})
+    out, weights = q(x, x, x)  # need_weights=True: the bmm path
+    out.sum().backward()
+    plan = qcompile.plan(q)
+    assert [r.op for r in plan] == ["linear", "bmm", "bmm", "linear"]
+    assert [r.layer for r in plan][::3] == ["in_proj", "out_proj"]
+    assert all(r.weight.spec.bits == 4 and r.grad_wgrad.spec.format == "luq" for r in plan)
+    assert torch.allclose(weights.sum(-1), torch.ones(2, 5), atol=1e-5)
+
+
+def test_multihead_attention_in_eval_is_traced_not_fast_pathed():
+    mha = nn.MultiheadAttention(16, 2, batch_first=True).eval()
+    c = _compiled(mha)
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        c(x, x, x)
+    plan = qcompile.plan(c)
+    assert [r.op for r in plan] == ["linear", "bmm", "bmm", "linear"]
+    assert all(not r.grad_dgrad.ran for r in plan)
+
+
+def test_fused_fast_path_calls_are_listed_as_high_precision():
+    """A hand-built graph calling the fused inference kernels: listed with the reason, untouched."""
+    from qcompile.passes import find_gemm_sites
+    from torch import fx
+
+    g = fx.Graph()
+    x = g.placeholder("x")
+    out = g.call_function(torch._native_multi_head_attention, (x, x, x, 16, 2, x, x, x, x))
+    g.output(out)
+    sites = find_gemm_sites(fx.GraphModule(torch.nn.Module(), g))
+    assert len(sites) == 1 and "fast path" in sites[0].unsupported

@@ -74,8 +74,10 @@ def test_transformer_encoder_layer_trains():
         batches.append((centers[y][:, None, :] + 0.5 * torch.randn(16, 6, 8), y))
     plan = _compare(Classifier(), batches, F.cross_entropy)
     assert plan.row("encoder.linear1").weight.spec.bits == 4
-    mha = plan.row("encoder.self_attn")
-    assert "MultiheadAttention" in mha.reason  # opaque fused forward: listed, high precision, with reason
+    # nn.MultiheadAttention is traced into: its projections and both attention GEMMs are quantized.
+    assert plan.row("encoder.self_attn.in_proj").weight.spec.bits == 4
+    assert plan.row("encoder.self_attn.out_proj").grad_wgrad.spec.format == "luq"
+    assert plan.row("encoder.self_attn", "attention.qk").grad_dgrad.spec.format == "luq"
 
 
 def test_hugging_face_gpt2_from_config_trains():
