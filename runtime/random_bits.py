@@ -22,14 +22,28 @@ _M2 = 0x346CA68B
 _SEED_MIX = 0x9E3779B1 & 0x7FFFFFFF
 
 
+_RANK_MIX = 0x632BE5AB
+
+
+def process_rank() -> int:
+    """This process's rank in the default process group (0 outside distributed runs)."""
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def draw_seed(device: torch.device | str = "cpu") -> torch.Tensor:
-    """A fresh seed from torch's global generator (a 0-d int64 tensor below 2^32).
+    """A fresh seed from torch's global generator (a 0-d int64 tensor below 2^33).
 
     Written as a sum of two draws on purpose: Inductor realises a reduction as its own buffer,
     whereas a bare 0-d ``randint`` is inlined into the consumer's loop and re-drawn (scalar
     Philox) for every element, which costs more than the quantizer itself.
+
+    The process rank is mixed in (baked into each rank's compiled graph), so data-parallel ranks
+    seeded alike still draw independent gradient noise, reproducibly per seed.
     """
-    return torch.randint(0, 2**31 - 1, (2,), device=device, dtype=torch.int64).sum()
+    seed = torch.randint(0, 2**31 - 1, (2,), device=device, dtype=torch.int64).sum()
+    rank = process_rank()
+    return seed + rank * _RANK_MIX if rank else seed
 
 
 def hash_uniform(like: torch.Tensor, seed: torch.Tensor | int) -> torch.Tensor:
