@@ -225,3 +225,52 @@ def test_fused_fast_path_calls_are_listed_as_high_precision():
     g.output(out)
     sites = find_gemm_sites(fx.GraphModule(torch.nn.Module(), g))
     assert len(sites) == 1 and "fast path" in sites[0].unsupported
+
+
+def test_dynamic_sequence_length_through_attention_compiles_once():
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.out = nn.Linear(16, 48), nn.Linear(16, 16)
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            q, k, v = (z.view(b, t, 2, 8).transpose(1, 2) for z in self.qkv(x).split(16, -1))
+            a = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.out(a.transpose(1, 2).reshape(b, t, 16))
+
+    torch.manual_seed(0)
+    m = Attn()
+    c = _compiled(m, dynamic=True)
+    for t in (5, 9, 13):
+        out = c(torch.randn(2, t, 16))
+        assert out.shape == (2, t, 16)
+        out.sum().backward()
+    assert len(graphs_for(m)) == 1
+    assert qcompile.plan(c).row("<root>", "attention.qk").grad_dgrad.spec.format == "luq"
+
+
+def test_in_place_ops_in_the_model():
+    class InPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 4)
+
+        def forward(self, x):
+            h = self.a(x) * 2.0
+            h += 1.0
+            h.mul_(0.5)
+            h.relu_()  # last: relu_ saves its output for backward (legal in eager too)
+            return self.b(h)
+
+    torch.manual_seed(0)
+    m = InPlace()
+    ref = InPlace()
+    ref.load_state_dict(m.state_dict())
+    c = torch.compile(m, backend="fqt", options={"policy": "fp32"})
+    x = torch.randn(4, 16)
+    torch.testing.assert_close(c(x), ref(x))
+    m2 = InPlace()
+    c2 = _compiled(m2)
+    c2(x).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in m2.parameters())
