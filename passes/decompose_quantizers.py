@@ -9,6 +9,7 @@ made them.
 from __future__ import annotations
 
 import contextlib
+import itertools
 
 from qcompile.runtime import QUANTIZER_DECOMPOSITIONS
 from torch import fx
@@ -29,6 +30,27 @@ def _is_tag(node: fx.Node, index: int) -> bool:
     return index == len(node.args) - 1 and isinstance(node.args[index], str)
 
 
+def _is_tag(node: fx.Node, index: int) -> bool:
+    """The trailing string argument of every qcompile op is its tag: it does not change the math."""
+    return index == len(node.args) - 1 and isinstance(node.args[index], str)
+
+
+def _trace(fn, consts: list, tensor_pos: list[int], fakes: list, decompositions) -> fx.GraphModule:
+    """The ATen graph of ``fn`` on these fake tensors (the other arguments fixed)."""
+
+    def call(*tensors):
+        args = list(consts)
+        for i, t in zip(tensor_pos, tensors, strict=True):
+            args[i] = t
+        return fn(*args)
+
+    fake_mode = next((f.fake_mode for f in fakes if isinstance(f, FakeTensor)), None)
+    with contextlib.nullcontext() if fake_mode is None else fake_mode:
+        return make_fx(
+            call, decomposition_table=decompositions, tracing_mode="real" if fake_mode else "fake"
+        )(*fakes)
+
+
 def decompose_quantizers(gm: fx.GraphModule) -> fx.GraphModule:
     """In place; returns ``gm``. Graphs without qcompile ops are returned unchanged."""
     targets = [n for n in gm.graph.nodes if n.op == "call_function" and n.target in QUANTIZER_DECOMPOSITIONS]
@@ -38,23 +60,20 @@ def decompose_quantizers(gm: fx.GraphModule) -> fx.GraphModule:
     from torch._inductor.decomposition import select_decomp_table
 
     decompositions = select_decomp_table()
+    traced: dict[tuple, fx.GraphModule] = {}  # identical ops on identical metadata trace once
+    const_ids = itertools.count(len(list(gm.named_buffers())))
     for node in targets:
         fn = QUANTIZER_DECOMPOSITIONS[node.target]
         tensor_pos = [i for i, a in enumerate(node.args) if isinstance(a, fx.Node)]
         fakes = [node.args[i].meta["val"] for i in tensor_pos]
-        consts = list(node.args)
-
-        def call(*tensors, _fn=fn, _consts=consts, _pos=tensor_pos):
-            args = list(_consts)
-            for i, t in zip(_pos, tensors, strict=True):
-                args[i] = t
-            return _fn(*args)
-
-        fake_mode = next((f.fake_mode for f in fakes if isinstance(f, FakeTensor)), None)
-        with contextlib.nullcontext() if fake_mode is None else fake_mode:
-            sub = make_fx(
-                call, decomposition_table=decompositions, tracing_mode="real" if fake_mode else "fake"
-            )(*fakes)
+        key = (
+            node.target,
+            tuple(repr(a) for i, a in enumerate(node.args) if i not in tensor_pos and not _is_tag(node, i)),
+            tuple((str(f.shape), str(f.stride()), f.dtype, str(f.device)) for f in fakes),
+        )
+        sub = traced.get(key)
+        if sub is None:
+            sub = traced[key] = _trace(fn, list(node.args), tensor_pos, fakes, decompositions)
         env: dict[fx.Node, fx.Node] = {}
         placeholders = iter(node.args[i] for i in tensor_pos)
         with gm.graph.inserting_before(node):
@@ -65,7 +84,7 @@ def decompose_quantizers(gm: fx.GraphModule) -> fx.GraphModule:
                     result = fx.map_arg(sn.args[0], env.__getitem__)
                 elif sn.op == "get_attr":
                     attr = getattr(sub, sn.target)
-                    name = f"_qc_const_{len(list(gm.named_buffers()))}_{sn.target}"
+                    name = f"_qc_const_{next(const_ids)}_{sn.target}"
                     gm.register_buffer(name, attr)
                     env[sn] = gm.graph.get_attr(name)
                     env[sn].meta.update(sn.meta)

@@ -89,12 +89,6 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from qcompile import demo
-
-    return demo.main([])
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m qcompile", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,8 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_plan)
     s = sub.add_parser("presets", help="list the named policies")
     s.set_defaults(func=_cmd_presets)
-    d = sub.add_parser("demo", help="train FP32 and 4-bit side by side on the 8x8 digits")
-    d.set_defaults(func=_cmd_demo)
+    sub.add_parser("demo", help="train FP32 and 4-bit side by side on the 8x8 digits (options: demo --help)")
     return parser
 
 
@@ -124,4 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         rest = argv[1:]
         return demo.main(rest[1:] if rest[:1] == ["--"] else rest)
     args = build_parser().parse_args(argv)
+    if args.command == "demo":  # `demo` given after global options: run with defaults
+        from qcompile import demo
+
+        return demo.main([])
     return args.func(args)

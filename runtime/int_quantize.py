@@ -71,9 +71,8 @@ def int_quantize_reference(
     clip = int_clip(xf, scaling, dims)
     if signed == "auto":
         unsigned = group_amin(xf, dims) >= 0
-        lo = torch.zeros_like(clip)
         hi = torch.where(unsigned, float(2**bits - 1), float(2 ** (bits - 1) - 1))
-        lo = torch.where(unsigned, lo, -hi)
+        lo = torch.where(unsigned, 0.0, -hi)
     else:
         lo_i, hi_i = int_levels(bits, signed == "unsigned")
         lo, hi = float(lo_i), float(hi_i)
