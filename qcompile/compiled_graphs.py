@@ -55,9 +55,27 @@ def graphs_for(model: object | None) -> list[CompiledGraph]:
     if model is None:
         return graphs
     if isinstance(model, torch.nn.Module):
-        mine = {id(p) for p in model.parameters()}
+        mine = _parameter_ids(model)
         return [g for g in graphs if any(id(p) in mine for p in g.params)]
     return graphs
+
+
+def _parameter_ids(model: torch.nn.Module) -> set[int]:
+    """Ids of every tensor that a compiled graph of ``model`` may have read as a parameter.
+
+    FSDP2 (`fully_shard`) registers sharded DTensor parameters on the module but runs the forward
+    (and so Dynamo's graph) on separate unsharded parameters that it all-gathers into and reuses
+    each step; those are the ones the backend saw, so they count as the model's too.
+    """
+    ids = {id(p) for p in model.parameters()}
+    for module in model.modules():
+        get_state = getattr(module, "_get_fsdp_state", None)
+        group = getattr(get_state(), "_fsdp_param_group", None) if callable(get_state) else None
+        for fsdp_param in getattr(group, "fsdp_params", ()) if group is not None else ():
+            unsharded = getattr(fsdp_param, "_unsharded_param", None)
+            if unsharded is not None:
+                ids.add(id(unsharded))
+    return ids
 
 
 def clear() -> None:

@@ -89,6 +89,36 @@ def test_autocast_bf16_runs_gemms_in_bf16():
     assert "bfloat16" in qcompile.plan(c).row("2").saved
 
 
+def test_autocast_fp16_runs_gemms_in_fp16():
+    """fp16 autocast goes through the same dynamic autocast rule on CPU as on CUDA."""
+    torch.manual_seed(0)
+    m = mlp()
+    c = _compiled(m)
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = c(torch.randn(4, 16))
+    assert out.dtype == torch.float16
+    out.float().sum().backward()
+    assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in m.parameters())
+    assert "float16" in qcompile.plan(c).row("2").saved
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_autocast_fp16_with_grad_scaler():
+    torch.manual_seed(0)
+    m = mlp().cuda()
+    c = _compiled(m)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cuda")
+    with torch.autocast("cuda", dtype=torch.float16):
+        out = c(torch.randn(8, 16, device="cuda"))
+    assert out.dtype == torch.float16
+    scaler.scale(out.float().pow(2).sum()).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert all(torch.isfinite(p).all() for p in m.parameters())
+    assert "float16" in qcompile.plan(c).row("2").saved
+
+
 def test_dynamic_batch_compiles_once():
     torch.manual_seed(0)
     m = mlp()

@@ -46,3 +46,16 @@ def test_eager_fake_quant_baseline_really_quantizes():
     assert not torch.allclose(ref(x), fq(x), atol=1e-4)
     fq(x).sum().backward()
     assert all(p.grad is not None for p in fq.parameters())
+
+
+@pytest.mark.slow
+def test_distributed_steps_quick_mode_writes_results(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import distributed_steps
+
+    out = tmp_path / "dist.json"
+    assert distributed_steps.main(["--quick", "--configs", "fqt luq-int4", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["config"], r["processes"]) for r in rows} == {("fqt luq-int4", 1), ("fqt luq-int4", 2)}
+    assert all(r["step_ms"] > 0 and r["samples_per_s"] > 0 for r in rows)
+    sys.modules.pop("distributed_steps", None)

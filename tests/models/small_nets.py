@@ -49,3 +49,29 @@ def mlp(width: int = 32, depth: int = 3, inputs: int = 16, classes: int = 4) -> 
         d = width
     layers.append(nn.Linear(d, classes))
     return nn.Sequential(*layers)
+
+
+class ResidualMLPBlock(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, 2 * width)
+        self.fc2 = nn.Linear(2 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(F.relu(self.fc1(x)))
+
+
+class BlockNet(nn.Module):
+    """Input layer, a stack of residual MLP blocks, a head: the shape FSDP2 recipes shard per block."""
+
+    def __init__(self, inputs: int = 16, width: int = 32, depth: int = 2, classes: int = 4) -> None:
+        super().__init__()
+        self.inp = nn.Linear(inputs, width)
+        self.blocks = nn.ModuleList([ResidualMLPBlock(width) for _ in range(depth)])
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.inp(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
