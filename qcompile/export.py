@@ -102,9 +102,13 @@ def describe_boundary(shadow: torch.nn.Module, captured: Any) -> Boundary:
             "tensor subclasses or RNG/effect tokens are not exportable"
         )
     primals = []
-    for i, (ph, t, dname) in enumerate(zip(fw_ph, captured.dynamo_inputs, captured.dynamo_names, strict=True)):
+    for i, (ph, t, dname) in enumerate(
+        zip(fw_ph, captured.dynamo_inputs, captured.dynamo_names, strict=True)
+    ):
         if not isinstance(t, torch.Tensor):
-            raise ExportError(f"graph input {dname!r} is not a tensor ({type(t).__name__}); export needs static shapes")
+            raise ExportError(
+                f"graph input {dname!r} is not a tensor ({type(t).__name__}); export needs static shapes"
+            )
         if id(t) in params:
             primals.append({"fx": ph.name, "kind": "parameter", "name": params[id(t)], "tensor": t})
         elif id(t) in buffers:
@@ -147,7 +151,9 @@ def describe_boundary(shadow: torch.nn.Module, captured: Any) -> Boundary:
             target = grad_of[j] if j < len(grad_of) else f"tangent_{j}"
             bw_inputs.append({"fx": ph.name, "kind": "tangent", "name": f"grad_{target}", "grad_of": target})
         for p, v in zip(primals, _outputs(bw), strict=False):
-            bw_outputs.append({"kind": "gradient", "name": None if v is None else f"grad_{p['name']}", "grad_of": p["name"]})
+            bw_outputs.append(
+                {"kind": "gradient", "name": None if v is None else f"grad_{p['name']}", "grad_of": p["name"]}
+            )
     return Boundary(primals, fw_outputs, bw_inputs, bw_outputs)
 
 
@@ -190,14 +196,23 @@ def _write_onnx(tmp: Path, captured: Any, boundary: Boundary, external_threshold
         files[kind] = {
             "file": path.name,
             "external_data": (path.name + ".data") if external else None,
-            "inputs": [_manifest_value(e, _spec(ph[e["fx"]])) for e in ins if e["kind"] not in ("parameter", "buffer")],
+            "inputs": [
+                _manifest_value(e, _spec(ph[e["fx"]]))
+                for e in ins
+                if e["kind"] not in ("parameter", "buffer")
+            ],
             "initializers": [
                 _manifest_value(e, _spec(ph[e["fx"]])) for e in ins if e["kind"] in ("parameter", "buffer")
             ],
             "outputs": [
-                _manifest_value(o, _spec(v)) for o, v in zip(outs, out_vals, strict=True) if o["name"] and v is not None
+                _manifest_value(o, _spec(v))
+                for o, v in zip(outs, out_vals, strict=True)
+                if o["name"] and v is not None
             ]
-            + [{"name": out, "kind": "buffer_update", "buffer": buf} for buf, out in translated.buffer_updates.items()],
+            + [
+                {"name": out, "kind": "buffer_update", "buffer": buf}
+                for buf, out in translated.buffer_updates.items()
+            ],
         }
     return files
 
@@ -226,7 +241,10 @@ def _write_mlir(tmp: Path, captured: Any, boundary: Boundary) -> dict[str, Any]:
                 for o, v in zip(outs, out_vals, strict=True)
                 if v is not None
             ]
-            + [{"name": f"{names[u]}.updated", "kind": "buffer_update", "buffer": names[u], **_spec(ph[u])} for u in updated],
+            + [
+                {"name": f"{names[u]}.updated", "kind": "buffer_update", "buffer": names[u], **_spec(ph[u])}
+                for u in updated
+            ],
         }
         for form, importer in (("torch", import_raw), ("linalg", import_linalg)):
             text = importer(copy.deepcopy(gm), kind)

@@ -74,7 +74,9 @@ def add_aot_graph(kind: str, gm: fx.GraphModule) -> None:
     current = sink.graphs[-1]
     if kind == "backward":
         # Backward graphs compile lazily, in reverse order of their forwards when there are several.
-        target = next((g for g in reversed(sink.graphs) if g.backward is None and g.forward is not None), current)
+        target = next(
+            (g for g in reversed(sink.graphs) if g.backward is None and g.forward is not None), current
+        )
         target.backward = copy.deepcopy(gm)
         return
     from torch._guards import TracingContext
@@ -84,9 +86,9 @@ def add_aot_graph(kind: str, gm: fx.GraphModule) -> None:
     current.fw_metadata = ctx.fw_metadata if ctx is not None else None
 
 
-def capture_training_graphs(model: torch.nn.Module, example_inputs: tuple, policy: Any) -> tuple[
-    torch.nn.Module, list[CapturedGraphs]
-]:
+def capture_training_graphs(
+    model: torch.nn.Module, example_inputs: tuple, policy: Any
+) -> tuple[torch.nn.Module, list[CapturedGraphs]]:
     """Compile a deep copy of ``model`` with ``fqt`` and ``policy``, run forward and backward
     once on ``example_inputs``, and return the copy and its captured graphs.
 

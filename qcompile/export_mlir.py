@@ -103,7 +103,11 @@ def _fake_inputs(gm: fx.GraphModule) -> list[torch.Tensor]:
     for n in gm.graph.nodes:
         if n.op == "placeholder":
             v = n.meta["val"]
-            inputs.append(torch.zeros(v.shape, dtype=v.dtype) if v.dtype != torch.bool else torch.zeros(v.shape, dtype=torch.bool))
+            inputs.append(
+                torch.zeros(v.shape, dtype=v.dtype)
+                if v.dtype != torch.bool
+                else torch.zeros(v.shape, dtype=torch.bool)
+            )
     return inputs
 
 

@@ -56,7 +56,9 @@ class GraphIO:
     """How the caller names one graph's boundary."""
 
     inputs: dict[str, str] = field(default_factory=dict)  # placeholder → graph input name
-    initializers: dict[str, tuple[str, torch.Tensor]] = field(default_factory=dict)  # placeholder → (name, value)
+    initializers: dict[str, tuple[str, torch.Tensor]] = field(
+        default_factory=dict
+    )  # placeholder → (name, value)
     outputs: list[str | None] = field(default_factory=list)  # per FX output position; None drops it
     buffer_names: dict[str, str] = field(default_factory=dict)  # placeholder → buffer name (for copy_)
 
@@ -88,7 +90,9 @@ def translate_graph(gm: fx.GraphModule, io: GraphIO, graph_name: str, doc: str =
             if node.target == aten.copy_.default:
                 dst, src = node.args[:2]
                 if not (isinstance(dst, fx.Node) and dst.op == "placeholder" and dst.name in io.buffer_names):
-                    raise ExportError(f"in-place copy into {dst} (layer {node_layer(node)!r}) is not exportable")
+                    raise ExportError(
+                        f"in-place copy into {dst} (layer {node_layer(node)!r}) is not exportable"
+                    )
                 c = NodeContext(b, env, node)
                 buffer = io.buffer_names[dst.name]
                 out = b.reserve(f"{buffer}.updated")
@@ -150,7 +154,13 @@ def _fold_output_identities(b: OnnxGraphBuilder) -> None:
     keep = []
     for n in b.nodes:
         src = n.input[0] if n.op_type == "Identity" else None
-        if src is not None and n.output[0] in outputs and src in produced and src not in boundary and uses[src] == 1:
+        if (
+            src is not None
+            and n.output[0] in outputs
+            and src in produced
+            and src not in boundary
+            and uses[src] == 1
+        ):
             rename[src] = n.output[0]
             continue
         keep.append(n)

@@ -54,7 +54,9 @@ def onnx_dtype(dtype: torch.dtype) -> int:
     try:
         return TORCH_TO_ONNX[dtype]
     except KeyError:
-        raise ExportError(f"dtype {dtype} has no ONNX equivalent here; supported: {list(TORCH_TO_ONNX)}") from None
+        raise ExportError(
+            f"dtype {dtype} has no ONNX equivalent here; supported: {list(TORCH_TO_ONNX)}"
+        ) from None
 
 
 def tensor_to_proto(name: str, t: torch.Tensor) -> onnx.TensorProto:
@@ -116,7 +118,9 @@ class OnnxGraphBuilder:
     ) -> Any:
         names = [self.fresh(f"{hint or op.lower()}") for _ in range(outputs)]
         self.nodes.append(
-            helper.make_node(op, list(inputs), names, name=self.fresh(f"n_{hint or op}"), domain=domain, **attrs)
+            helper.make_node(
+                op, list(inputs), names, name=self.fresh(f"n_{hint or op}"), domain=domain, **attrs
+            )
         )
         return names[0] if outputs == 1 else names
 

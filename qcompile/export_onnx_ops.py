@@ -257,7 +257,9 @@ def _slice(c: NodeContext) -> str:
     step = _arg(c, 4, "step", 1)
     start = 0 if start is None else int(start)
     end = 2**62 if end is None else min(int(end), 2**62)
-    return c.emit("Slice", [c.val(x), c.b.ints([start]), c.b.ints([end]), c.b.ints([dim]), c.b.ints([int(step)])])
+    return c.emit(
+        "Slice", [c.val(x), c.b.ints([start]), c.b.ints([end]), c.b.ints([dim]), c.b.ints([int(step)])]
+    )
 
 
 @_on(aten.select.int)
@@ -342,7 +344,10 @@ def _var_mean(c: NodeContext) -> object:
     d = c.emit("Sub", [xv, mean_k])
     var = c.emit("ReduceMean", [c.emit("Mul", [d, d]), ax], keepdims=keep)
     if correction:
-        var = c.emit("Mul", [var, c.val(count / max(count - correction, 0) if count > correction else float("nan"), dt)])
+        var = c.emit(
+            "Mul",
+            [var, c.val(count / max(count - correction, 0) if count > correction else float("nan"), dt)],
+        )
     if c.node.target == aten.var.correction:
         return var
     mean = mean_k if keep else c.emit("ReduceMean", [xv, ax], keepdims=0)
@@ -390,7 +395,9 @@ def conv(c: NodeContext, x: fx.Node, w: fx.Node, bias: object, stride, padding, 
         kernel_shape=[int(k) for k in c.meta(w).shape[2:]],
     )
     if transposed:
-        return c.emit("ConvTranspose", inputs, output_padding=[int(p) for p in _expand_to(output_padding, nd)], **attrs)
+        return c.emit(
+            "ConvTranspose", inputs, output_padding=[int(p) for p in _expand_to(output_padding, nd)], **attrs
+        )
     return c.emit("Conv", inputs, **attrs)
 
 
@@ -408,9 +415,13 @@ def _convolution(c: NodeContext) -> str:
 def _convolution_backward(c: NodeContext) -> list[str | None]:
     """Input gradient as ``ConvTranspose``; weight gradient as a ``Conv`` of the input with dY
     as kernel (batch and channels swapped), cropped to the kernel size; bias gradient a sum."""
-    gy, x, w, _bias_sizes, stride, padding, dilation, transposed, output_padding, groups, mask = c.node.args[:11]
+    gy, x, w, _bias_sizes, stride, padding, dilation, transposed, output_padding, groups, mask = c.node.args[
+        :11
+    ]
     if transposed or int(groups) != 1:
-        raise ExportError(f"{c.where()}: convolution_backward is exportable for groups=1, non-transposed only")
+        raise ExportError(
+            f"{c.where()}: convolution_backward is exportable for groups=1, non-transposed only"
+        )
     dt = c.out_dtype
     x_shape, w_shape = list(c.meta(x).shape), list(c.meta(w).shape)
     nd = len(w_shape) - 2
@@ -420,7 +431,8 @@ def _convolution_backward(c: NodeContext) -> list[str | None]:
     if mask[0]:
         gy_shape = list(c.meta(gy).shape)
         extra = [
-            x_shape[2 + i] - ((gy_shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (w_shape[2 + i] - 1) + 1)
+            x_shape[2 + i]
+            - ((gy_shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (w_shape[2 + i] - 1) + 1)
             for i in range(nd)
         ]
         out[0] = c.emit(

@@ -59,7 +59,9 @@ def _nonzero(b: OnnxGraphBuilder, s: str) -> str:
     return b.node("Where", [b.node("Equal", [s, b.const(0.0, F32)]), b.const(1.0, F32), s])
 
 
-def _qdq(b: OnnxGraphBuilder, x: str, clip: str, bits: int, unsigned: bool, dims: list[int], shape: list[int]) -> str:
+def _qdq(
+    b: OnnxGraphBuilder, x: str, clip: str, bits: int, unsigned: bool, dims: list[int], shape: list[int]
+) -> str:
     """Clip, then standard QuantizeLinear/DequantizeLinear with an INT4/UINT4/INT8/UINT8 zero point."""
     lo, hi = int_levels(bits, unsigned)
     scale = _nonzero(b, b.node("Div", [clip, b.const(float(hi), F32)]))
@@ -109,7 +111,10 @@ def _int_function_body(b: OnnxGraphBuilder, x: str, bits: int, scaling: str, sig
     clip = _clip(b, x, scaling, dims, ndim)
     if signed == "auto":
         unsigned_group = b.node("GreaterOrEqual", [_group(b, "ReduceMin", x, dims, ndim), b.const(0.0, F32)])
-        hi = b.node("Where", [unsigned_group, b.const(float(2**bits - 1), F32), b.const(float(2 ** (bits - 1) - 1), F32)])
+        hi = b.node(
+            "Where",
+            [unsigned_group, b.const(float(2**bits - 1), F32), b.const(float(2 ** (bits - 1) - 1), F32)],
+        )
         lo = b.node("Where", [unsigned_group, b.const(0.0, F32), b.node("Neg", [hi])])
     else:
         lo_i, hi_i = int_levels(bits, signed == "unsigned")
@@ -182,7 +187,9 @@ def int_quantize(c: NodeContext) -> str:
         return y if c.dtype_of(x) == F32 else c.emit("Cast", [y], to=onnx_dtype(c.dtype_of(x)))
     name = (f"int{bits}_{scaling}_{signed}_{'sr' if stochastic else 'rdn'}_reduce_{_dims_label(dims)}"
             f"_rank{len(shape)}")  # fmt: skip
-    return _call(c, x, name, lambda b, v: _int_function_body(b, v, bits, scaling, signed, dims, len(shape), stochastic))
+    return _call(
+        c, x, name, lambda b, v: _int_function_body(b, v, bits, scaling, signed, dims, len(shape), stochastic)
+    )
 
 
 def luq_quantize(c: NodeContext) -> str:
