@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch._inductor.inductor_prims  # noqa: F401  (registers prims.fma and the inductor_* random prims)
 from torch import fx
 from torch.fx.experimental.proxy_tensor import make_fx
 

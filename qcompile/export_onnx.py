@@ -105,7 +105,8 @@ def translate_graph(gm: fx.GraphModule, io: GraphIO, graph_name: str, doc: str =
             if handler is None:
                 raise ExportError(
                     f"cannot export op {node.target} (node {node.name!r}) of layer {node_layer(node)!r} to ONNX: "
-                    f"no translation for it; supported ops: {', '.join(supported_ops())}"
+                    f"no translation for it (qcompile.export_onnx.supported_ops() lists the "
+                    f"{len(HANDLERS)} ops that have one)"
                 )
             env[node] = handler(NodeContext(b, env, node))
         elif node.op == "output":
@@ -123,6 +124,8 @@ def translate_graph(gm: fx.GraphModule, io: GraphIO, graph_name: str, doc: str =
         else:
             raise ExportError(f"{graph_name}: node kind {node.op!r} ({node.name}) is not exportable")
     _fold_output_identities(b)
+    used = {i for n in b.nodes for i in n.input}
+    b.initializers[:] = [t for t in b.initializers if t.name in used]
     graph = helper.make_graph(
         b.nodes, graph_name, b.inputs, b.outputs + update_outputs, initializer=b.initializers
     )

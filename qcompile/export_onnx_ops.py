@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch._inductor.inductor_prims  # noqa: F401  (registers prims.fma and the inductor_* random prims)
 from torch import fx
 
 from qcompile.export_onnx_graph import ExportError, NodeContext, onnx_dtype

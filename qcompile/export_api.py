@@ -93,8 +93,13 @@ def describe_boundary(shadow: torch.nn.Module, captured: Any) -> Boundary:
     from qcompile.export_onnx_graph import ExportError
 
     fw, bw, md = captured.forward, captured.backward, captured.fw_metadata
-    params = {id(p): n for n, p in shadow.named_parameters(remove_duplicate=False)}
-    buffers = {id(b): n for n, b in shadow.named_buffers(remove_duplicate=False)}
+    # Tied weights (GPT-2's lm_head and wte) take their first name, as `named_parameters` gives it.
+    params: dict[int, str] = {}
+    for n, p in shadow.named_parameters(remove_duplicate=False):
+        params.setdefault(id(p), n)
+    buffers: dict[int, str] = {}
+    for n, b in shadow.named_buffers(remove_duplicate=False):
+        buffers.setdefault(id(b), n)
     fw_ph = _placeholders(fw)
     if len(fw_ph) != len(captured.dynamo_inputs):
         raise ExportError(
@@ -274,6 +279,38 @@ def export(
     external_data_threshold: ONNX models above this many bytes keep weights in ``<file>.data``.
     Returns the output directory. The model itself is not modified (a deep copy is compiled).
     """
+    return export_with_graphs(
+        model,
+        example_inputs,
+        out_dir,
+        format,
+        policy,
+        overwrite,
+        external_data_threshold=external_data_threshold,
+    ).path
+
+
+@dataclasses.dataclass
+class ExportResult:
+    """What `export_with_graphs` wrote, and the graphs it wrote it from (to run them eagerly)."""
+
+    path: Path
+    model: torch.nn.Module  # the compiled deep copy whose parameters the graphs read
+    graphs: Any  # qcompile.export_capture.CapturedGraphs
+    boundary: Boundary
+
+
+def export_with_graphs(
+    model: torch.nn.Module,
+    example_inputs: Any,
+    out_dir: str | os.PathLike,
+    format: str = "onnx",
+    policy: Any = None,
+    overwrite: bool = False,
+    *,
+    external_data_threshold: int = 2**31 - 2**26,
+) -> ExportResult:
+    """`export`, also returning the captured FX graphs (validation compares runtimes against them)."""
     from qcompile.plan import plan_from_graphs
     from qcompile.policy_files import resolve_policy
 
@@ -330,7 +367,7 @@ def export(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
+    return ExportResult(out, shadow, captured, boundary)
 
 
 def _version() -> str:
