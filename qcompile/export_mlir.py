@@ -134,12 +134,33 @@ def import_linalg(gm: fx.GraphModule, name: str) -> str:
 
 
 def parse_and_verify(text: str) -> None:
-    """Parse an exported module with torch-mlir's own bindings and run the MLIR verifier."""
+    """Parse an exported module with torch-mlir's Python bindings and run the MLIR verifier.
+
+    The bindings register the ``torch`` dialect and MLIR's upstream dialects but not
+    torch-mlir's ``tm_tensor`` (which the linalg-on-tensors contract allows, e.g. for an
+    embedding's scatter-add gradient). A module using it is first verified by the wheel's own
+    ``torch-mlir-opt`` (which registers every torch-mlir dialect) and printed in generic form,
+    which the bindings then parse and verify with that one dialect left unregistered.
+    """
+    import subprocess
+    from pathlib import Path
+
+    import torch_mlir
     from torch_mlir import ir
     from torch_mlir.dialects import torch as torch_d
 
+    uses_tm_tensor = "tm_tensor." in text
+    if uses_tm_tensor:
+        opt = Path(torch_mlir.__path__[0]) / "_mlir_libs" / "torch-mlir-opt"
+        done = subprocess.run(
+            [str(opt), "--mlir-print-op-generic"], input=text, capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            raise ValueError(f"torch-mlir-opt rejected the module: {done.stderr[-2000:]}")
+        text = done.stdout
     with ir.Context() as ctx:
         torch_d.register_dialect(ctx)
+        ctx.allow_unregistered_dialects = uses_tm_tensor
         module = ir.Module.parse(text)
         if not module.operation.verify():
             raise ValueError("MLIR module failed verification")
