@@ -182,7 +182,9 @@ def save_model(model: onnx.ModelProto, path: str, external_threshold: int = 2**3
     protobuf's 2 GB limit. Returns whether external data was used."""
     import os
 
-    external = model.ByteSize() > external_threshold
+    # Sum the weights rather than serialising the model: protobuf cannot serialise past 2 GB.
+    weights = sum(t.ByteSize() for t in model.graph.initializer)
+    external = weights + 2**20 > external_threshold
     if external:
         onnx.save_model(
             model, path, save_as_external_data=True, all_tensors_to_one_file=True,

@@ -286,6 +286,14 @@ def _cat(c: NodeContext) -> str:
     return c.emit("Concat", [c.val(t, dt) for t in tensors], axis=dim)
 
 
+@_on(aten.stack.default)
+def _stack(c: NodeContext) -> str:
+    dt = c.out_dtype
+    dim = int(_arg(c, 1, "dim", 0)) % len(c.out_shape)
+    parts = [c.emit("Unsqueeze", [c.val(t, dt), c.b.ints([dim])]) for t in c.node.args[0]]
+    return c.emit("Concat", parts, axis=dim)
+
+
 @_on(operator.getitem)
 def _getitem(c: NodeContext) -> object:
     return c.env[c.node.args[0]][c.node.args[1]]

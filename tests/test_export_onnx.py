@@ -186,3 +186,39 @@ def test_large_models_keep_weights_as_external_data(tmp_path):
     torch.testing.assert_close(
         torch.from_numpy(out[0]), run_our_forward(result)["output_0"], rtol=1e-5, atol=1e-5
     )
+
+
+@pytest.mark.parametrize(
+    "policy",
+    ["luq-smp2", {"weight": "int4-channel", "activation": "int4-sample", "grad_dgrad": "int8-sr-sample",
+                  "grad_wgrad": "luq4", "keep_first_last": False}],
+    ids=["luq-smp2", "per-axis+int8-sr"],
+)  # fmt: skip
+def test_other_policies_export_and_run(policy, tmp_path):
+    """SMP averaging, per-axis Q/DQ (per-channel weights, per-sample activations) and a
+    stochastic-rounding INT8 gradient function all export, check and run."""
+    from tests.export_helpers import small_resnet
+
+    model, inputs = small_resnet()
+    result = export_with_graphs(model, inputs, tmp_path / "out", policy=policy)
+    manifest = json.loads((result.path / "manifest.json").read_text())["graphs"]
+    forward = onnx.load(str(result.path / "forward.onnx"))
+    if isinstance(policy, dict):
+        assert any(
+            a.name == "axis" for n in forward.graph.node if n.op_type == "QuantizeLinear" for a in n.attribute
+        )
+        assert any(
+            f.name.startswith("int8_max_signed_sr")
+            for f in onnx.load(str(result.path / "backward.onnx")).functions
+        )
+    feed = {manifest["forward"]["inputs"][0]["name"]: inputs[0].numpy()}
+    (out,) = _session(result.path / "forward.onnx").run(["output_0"], feed)
+    torch.testing.assert_close(
+        torch.from_numpy(out), run_our_forward(result)["output_0"], rtol=1e-5, atol=1e-5
+    )
+    args, bfeed = backward_feeds(result, run_our_forward(result), inputs)
+    names = [o["name"] for o in manifest["backward"]["outputs"]]
+    grads = _session(result.path / "backward.onnx").run(names, bfeed)
+    ours = run_our_backward(result, args)
+    assert [g.shape for g in grads] == [tuple(o.shape) for o in ours]
+    assert all(np.isfinite(g).all() for g in grads)
