@@ -162,6 +162,18 @@ def describe_boundary(shadow: torch.nn.Module, captured: Any) -> Boundary:
     return Boundary(primals, fw_outputs, bw_inputs, bw_outputs)
 
 
+def _feed(entry: dict[str, Any]) -> dict[str, Any]:
+    """Where one backward input comes from: a forward output, a model input, a weight, the caller."""
+    source = {
+        "saved": {"forward_output": entry["name"]},
+        "input": {"forward_input": entry["name"]},
+        "parameter": {"parameter": entry["name"]},
+        "buffer": {"buffer": entry["name"]},
+        "tangent": {"caller": f"dL/d {entry.get('grad_of')} (forward output {entry.get('grad_of')})"},
+    }[entry["kind"]]
+    return {"backward_input": entry["name"], "kind": entry["kind"], **source}
+
+
 def _manifest_value(entry: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     keep = {k: v for k, v in entry.items() if k in ("name", "kind", "grad_of")}
     return {**keep, **spec}
@@ -344,12 +356,7 @@ def export_with_graphs(
             files = _write_onnx(tmp, captured, boundary, external_data_threshold)
         else:
             files = _write_mlir(tmp, captured, boundary)
-        feeds = [
-            {"backward_input": e["name"], "kind": e["kind"],
-             "from": "forward output" if e["kind"] == "saved" else "forward input" if e["kind"] == "input"
-             else "caller (dL/d " + e["grad_of"] + ")" if e["kind"] == "tangent" else "model " + e["kind"]}
-            for e in boundary.bw_inputs
-        ]  # fmt: skip
+        feeds = [_feed(e) for e in boundary.bw_inputs]
         manifest = {
             "format": format,
             "opset": 21 if format == "onnx" else None,

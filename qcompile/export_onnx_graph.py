@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -62,10 +63,8 @@ def onnx_dtype(dtype: torch.dtype) -> int:
 def tensor_to_proto(name: str, t: torch.Tensor) -> onnx.TensorProto:
     t = t.detach().cpu().contiguous()
     if t.dtype == torch.bfloat16:
-        proto = numpy_helper.from_array(t.float().numpy(), name)
         return helper.make_tensor(name, TensorProto.BFLOAT16, list(t.shape), t.float().numpy().ravel())
-    proto = numpy_helper.from_array(t.numpy(), name)
-    return proto
+    return numpy_helper.from_array(t.numpy(), name)
 
 
 def value_info(name: str, dtype: torch.dtype, shape: Sequence[int]) -> onnx.ValueInfoProto:
@@ -76,9 +75,7 @@ def node_layer(node: fx.Node) -> str:
     """The layer an FX node belongs to: its module stack, else a quantizer tag nearby."""
     for key in ("nn_module_stack", "fwd_nn_module_stack"):
         if node.meta.get(key):
-            probe = fx.Node.__new__(fx.Node)
-            probe.meta = {"nn_module_stack": node.meta[key]}
-            return layer_name(probe)
+            return layer_name(SimpleNamespace(meta={"nn_module_stack": node.meta[key]}))  # type: ignore[arg-type]
     for a in itertools.chain([node], node.args, node.users):
         if isinstance(a, fx.Node):
             tag = next((x for x in a.args if isinstance(x, str) and "|" in x), None)

@@ -40,7 +40,12 @@ def run_our_forward(result) -> dict[str, torch.Tensor]:
     primals = [t.detach().clone() for t in result.graphs.dynamo_inputs]
     with torch.no_grad():
         outs = result.graphs.forward(*primals)
-    return {o["name"]: v for o, v in zip(result.boundary.fw_outputs, outs, strict=True) if o["name"]}
+    values = {o["name"]: v for o, v in zip(result.boundary.fw_outputs, outs, strict=True) if o["name"]}
+    # Buffers the graph updates in place (BatchNorm running statistics), as the ONNX export names them.
+    for p, value in zip(result.boundary.primals, primals, strict=True):
+        if p["kind"] == "buffer" and not torch.equal(value, p["tensor"]):
+            values[f"{p['name']}.updated"] = value
+    return values
 
 
 def backward_feeds(

@@ -28,6 +28,13 @@ qops = torch.ops.qcompile
 RUNS = 16
 
 
+@pytest.fixture(autouse=True)
+def _seeded_onnxruntime():
+    """ONNX Runtime's random ops (RandomUniformLike without a seed attribute) draw from a global
+    generator: seed it so these tests are reproducible."""
+    ort.set_seed(0)
+
+
 def _session(model) -> ort.InferenceSession:
     """A CPU session for a file path or serialized model bytes."""
     source = model if isinstance(model, bytes) else str(model)
@@ -62,6 +69,9 @@ def test_files_manifest_and_checker(exported):
     saved = [i for i in bw["inputs"] if i["kind"] == "saved"]
     assert saved and all(fw_out[s["name"]]["shape"] == s["shape"] for s in saved)
     assert any(i["kind"] == "tangent" for i in bw["inputs"])
+    feeds = {f["backward_input"]: f for f in manifest["feeds"]}
+    assert all(feeds[s["name"]]["forward_output"] in fw_out for s in saved)
+    assert set(feeds) == {i["name"] for i in bw["inputs"]} | {i["name"] for i in bw["initializers"]}
     params = dict(result.model.named_parameters())
     grads = {o["grad_of"]: o for o in bw["outputs"] if o["kind"] == "gradient"}
     assert set(grads) == {n for n, p in params.items() if p.requires_grad}
@@ -93,8 +103,9 @@ def test_onnxruntime_forward_matches_ours(exported):
             assert torch.equal(got, value), out_name
         else:
             torch.testing.assert_close(got, value, rtol=1e-5, atol=1e-5, msg=f"{name}: {out_name}")
-    for update in (o for o in manifest["outputs"] if o["kind"] == "buffer_update"):
-        assert np.all(np.isfinite(theirs[update["name"]].astype(np.float64)))
+    updates = [o["name"] for o in manifest["outputs"] if o["kind"] == "buffer_update"]
+    assert (name == "resnet") == bool(updates)  # BatchNorm running statistics, compared above
+    assert set(updates) <= set(ours)
 
 
 def test_onnxruntime_backward_agrees_in_distribution(exported):
@@ -149,7 +160,8 @@ def test_luq_function_is_unbiased_on_its_grid():
     levels = np.abs(draws) / alpha
     on_grid = np.isclose(levels[..., None], [0] + [2.0**k for k in range(7)], rtol=1e-5, atol=1e-6).any(-1)
     assert on_grid.all()
-    se = draws.std(0, ddof=1) / np.sqrt(len(draws)) + 1e-9
+    # The floor keeps always-exact elements (the group maximum) from dividing float noise by zero.
+    se = draws.std(0, ddof=1) / np.sqrt(len(draws)) + 1e-6 * g.abs().max().item()
     z = np.abs(draws.mean(0) - g.double().numpy()) / se
     assert (z > 4.5).mean() < 0.01
 
@@ -166,7 +178,10 @@ def test_stochastic_int_function_is_unbiased():
     draws = np.stack([session.run(["y"], {"x": x.numpy()})[0] for _ in range(300)]).astype(np.float64)
     step = x.abs().max().item() / 7
     assert np.allclose(np.round(draws / step), draws / step, atol=1e-4)
-    se = draws.std(0, ddof=1) / np.sqrt(len(draws)) + 1e-9
+    # Stochastic rounding is a Bernoulli draw between neighbouring levels: its exact standard error
+    # (not the sample one, which is 0 for elements that never rounded up in 300 draws).
+    frac = x.double().numpy() / step - np.floor(x.double().numpy() / step)
+    se = np.sqrt(frac * (1 - frac) / len(draws)) * step + 1e-6 * step
     assert (np.abs(draws.mean(0) - x.double().numpy()) / se > 4.5).mean() < 0.01
 
 
@@ -197,9 +212,9 @@ def test_large_models_keep_weights_as_external_data(tmp_path):
 def test_other_policies_export_and_run(policy, tmp_path):
     """SMP averaging, per-axis Q/DQ (per-channel weights, per-sample activations) and a
     stochastic-rounding INT8 gradient function all export, check and run."""
-    from tests.export_helpers import small_resnet
+    from tests.export_helpers import small_mlp
 
-    model, inputs = small_resnet()
+    model, inputs = small_mlp()
     result = export_with_graphs(model, inputs, tmp_path / "out", policy=policy)
     manifest = json.loads((result.path / "manifest.json").read_text())["graphs"]
     forward = onnx.load(str(result.path / "forward.onnx"))
