@@ -144,36 +144,25 @@ def _fold_output_identities(b: OnnxGraphBuilder) -> None:
     """Name a graph output's producer after the output instead of adding ``Identity`` nodes.
 
     Cleaner graphs, and it sidesteps onnxruntime 1.32's EliminateIdentity rewrite, which
-    (measured) breaks a graph whose output Identity reads a value other nodes also read.
+    (measured) breaks a graph whose output Identity reads a value other nodes also read. A value
+    exported under several names keeps one Identity per extra name, reading the first name.
     """
     outputs = {v.name for v in b.outputs}
     boundary = {v.name for v in b.inputs} | {t.name for t in b.initializers} | outputs
     produced = {o for n in b.nodes for o in n.output}
-    uses: dict[str, int] = {}
-    for n in b.nodes:
-        if n.op_type == "Identity" and n.output[0] in outputs:
-            uses[n.input[0]] = uses.get(n.input[0], 0) + 1
     rename: dict[str, str] = {}
     keep = []
     for n in b.nodes:
-        src = n.input[0] if n.op_type == "Identity" else None
-        if (
-            src is not None
-            and n.output[0] in outputs
-            and src in produced
-            and src not in boundary
-            and uses[src] == 1
-        ):
+        src = n.input[0] if n.op_type == "Identity" and n.output[0] in outputs else None
+        if src is not None and src in produced and src not in boundary and src not in rename:
             rename[src] = n.output[0]
             continue
         keep.append(n)
     for n in keep:
         for i, name in enumerate(n.input):
-            if name in rename:
-                n.input[i] = rename[name]
+            n.input[i] = rename.get(name, name)
         for i, name in enumerate(n.output):
-            if name in rename:
-                n.output[i] = rename[name]
+            n.output[i] = rename.get(name, name)
     b.nodes[:] = keep
 
 
