@@ -20,6 +20,7 @@ ort = pytest.importorskip("onnxruntime", reason="ONNX export tests need `pip ins
 from qcompile.runtime import int_quantize_reference  # noqa: E402
 from torch.fx.experimental.proxy_tensor import make_fx  # noqa: E402
 
+from qcompile.export_api import export as qcompile_export  # noqa: E402
 from qcompile.export_api import export_with_graphs  # noqa: E402
 from qcompile.export_onnx import GraphIO, translate_graph  # noqa: E402
 from tests.export_helpers import MODELS, backward_feeds, run_our_backward, run_our_forward  # noqa: E402
@@ -237,3 +238,21 @@ def test_other_policies_export_and_run(policy, tmp_path):
     ours = run_our_backward(result, args)
     assert [g.shape for g in grads] == [tuple(o.shape) for o in ours]
     assert all(np.isfinite(g).all() for g in grads)
+
+
+def test_onnx_forward_matches_the_inductor_compiled_model(tmp_path):
+    """The exported forward against what training really runs: the model compiled with
+    ``backend="fqt"`` by Inductor (quantizers fused into its generated loops)."""
+    from tests.export_helpers import small_mlp
+
+    model, inputs = small_mlp()
+    out = qcompile_export(model, inputs, tmp_path / "out")
+    manifest = json.loads((out / "manifest.json").read_text())["graphs"]["forward"]
+    (theirs,) = _session(out / "forward.onnx").run(
+        ["output_0"], {manifest["inputs"][0]["name"]: inputs[0].numpy()}
+    )
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="fqt")
+    with torch.no_grad():
+        ours = compiled(*inputs)
+    torch.testing.assert_close(torch.from_numpy(theirs), ours, rtol=1e-5, atol=1e-5)
