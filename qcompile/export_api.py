@@ -368,13 +368,29 @@ def export_with_graphs(
             "plan": json.loads(plan_from_graphs([captured.record]).to_json()),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        _swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ExportResult(out, shadow, captured, boundary)
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Rename the finished directory into place; an existing one is moved aside first and only
+    deleted once the new one is in place (restored if the rename fails)."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / out.name)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old / out.name, out)
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _version() -> str:
