@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[test,demo,plots]"
+	$(BIN)/python -m pip install -q -e ".[test,demo,plots,export]"
 	touch $(STAMP)
 
 demo: install

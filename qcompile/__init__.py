@@ -8,6 +8,7 @@ from qcompile import runtime  # noqa: F401  (registers the qcompile:: ops)
 from qcompile.backend import fqt_backend, register_fqt_backend
 from qcompile.compiled_graphs import clear as clear_plans
 from qcompile.dynamo_rules import trace_into_attention_functions
+from qcompile.export_api import export
 from qcompile.plan import Plan, PlanRow, plan
 from qcompile.policy import ROLES, LayerDecision, Policy, PolicyError, Rule
 from qcompile.policy_files import load_policy_file, resolve_policy
@@ -32,6 +33,7 @@ __all__ = [
     "QuantSpec",
     "Rule",
     "clear_plans",
+    "export",
     "fqt_backend",
     "load_policy_file",
     "parse_spec",

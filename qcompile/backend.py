@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import fx
 
+from qcompile import export_capture
 from qcompile.compiled_graphs import CompiledGraph, register
 from qcompile.passes import (
     decompose_quantizers,
@@ -64,8 +65,15 @@ def _inner_compile(
     if kind != "backward":
         record.forward_roles.update(forward_tensor_roles(gm))
     record.add_facts(kind, read_graph(gm, kind))
+    capturing = export_capture.active_sink() is not None
+    if capturing:
+        export_capture.add_aot_graph(kind, gm)
     strip_layer_markers(gm)
     decompose_quantizers(gm)
+    if capturing:  # `qcompile.export`: the graphs are what it wants; run them eagerly, skip Inductor
+        from torch._functorch.aot_autograd import make_boxed_func
+
+        return make_boxed_func(gm.forward)
     return compile_fx_inner(gm, example_inputs, **kwargs)
 
 
@@ -88,6 +96,7 @@ def fqt_backend(
     patches = {"joint_custom_pre_pass": save_quantized_operands, **_inductor_config_patches(mode, options)}
     records = insert_fqt_quantizers(gm, policy)
     record = register(CompiledGraph(policy, records), example_inputs)
+    export_capture.begin_graph(gm, example_inputs, record)
     inner = functools.partial(_inner_compile, record=record)
     # AOTAutograd's cache would hand back compiled graphs without calling our inner compile,
     # leaving the plan nothing to read; Inductor's own FX graph cache (inside it) still applies.

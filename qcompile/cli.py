@@ -1,6 +1,7 @@
 """``python -m qcompile``: plan a model without training it, list presets, run the demo.
 
 python -m qcompile plan torchvision_like.models:resnet20 --input-shape 8,3,32,32 --policy luq
+python -m qcompile export tests.models.small_nets:small_resnet --input-shape 8,3,32,32 --format onnx --out out/
 python -m qcompile presets
 python -m qcompile demo --epochs 4
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -53,9 +55,8 @@ def _shape(text: str) -> tuple[int, ...]:
     return dims
 
 
-def _cmd_plan(args: argparse.Namespace) -> int:
-    import qcompile
-
+def _model_and_inputs(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    """The model from ``module:factory`` and random example inputs of the given shapes."""
     factory = _load_factory(args.model)
     model = factory()
     if not isinstance(model, torch.nn.Module):
@@ -68,11 +69,43 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         else:
             inputs.append(torch.randn(shape))
     model.train(not args.eval)
+    return model, tuple(inputs)
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    import qcompile
+
+    model, inputs = _model_and_inputs(args)
     try:
         plan = qcompile.plan(model, tuple(inputs), policy=args.policy)
     except qcompile.PolicyError as e:
         raise SystemExit(f"error: {e}") from None
     print(plan.to_json() if args.json else plan)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import qcompile
+
+    model, inputs = _model_and_inputs(args)
+    try:
+        out = qcompile.export(
+            model, inputs, args.out, format=args.format, policy=args.policy, overwrite=args.overwrite
+        )
+    except (ValueError, FileExistsError, ImportError) as e:
+        raise SystemExit(f"error: {e}") from None
+    manifest = json.loads((out / "manifest.json").read_text())
+    rows = []
+    for kind, g in manifest["graphs"].items():
+        for key, label in (
+            ("file", "file"),
+            ("torch_file", "torch dialect"),
+            ("linalg_file", "linalg-on-tensors"),
+        ):
+            if g.get(key):
+                rows.append([kind, label, str(out / g[key])])
+    print(tabulate(rows, headers=["graph", "form", "path"]))
+    print(f"manifest: {out / 'manifest.json'}")
     return 0
 
 
@@ -103,6 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_plan)
+    e = sub.add_parser("export", help="write the quantized forward and backward graphs to ONNX or MLIR")
+    e.add_argument("model", help="module:factory or file.py:factory returning an nn.Module")
+    e.add_argument("--input-shape", type=_shape, action="append", required=True,
+                   help="shape of one example input, e.g. 8,3,32,32 (repeat for several inputs)")  # fmt: skip
+    e.add_argument("--int-input", type=int, default=0, metavar="HIGH",
+                   help="make integer inputs in [0, HIGH) (token ids) instead of normal floats")  # fmt: skip
+    e.add_argument("--format", default="onnx", help="onnx or mlir (default onnx)")
+    e.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    e.add_argument("--policy", default=None, help="preset name or .toml/.json policy file (default luq-int4)")
+    e.add_argument("--eval", action="store_true", help="export the model in eval() mode")
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=_cmd_export)
     s = sub.add_parser("presets", help="list the named policies")
     s.set_defaults(func=_cmd_presets)
     sub.add_parser("demo", help="train FP32 and 4-bit side by side on the 8x8 digits (options: demo --help)")
