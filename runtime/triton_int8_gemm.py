@@ -54,8 +54,11 @@ if triton is not None:
             (128, 64, 128, 4, 4), (64, 128, 128, 4, 4), (64, 64, 64, 4, 4), (32, 64, 64, 4, 4),
         ]:  # fmt: skip
             cfg.append(
-                triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=stages,
-                              num_warps=warps)  # fmt: skip
+                triton.Config(
+                    {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
+                    num_stages=stages,
+                    num_warps=warps,
+                )  # fmt: skip
             )
         return cfg
 
@@ -101,14 +104,18 @@ if triton is not None:
         else:
             tl.store(c_ptrs, acc, mask=c_mask)
 
-    _int8_mm_autotuned = triton.autotune(configs=_gpu_configs(), key=["M", "N", "K", "HAS_BIAS"])(_int8_mm_kernel)
+    _int8_mm_autotuned = triton.autotune(configs=_gpu_configs(), key=["M", "N", "K", "HAS_BIAS"])(
+        _int8_mm_kernel
+    )
 
 
 def _vector(s: torch.Tensor | None, n: int) -> torch.Tensor | None:
     """A float32 contiguous length-``n`` scale (a per-tensor scale broadcasts)."""
     if s is None:
         return None
-    return s.float().reshape(-1).expand(n).contiguous() if s.numel() == 1 else s.float().reshape(n).contiguous()
+    return (
+        s.float().reshape(-1).expand(n).contiguous() if s.numel() == 1 else s.float().reshape(n).contiguous()
+    )
 
 
 def int8_mm(

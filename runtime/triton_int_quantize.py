@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import triton_support
 from .int_quantize import int_clip
 from .scaling_groups import normalize_dims
 from .triton_reductions import group_absmax_min
@@ -109,7 +110,7 @@ class Codes:
 def _launch_quantize(view, scale, lo, hi, noise, stochastic: bool, seed: int | None) -> torch.Tensor:
     x = view.x
     rows, cols = x.shape
-    codes = torch.empty((rows, cols), device=x.device, dtype=torch.int8)
+    codes = triton_support.alloc_codes(rows, cols, x.device)
     if rows * cols == 0:
         return codes
     axis = {0: SCALE_PER_ROW, 1: SCALE_PER_COL, None: SCALE_PER_TENSOR}[view.axis]
@@ -176,4 +177,3 @@ def int_quantize_codes(
         seed = philox_seed()
     codes = _launch_quantize(view, scale, lo, hi, _noise_2d(noise, x, reduce_dims), stochastic, seed)
     return Codes(view.back(codes), clip_vec.reshape(view.group_shape), hi.reshape(view.group_shape))
-

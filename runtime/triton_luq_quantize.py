@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
+from . import triton_support
 from .luq_quantize import luq_levels
 from .triton_int_quantize import SCALE_PER_COL, SCALE_PER_ROW, SCALE_PER_TENSOR, Codes, _group_index
 from .triton_reductions import group_absmax_min
@@ -73,13 +74,15 @@ def luq_quantize_codes(
     given the same ``noise`` (``top`` is 1, ``clip`` is α). ``bits`` <= 4 so ``2^(levels-1)``
     fits int8."""
     if bits > 4:
-        raise ValueError(f"luq_quantize_codes: codes 2^(2^(bits-1)-2) must fit int8, got bits={bits} (valid: 2..4)")
+        raise ValueError(
+            f"luq_quantize_codes: codes 2^(2^(bits-1)-2) must fit int8, got bits={bits} (valid: 2..4)"
+        )
     view = as_2d(g, reduce_dims)
     amax, _ = group_absmax_min(view)
     alpha = amax / float(2 ** (luq_levels(bits) - 1))
     alpha = torch.where(alpha == 0, torch.ones_like(alpha), alpha).contiguous()
     rows, cols = view.x.shape
-    codes = torch.empty((rows, cols), device=g.device, dtype=torch.int8)
+    codes = triton_support.alloc_codes(rows, cols, g.device)
     if rows * cols:
         n2 = as_2d(noise.float(), reduce_dims).x if noise is not None else view.x
         if noise is None and seed is None:

@@ -48,6 +48,12 @@ def philox_seed(generator: torch.Generator | None = None) -> int:
     return int(torch.randint(0, 2**31 - 1, (), generator=generator).item())
 
 
+def alloc_codes(rows: int, cols: int, device: torch.device) -> torch.Tensor:
+    """The int8 code buffer a quantizer kernel fills (tests replace it by a poisoned one to catch
+    elements a kernel leaves unwritten)."""
+    return torch.empty((rows, cols), device=device, dtype=torch.int8)
+
+
 @dataclass(frozen=True)
 class View2d:
     """``x`` as a 2-D strided view: one scale per row (``axis=0``), per column (``axis=1``) or
