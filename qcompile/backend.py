@@ -1,8 +1,9 @@
 """The ``fqt`` torch.compile backend.
 
 Pipeline: Dynamo graph → `insert_fqt_quantizers` (policy) → Inductor's `compile_fx`, whose
-AOTAutograd produces the forward and backward graphs; our inner compile reads each of them into
-the plan, strips layer markers, inlines the quantizers as ATen and hands the graph to
+AOTAutograd produces the forward and backward graphs; our inner compile decides each GEMM's
+kernel, reads each graph into the plan, strips layer markers, routes qualifying GEMMs (CUDA with
+Triton) to the int8 Triton kernels, inlines the quantizers as ATen and hands the graph to
 Inductor's `compile_fx_inner`. Everything qcompile does not touch compiles exactly as with
 ``torch.compile``'s default backend.
 """
@@ -18,11 +19,14 @@ from torch import fx
 
 from qcompile.compiled_graphs import CompiledGraph, register
 from qcompile.passes import (
+    annotate_gemm_kernels,
     decompose_quantizers,
     forward_tensor_roles,
+    fuse_triton_gemms,
     insert_fqt_quantizers,
     read_graph,
     save_quantized_operands,
+    saved_quantized_outputs,
     strip_layer_markers,
 )
 from qcompile.policy import PolicyError
@@ -63,8 +67,11 @@ def _inner_compile(
     )
     if kind != "backward":
         record.forward_roles.update(forward_tensor_roles(gm))
+        record.saved_quantized.update(saved_quantized_outputs(gm))
+    annotate_gemm_kernels(gm, record.saved_quantized)
     record.add_facts(kind, read_graph(gm, kind))
     strip_layer_markers(gm)
+    fuse_triton_gemms(gm, record.saved_quantized)
     decompose_quantizers(gm)
     return compile_fx_inner(gm, example_inputs, **kwargs)
 

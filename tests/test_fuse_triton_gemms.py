@@ -1,0 +1,196 @@
+"""The fusion pass that routes quantized GEMMs to the Triton int8 kernels.
+
+Without a GPU the decision is tested as a function and on graphs traced with fake CUDA tensors;
+the rewrite is run for real on CPU by admitting "cpu" as a fusion device, so the fused graph
+executes the Triton kernels under ``TRITON_INTERPRET=1`` and is compared with the unfused one.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import os
+
+import pytest
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import torch  # noqa: E402
+
+ftg = importlib.import_module(
+    "qcompile.passes.fuse_triton_gemms"
+)  # the module (the package exports the function)
+from qcompile.passes.fuse_triton_gemms import (  # noqa: E402
+    KERNEL_INDUCTOR,
+    KERNEL_TRITON,
+    OperandCheck,
+    annotate_gemm_kernels,
+    choose_gemm_kernel,
+    fuse_triton_gemms,
+    track_kept_dims,
+)
+from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
+from torch.fx.experimental.proxy_tensor import make_fx  # noqa: E402
+
+q = torch.ops.qcompile
+INT4 = OperandCheck("quantizer", "int", 4)
+LUQ4 = OperandCheck("quantizer", "luq", 4, stochastic=True)
+
+
+@pytest.mark.parametrize(
+    "kw,expect",
+    [
+        ({}, (KERNEL_TRITON, "")),
+        ({"triton_ok": False}, (KERNEL_INDUCTOR, "triton not installed")),
+        ({"device": "cpu"}, (KERNEL_INDUCTOR, "tensors on cpu")),
+        ({"dtype": torch.int32}, (KERNEL_INDUCTOR, "output dtype torch.int32")),
+        ({"k": 8}, (KERNEL_INDUCTOR, "a GEMM dim below 16 (64x8x32)")),
+        ({"m": "s0"}, (KERNEL_INDUCTOR, "dynamic shape")),
+        ({"a": OperandCheck("none")}, (KERNEL_INDUCTOR, "A is not quantized")),
+        ({"b": OperandCheck("quantizer", "int", 8)}, (KERNEL_INDUCTOR, "B: int8 codes do not fit int8")),
+        ({"a": OperandCheck("quantizer", "int", 4, scale_varies_on_contracted_axis=True)},
+         (KERNEL_INDUCTOR, "A: its scale varies along the contracted axis")),
+        ({"b": OperandCheck("saved", "int", 4, stochastic=True)}, (KERNEL_INDUCTOR,
+         "B: saved int operand (stochastic or unsigned) cannot be re-coded exactly")),
+        ({"b": OperandCheck("saved", "int", 4, signed="auto")}, (KERNEL_TRITON, "")),
+    ],
+)  # fmt: skip
+def test_choose_gemm_kernel(kw, expect):
+    args = {"device": "cuda", "dtype": torch.bfloat16, "m": 64, "n": 32, "k": 128, "a": LUQ4, "b": INT4,
+            "triton_ok": True, **kw}  # fmt: skip
+    assert choose_gemm_kernel(**args) == expect
+
+
+def test_track_kept_dims_through_views():
+    # per-sample dY [4,5,32] flattened for dgrad: rows vary, the contracted channels do not.
+    assert track_kept_dims([4, 5, 32], [True, True, False], [("view", [20, 32])]) == (
+        [20, 32], ["kept", "reduced"])  # fmt: skip
+    # per-channel dY transposed for wgrad: [N, M] with the scale on rows.
+    assert track_kept_dims([4, 5, 8], [False, False, True], [("view", [-1, 8]), ("permute", [1, 0])]) == (
+        [8, 20], ["kept", "reduced"])  # fmt: skip
+    # merging a kept and a reduced dim mixes them; a size mismatch is refused.
+    assert track_kept_dims([4, 5, 8], [False, False, True], [("view", [4, 40])])[1] == ["reduced", "mixed"]
+    assert track_kept_dims([4, 5], [True, False], [("view", [21])]) is None
+
+
+def _training_gemms(x, w, dy, x_dims, w_dims):
+    """Forward, dgrad and wgrad of one linear layer, as the fqt backend's graphs have them."""
+    xq = q.int_quantize(x, 4, "sawb", "signed", x_dims, False, "l|activation|s0")
+    wq = q.int_quantize(w, 4, "sawb", "signed", w_dims, False, "l|weight|s0")
+    y = q.qmatmul(xq, wq.t(), "int4", "int4", "l|gemm|s0")
+    g_d = q.int_quantize(dy, 4, "max", "signed", [1], False, "l|grad_dgrad|s0")  # per-sample
+    g_w = q.int_quantize(dy, 4, "max", "signed", [0], False, "l|grad_wgrad|s0")  # per-channel
+    dx = torch.mm(g_d, wq)
+    dw = torch.mm(g_w.t(), xq)
+    return y, dx, dw
+
+
+def _trace(device, x_dims, w_dims, m=32, n=24, k=40):
+    with FakeTensorMode():
+        x, w, dy = (torch.randn(s, device=device) for s in ((m, k), (n, k), (m, n)))
+        return make_fx(lambda *a: _training_gemms(*a, x_dims, w_dims))(x, w, dy)
+
+
+def _decisions_by_target(gm):
+    return [(str(n.target), n.meta[ftg.KERNEL_META]) for n in gm.graph.nodes if ftg.KERNEL_META in n.meta]
+
+
+def test_annotation_on_fake_cuda_graph_follows_the_scq_axes():
+    # per-sample X, per-channel W: forward qualifies; dgrad contracts over W's channels and wgrad
+    # over X's samples, so those two stay on Inductor and say why.
+    gm = _trace("cuda", [1], [1])
+    annotate_gemm_kernels(gm, triton_ok=True)
+    assert _decisions_by_target(gm) == [
+        ("qcompile.qmatmul.default", (KERNEL_TRITON, "")),
+        ("aten.mm.default", (KERNEL_INDUCTOR, "B: its scale varies along the contracted axis")),
+        ("aten.mm.default", (KERNEL_INDUCTOR, "B: its scale varies along the contracted axis")),
+    ]
+    # per-tensor X and W: all three GEMMs qualify; the same graph on CPU does not.
+    gm = _trace("cuda", [], [])
+    annotate_gemm_kernels(gm, triton_ok=True)
+    assert [d for _, d in _decisions_by_target(gm)] == [(KERNEL_TRITON, "")] * 3
+    gm = _trace("cpu", [], [])
+    annotate_gemm_kernels(gm, triton_ok=True)
+    assert [d for _, d in _decisions_by_target(gm)] == [(KERNEL_INDUCTOR, "tensors on cpu")] * 3
+    gm = _trace("cuda", [], [], m=8)
+    annotate_gemm_kernels(gm, triton_ok=True)
+    assert {d[0] for _, d in _decisions_by_target(gm)} == {KERNEL_INDUCTOR}
+
+
+def test_fuse_rewrites_fake_cuda_graph():
+    gm = _trace("cuda", [], [])
+    annotate_gemm_kernels(gm, triton_ok=True)
+    fuse_triton_gemms(gm)
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert targets.count(q.scaled_int8_gemm.default) == 3
+    assert targets.count(q.quantize_codes.default) == 4  # X, W and the two dY quantizers, once each
+    assert q.int_quantize.default not in targets and torch.ops.aten.mm.default not in targets
+    assert all(n.meta["val"].device.type == "cuda" for n in gm.graph.nodes if n.op == "call_function"
+               and n.target is q.scaled_int8_gemm.default)  # fmt: skip
+
+
+@pytest.fixture
+def fuse_on_cpu(monkeypatch):
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the fused CPU path runs Triton's interpreter")
+    monkeypatch.setattr(ftg, "FUSE_ON_DEVICES", ("cuda", "cpu"))
+
+
+def test_fused_graph_runs_the_kernels_and_matches_the_unfused_graph(fuse_on_cpu):
+    g = torch.Generator().manual_seed(0)
+    x, w, dy = (
+        torch.randn(33, 40, generator=g),
+        torch.randn(24, 40, generator=g),
+        torch.randn(33, 24, generator=g),
+    )
+    ref = _training_gemms(x, w, dy, [], [])
+    gm = make_fx(lambda *a: _training_gemms(*a, [], []), tracing_mode="fake")(x, w, dy)
+    annotate_gemm_kernels(gm)
+    fuse_triton_gemms(gm)
+    assert sum(n.target is q.scaled_int8_gemm.default for n in gm.graph.nodes) == 3
+    for got, want in zip(gm(x, w, dy), ref, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(16, 32),
+        torch.nn.ReLU(),
+        torch.nn.Linear(32, 48),
+        torch.nn.ReLU(),
+        torch.nn.Linear(48, 16),
+    )
+
+
+def test_backend_routes_gemms_to_triton_and_matches_inductor_path(fuse_on_cpu, monkeypatch):
+    """fqt with deterministic INT4 gradients: the fused step equals the Inductor step, and the
+    plan names the kernel each GEMM ran (read from the compiled graphs)."""
+    import qcompile
+    from qcompile import Policy
+
+    policy = Policy(name="int4-grads", grad_dgrad="int4", grad_wgrad="int4")
+    x = torch.randn(2, 9, 16, generator=torch.Generator().manual_seed(1))
+
+    def step(model):
+        cm = torch.compile(model, backend="fqt", options={"policy": policy})
+        out = cm(x)
+        out.square().sum().backward()
+        return out, [p.grad for p in model.parameters()], qcompile.plan(cm)
+
+    fused_model = _mlp()
+    plain_model = copy.deepcopy(fused_model)
+    out_f, grads_f, plan_f = step(fused_model)
+    monkeypatch.setattr(ftg, "FUSE_ON_DEVICES", ("cuda",))
+    torch._dynamo.reset()
+    out_p, grads_p, plan_p = step(plain_model)
+    torch.testing.assert_close(out_f, out_p, rtol=1e-5, atol=1e-5)
+    for gf, gp in zip(grads_f, grads_p, strict=True):
+        torch.testing.assert_close(gf, gp, rtol=1e-4, atol=1e-5)
+    row = plan_f.row("2")
+    assert row.kernels() == {"forward": KERNEL_TRITON, "dgrad": KERNEL_TRITON, "wgrad": KERNEL_TRITON}
+    assert plan_f.to_dict()["rows"][1]["grad_dgrad"]["kernel"] == KERNEL_TRITON
+    assert "triton-int8" in str(plan_f)
+    assert plan_p.row("2").kernels()["forward"] == "inductor (tensors on cpu)"
+    assert plan_f.row("0").kernels()["forward"].startswith("inductor (A is not quantized")
