@@ -368,8 +368,15 @@ def annotate_gemm_kernels(
                 node.meta[KERNEL_META] = decisions[node.name] = (KERNEL_INDUCTOR, "GEMM shape not 2-D")
             continue
         out = node.meta.get("val")
-        a = _check(find_source(ops.a), ops.a_extra, 1, saved)
-        b = _check(find_source(ops.b), [], 0, saved)
+        try:
+            a = _check(find_source(ops.a), ops.a_extra, 1, saved)
+            b = _check(find_source(ops.b), [], 0, saved)
+        except Exception as exc:  # an unforeseen graph: keep it on Inductor and say so
+            node.meta[KERNEL_META] = decisions[node.name] = (
+                KERNEL_INDUCTOR,
+                f"not analysed ({type(exc).__name__})",
+            )
+            continue
         device = out.device if isinstance(out, torch.Tensor) else "cpu"
         dtype = out.dtype if isinstance(out, torch.Tensor) else torch.float32
         decision = choose_gemm_kernel(device, dtype, ops.m, ops.n, ops.k, a, b, triton_ok)

@@ -44,8 +44,12 @@ def kernels_can_run_on(device: torch.device) -> bool:
 
 def philox_seed(generator: torch.Generator | None = None) -> int:
     """A fresh seed for `tl.rand` drawn from torch's (CPU) generator: reproducible under
-    `torch.manual_seed`, fresh on every call, and no device synchronisation."""
-    return int(torch.randint(0, 2**31 - 1, (), generator=generator).item())
+    `torch.manual_seed`, fresh on every call, and no device synchronisation. The process rank is
+    mixed in (as `random_bits.draw_seed` does) so data-parallel ranks draw independent noise."""
+    from .random_bits import _RANK_MIX, process_rank
+
+    seed = int(torch.randint(0, 2**31 - 1, (), generator=generator).item())
+    return (seed + process_rank() * _RANK_MIX) % (2**31 - 1)
 
 
 def alloc_codes(rows: int, cols: int, device: torch.device) -> torch.Tensor:

@@ -46,3 +46,22 @@ def test_eager_fake_quant_baseline_really_quantizes():
     assert not torch.allclose(ref(x), fq(x), atol=1e-4)
     fq(x).sum().backward()
     assert all(p.grad is not None for p in fq.parameters())
+
+
+def test_gpu_kernels_benchmark_exits_cleanly_without_cuda():
+    """Without a CUDA GPU the benchmark says so and exits with status 2 (nothing measured)."""
+    import subprocess
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the benchmark would really run")
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "gpu_kernels.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "SKIPPED" in proc.stdout and "CUDA" in proc.stdout
+    assert proc.stderr.strip() == "" or "Traceback" not in proc.stderr
