@@ -51,6 +51,16 @@ _VIEWS = {
     aten.reshape.default: "view",
 }
 _SKIP = {qops.mark_layer.default, aten.alias.default}
+# GEMM-class nodes the kernels do not cover yet: they stay Inductor's, and the plan says why.
+_NOT_ROUTED = {
+    aten.bmm.default: "batched or 1-D GEMM",
+    aten.baddbmm.default: "batched or 1-D GEMM",
+    aten.addmm.default: "addmm not routed",
+    aten.matmul.default: "batched or 1-D GEMM",
+    aten.convolution.default: "convolution not routed",
+    aten.convolution_backward.default: "convolution not routed",
+    qops.qconv.default: "convolution not routed",
+}
 
 
 @dataclass(frozen=True)
@@ -171,7 +181,7 @@ def find_source(node: fx.Node) -> Source:
         name = _VIEWS.get(node.target)
         if name is None:
             what = getattr(node.target, "__name__", str(node.target))
-            return Source(None, why_not=f"operand comes from {what}, not a quantizer")
+            return Source(None, why_not=f"not quantized (from {what})")
         if name == "view" and _static_shape(node) is None:
             return Source(None, why_not="dynamic shape")
         chain.append((name, _view_arg(node, name)))
@@ -365,7 +375,9 @@ def annotate_gemm_kernels(
             ops = None
         if ops is None:
             if node.op == "call_function" and node.target in (aten.mm.default, qops.qmatmul.default):
-                node.meta[KERNEL_META] = decisions[node.name] = (KERNEL_INDUCTOR, "GEMM shape not 2-D")
+                node.meta[KERNEL_META] = decisions[node.name] = (KERNEL_INDUCTOR, "batched or 1-D GEMM")
+            elif node.op == "call_function" and node.target in _NOT_ROUTED:
+                node.meta[KERNEL_META] = decisions[node.name] = (KERNEL_INDUCTOR, _NOT_ROUTED[node.target])
             continue
         out = node.meta.get("val")
         try:

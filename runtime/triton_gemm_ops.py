@@ -71,10 +71,12 @@ def quantize_codes(
             from .triton_int_quantize import int_quantize_codes
 
             c = int_quantize_codes(x, bits, scaling, signed, reduce_dims, stochastic)
-        return c.codes, c.clip.expand(_group_shape(x, reduce_dims)).clone(), c.top.expand_as(c.clip).clone()
-    codes, clip, top = _codes_reference(x, kind, bits, scaling, signed, reduce_dims, stochastic)
+        codes, clip, top = c.codes, c.clip, c.top
+    else:
+        codes, clip, top = _codes_reference(x, kind, bits, scaling, signed, reduce_dims, stochastic)
+    # Contiguous outputs whatever the input's strides, as the fake kernel promises.
     shape = _group_shape(x, reduce_dims)
-    return codes, clip.reshape(shape).clone(), top.reshape(shape).clone()
+    return codes.contiguous(), clip.reshape(shape).contiguous().clone(), top.expand_as(clip).reshape(shape).clone()
 
 
 def _group_shape(x: torch.Tensor, reduce_dims: list[int]) -> list[int]:
@@ -113,7 +115,7 @@ def recover_codes(
             c2, _, t2 = quantize_codes(xhat, INT, bits, "max", "signed", reduce_dims, False)
             codes = torch.where(group_exact, codes, c2)
             top = torch.where(group_exact.reshape(shape), top, t2)
-    return codes, clip, top
+    return codes.contiguous(), clip, top.contiguous()
 
 
 @recover_codes.register_fake
@@ -126,7 +128,7 @@ def dequantize_codes(
     codes: torch.Tensor, clip: torch.Tensor, top: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor:
     """``codes / top · clip``: bit for bit the value of the quantizer that produced the codes."""
-    return (codes.float() / top * clip).to(dtype)
+    return (codes.float() / top * clip).to(dtype).contiguous()
 
 
 @dequantize_codes.register_fake
