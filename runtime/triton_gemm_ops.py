@@ -76,7 +76,11 @@ def quantize_codes(
         codes, clip, top = _codes_reference(x, kind, bits, scaling, signed, reduce_dims, stochastic)
     # Contiguous outputs whatever the input's strides, as the fake kernel promises.
     shape = _group_shape(x, reduce_dims)
-    return codes.contiguous(), clip.reshape(shape).contiguous().clone(), top.expand_as(clip).reshape(shape).clone()
+    return (
+        codes.contiguous(),
+        clip.reshape(shape).contiguous().clone(),
+        top.expand_as(clip).reshape(shape).clone(),
+    )
 
 
 def _group_shape(x: torch.Tensor, reduce_dims: list[int]) -> list[int]:
