@@ -32,6 +32,7 @@ from qcompile.runtime.triton_int8_gemm import (  # noqa: E402
 )
 from qcompile.runtime.triton_int_quantize import int_quantize_codes  # noqa: E402
 from qcompile.runtime.triton_luq_quantize import luq_quantize_codes  # noqa: E402
+from qcompile.runtime.triton_pack_int4 import pack_codes, pack_reference, packed_mm, unpack_reference  # noqa: E402
 from qcompile.runtime.triton_reductions import group_absmax_min  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
@@ -219,3 +220,44 @@ def test_quantize_then_gemm_equals_the_simulated_product():
         @ int_quantize_reference(w, 4, "sawb", "signed", [1]).double().t()
     )
     assert torch.allclose(y.double(), sim, rtol=1e-5, atol=1e-6 * sim.abs().max())
+
+
+LUQ_CODES = torch.tensor([0, 1, 2, 4, 8, 16, 32, 64, -1, -2, -4, -8, -16, -32, -64])
+ENCODING_VALUES = {"int": torch.arange(-7, 8), "uint": torch.arange(0, 16), "luq": LUQ_CODES}
+
+
+def _sample_codes(encoding, shape, seed):
+    vals = ENCODING_VALUES[encoding]
+    idx = torch.randint(0, len(vals), shape, generator=torch.Generator().manual_seed(seed))
+    c = vals[idx].to(torch.int8)
+    c.view(-1)[: len(vals)] = vals.to(torch.int8)[: c.numel()]  # every code present
+    return c
+
+
+@pytest.mark.parametrize("encoding", ["int", "uint", "luq"])
+def test_pack_kernel_matches_reference_and_round_trips(encoding):
+    c = _sample_codes(encoding, (13, 21), 0)  # odd width: the last byte's high nibble is padding
+    poisoned = torch.full((13, 11), 0xAB, dtype=torch.uint8)
+    p = pack_codes(c, encoding, out=poisoned)
+    assert torch.equal(p.data, pack_reference(c, encoding))
+    assert torch.equal(unpack_reference(p.data, 21, encoding), c)
+    pt = pack_codes(c.t(), encoding)  # a transposed (strided) input
+    assert torch.equal(unpack_reference(pt.data, 13, encoding), c.t())
+
+
+def test_packed_gemm_reads_nibbles_in_every_training_layout():
+    m, n, k = 19, 23, 37
+    x, w = _sample_codes("int", (m, k), 1), _sample_codes("int", (n, k), 2)
+    dy = _sample_codes("luq", (m, n), 3)
+    rs, cs, ck, bias = torch.rand(m) + 0.5, torch.rand(n) + 0.5, torch.rand(k) + 0.5, torch.randn(n)
+    px, pw, pdy = pack_codes(x, "int"), pack_codes(w, "int"), pack_codes(dy, "luq")
+    poisoned = torch.full((m, n), float("nan"))
+    # forward X·Wᵀ: Wᵀ is W packed along K, read through swapped strides
+    assert torch.equal(
+        packed_mm(px, pw.t(), rs, cs, bias, out=poisoned), int8_mm_reference(x, w.t(), rs, cs, bias)
+    )
+    # dgrad dY·W: the same packed W, now packed along the GEMM's N axis
+    assert torch.equal(packed_mm(pdy, pw, rs, ck), int8_mm_reference(dy, w, rs, ck))
+    # wgrad dYᵀ·X: dYᵀ packed along its row axis, X packed along N; and a plain int8 operand mixed in
+    assert torch.equal(packed_mm(pdy.t(), px, cs, ck), int8_mm_reference(dy.t(), x, cs, ck))
+    assert torch.equal(packed_mm(dy.t(), px, cs, ck), int8_mm_reference(dy.t(), x, cs, ck))
