@@ -6,7 +6,8 @@ Two steps, both on AOTAutograd's forward or backward ATen graph before Inductor:
   which kernel runs it and why, and writes it to ``node.meta["qcompile_kernel"]`` (the plan
   reads it back from there). The decision itself is `choose_gemm_kernel`, a pure function of
   device, dtype, shapes and the two operands' quantizers, testable without a GPU.
-* `fuse_triton_gemms` rewrites the GEMMs annotated ``triton-int8``: each operand's quantizer
+* `fuse_triton_gemms` rewrites the GEMMs annotated ``triton-int8`` (views and autocast's dtype
+  casts between a quantizer and its GEMM are followed): each operand's quantizer
   becomes ``qcompile::quantize_codes`` (its other users read ``dequantize_codes``, the same
   values bit for bit), an operand saved by the forward is turned back into codes with
   ``qcompile::recover_codes``, and the GEMM becomes ``qcompile::scaled_int8_gemm``, which applies
@@ -51,6 +52,8 @@ _VIEWS = {
     aten.reshape.default: "view",
 }
 _SKIP = {qops.mark_layer.default, aten.alias.default}
+# Dtype casts (autocast): codes carry no dtype, the GEMM writes its own output dtype.
+_CASTS = {torch.ops.prims.convert_element_type.default, aten._to_copy.default}
 # GEMM-class nodes the kernels do not cover yet: they stay Inductor's, and the plan says why.
 _NOT_ROUTED = {
     aten.bmm.default: "batched or 1-D GEMM",
@@ -134,6 +137,7 @@ class Source:
     chain: list[tuple[str, object]] = field(default_factory=list)
     saved: SavedQuantized | None = None
     why_not: str = ""
+    cast: bool = False  # a dtype cast lies between the quantizer and the GEMM
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,7 @@ class SavedQuantized:
     signed: str
     stochastic: bool
     reduce_dims: tuple[int, ...] | None
+    cast: bool = False  # saved after a dtype cast (autocast): re-coded with the cast clip
 
 
 def _static_shape(node: fx.Node) -> tuple[int, ...] | None:
@@ -168,14 +173,19 @@ def _view_arg(node: fx.Node, name: str):
 def find_source(node: fx.Node) -> Source:
     """Walk up from a GEMM operand through views to a quantizer node or a placeholder."""
     chain: list[tuple[str, object]] = []
+    cast = False
     while True:
         if node.op == "placeholder":
-            return Source(node, chain[::-1])
+            return Source(node, chain[::-1], cast=cast)
         if node.op != "call_function":
             return Source(None, why_not="not a quantizer output")
         if node.target in (qops.int_quantize.default, qops.luq_quantize.default):
-            return Source(node, chain[::-1])
+            return Source(node, chain[::-1], cast=cast)
         if node.target in _SKIP:
+            node = node.args[0]
+            continue
+        if node.target in _CASTS and set(node.kwargs) <= {"dtype"}:
+            cast = True
             node = node.args[0]
             continue
         name = _VIEWS.get(node.target)
@@ -289,7 +299,7 @@ def saved_quantized_outputs(gm: fx.GraphModule) -> dict[str, SavedQuantized]:
             reduce_dims = tuple(d for d, f in enumerate(tracked[1]) if f == "reduced")
             if len(reduce_dims) == len(tracked[1]):
                 reduce_dims = ()
-        out[node.name] = SavedQuantized(kind, bits, signed, stochastic, reduce_dims)
+        out[node.name] = SavedQuantized(kind, bits, signed, stochastic, reduce_dims, src.cast)
     return out
 
 

@@ -105,20 +105,29 @@ def recover_codes(
     """Codes of an already INT-quantized (round-to-nearest) tensor ``x̂ = q / top · clip``.
 
     Exact: such a group always holds a code ``±top`` (its max element rounds, or clips, to the
-    top level), so ``max|x̂| = clip`` bit for bit and max-scaled rounding returns ``q``. With
-    ``signed="auto"`` a non-negative group may be on either grid: the unsigned reading is kept
-    where it reproduces ``x̂`` exactly, the signed one elsewhere."""
-    shape = _group_shape(xhat, reduce_dims)
+    top level), so ``max|x̂| = clip`` bit for bit and max-scaled rounding returns ``q``. A bf16
+    copy of ``x̂`` (autocast) still gives ``q`` (relative error 2^-8 ≪ 1/(2·15)), with the scale
+    of the rounded clip. With ``signed="auto"`` a non-negative group may sit on either grid: the
+    reading (unsigned 0..15 or signed 0..7) that leaves the smaller rounding residual wins; the
+    two agree exactly where both fit (codes only 0 and top)."""
     first = "auto" if signed == "auto" else signed
     codes, clip, top = quantize_codes(xhat, INT, bits, "max", first, reduce_dims, False)
     if signed == "auto":
-        exact = dequantize_codes(codes, clip, top, torch.float32) == xhat.float()
         dims = normalize_dims(reduce_dims, xhat.ndim) or list(range(xhat.ndim))
-        group_exact = exact.all(dim=dims, keepdim=True) if xhat.ndim else exact
-        if not bool(group_exact.all()):
+        x = xhat.float()
+
+        def residual(levels: float) -> torch.Tensor:
+            scale = torch.where(clip == 0, torch.ones_like(clip), clip / levels)
+            y = x / scale
+            r = (y - torch.round(y)).abs()
+            return r.amax(dim=dims, keepdim=True) if xhat.ndim else r
+
+        signed_top = float(2 ** (bits - 1) - 1)
+        use_signed = (top > signed_top) & (residual(signed_top) < residual(float(2**bits - 1)))
+        if bool(use_signed.any()):
             c2, _, t2 = quantize_codes(xhat, INT, bits, "max", "signed", reduce_dims, False)
-            codes = torch.where(group_exact, codes, c2)
-            top = torch.where(group_exact.reshape(shape), top, t2)
+            codes = torch.where(use_signed, c2, codes)
+            top = torch.where(use_signed, t2, top)
     return codes.contiguous(), clip, top.contiguous()
 
 
