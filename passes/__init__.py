@@ -13,6 +13,7 @@ from .fuse_triton_gemms import (
     SavedQuantized,
     annotate_gemm_kernels,
     choose_gemm_kernel,
+    demote_triton_gemms,
     fuse_triton_gemms,
     saved_quantized_outputs,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "annotate_gemm_kernels",
     "choose_gemm_kernel",
     "decompose_quantizers",
+    "demote_triton_gemms",
     "fuse_triton_gemms",
     "find_gemm_sites",
     "forward_tensor_roles",

@@ -406,6 +406,13 @@ def annotate_gemm_kernels(
     return decisions
 
 
+def demote_triton_gemms(gm: fx.GraphModule, reason: str) -> None:
+    """Send every GEMM annotated ``triton-int8`` back to Inductor, saying why (a failed rewrite)."""
+    for node in gm.graph.nodes:
+        if node.meta.get(KERNEL_META, ("",))[0] == KERNEL_TRITON:
+            node.meta[KERNEL_META] = (KERNEL_INDUCTOR, reason)
+
+
 def kernel_label(decision: tuple[str, str] | None) -> str:
     """``triton-int8`` or ``inductor (reason)`` for the plan."""
     if decision is None:

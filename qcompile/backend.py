@@ -10,7 +10,9 @@ Inductor's `compile_fx_inner`. Everything qcompile does not touch compiles exact
 
 from __future__ import annotations
 
+import copy
 import functools
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,6 +23,7 @@ from qcompile.compiled_graphs import CompiledGraph, register
 from qcompile.passes import (
     annotate_gemm_kernels,
     decompose_quantizers,
+    demote_triton_gemms,
     forward_tensor_roles,
     fuse_triton_gemms,
     insert_fqt_quantizers,
@@ -69,9 +72,18 @@ def _inner_compile(
         record.forward_roles.update(forward_tensor_roles(gm))
         record.saved_quantized.update(saved_quantized_outputs(gm))
     annotate_gemm_kernels(gm, record.saved_quantized)
-    record.add_facts(kind, read_graph(gm, kind))
-    strip_layer_markers(gm)
-    fuse_triton_gemms(gm, record.saved_quantized)
+    backup = copy.deepcopy(gm.graph)  # nodes copied, metadata shared: cheap
+    try:
+        facts = read_graph(gm, kind)
+        strip_layer_markers(gm)
+        fuse_triton_gemms(gm, record.saved_quantized)
+    except Exception as exc:  # never fail a compile over the fast path: fall back, and say so in the plan
+        gm.graph = backup
+        demote_triton_gemms(gm, f"fusion failed ({type(exc).__name__})")
+        warnings.warn(f"qcompile: Triton GEMM fusion failed, Inductor path kept: {exc!r}", stacklevel=2)
+        facts = read_graph(gm, kind)
+        strip_layer_markers(gm)
+    record.add_facts(kind, facts)
     decompose_quantizers(gm)
     return compile_fx_inner(gm, example_inputs, **kwargs)
 

@@ -323,3 +323,19 @@ def test_backend_fuses_under_autocast(fuse_on_cpu, monkeypatch):
     # downstream INT4 codes flip: compare whole gradients, not elements.
     for gf, gp in zip(grads_f, grads_p, strict=True):
         assert (gf - gp).norm() <= 0.05 * gp.norm()
+
+
+def test_a_failing_rewrite_falls_back_to_inductor_and_the_plan_says_so(fuse_on_cpu, monkeypatch):
+    import qcompile
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated rewrite failure")
+
+    monkeypatch.setattr(ftg, "_codes_for", broken)
+    model = _mlp()
+    cm = torch.compile(model, backend="fqt")
+    with pytest.warns(UserWarning, match="fusion failed"):
+        cm(torch.randn(2, 9, 16)).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    kernels = qcompile.plan(cm).row("2").kernels()
+    assert set(kernels.values()) == {"inductor (fusion failed (RuntimeError))"}
