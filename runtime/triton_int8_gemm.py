@@ -104,9 +104,10 @@ if triton is not None:
         else:
             tl.store(c_ptrs, acc, mask=c_mask)
 
-    _int8_mm_autotuned = triton.autotune(configs=_gpu_configs(), key=["M", "N", "K", "HAS_BIAS"])(
-        _int8_mm_kernel
-    )
+    # Strides in the key: the forward, dgrad and wgrad layouts of one shape tune separately.
+    _int8_mm_autotuned = triton.autotune(
+        configs=_gpu_configs(), key=["M", "N", "K", "s_am", "s_ak", "s_bk", "s_bn", "HAS_BIAS"]
+    )(_int8_mm_kernel)
 
 
 def _vector(s: torch.Tensor | None, n: int) -> torch.Tensor | None:
