@@ -9,12 +9,12 @@ After AOTAutograd, per forward/backward ATen graph, before Inductor:
 """
 
 from .decompose_quantizers import decompose_quantizers
-from .fuse_triton_gemms import (
+from .fuse_triton_gemms import fuse_triton_gemms
+from .gemm_kernel_choice import (
     SavedQuantized,
     annotate_gemm_kernels,
     choose_gemm_kernel,
     demote_triton_gemms,
-    fuse_triton_gemms,
     saved_quantized_outputs,
 )
 from .gemm_sites import GemmSite, find_gemm_sites, layer_name

@@ -14,7 +14,7 @@ from qcompile.runtime.scaling_groups import granularity_of
 from qcompile.runtime.spec import QuantSpec
 from torch import fx
 
-from .fuse_triton_gemms import KERNEL_META, kernel_label
+from .gemm_kernel_choice import KERNEL_META, kernel_label
 
 aten = torch.ops.aten
 qops = torch.ops.qcompile

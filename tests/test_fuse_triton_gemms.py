@@ -17,16 +17,16 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch  # noqa: E402
 
-ftg = importlib.import_module(
-    "qcompile.passes.fuse_triton_gemms"
-)  # the module (the package exports the function)
-from qcompile.passes.fuse_triton_gemms import (  # noqa: E402
+# The modules themselves (the package re-exports functions of the same names).
+ftg = importlib.import_module("qcompile.passes.fuse_triton_gemms")
+choice = importlib.import_module("qcompile.passes.gemm_kernel_choice")
+from qcompile.passes.fuse_triton_gemms import fuse_triton_gemms  # noqa: E402
+from qcompile.passes.gemm_kernel_choice import (  # noqa: E402
     KERNEL_INDUCTOR,
     KERNEL_TRITON,
     OperandCheck,
     annotate_gemm_kernels,
     choose_gemm_kernel,
-    fuse_triton_gemms,
     track_kept_dims,
 )
 from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
@@ -92,7 +92,9 @@ def _trace(device, x_dims, w_dims, m=32, n=24, k=40):
 
 
 def _decisions_by_target(gm):
-    return [(str(n.target), n.meta[ftg.KERNEL_META]) for n in gm.graph.nodes if ftg.KERNEL_META in n.meta]
+    return [
+        (str(n.target), n.meta[choice.KERNEL_META]) for n in gm.graph.nodes if choice.KERNEL_META in n.meta
+    ]
 
 
 def test_annotation_on_fake_cuda_graph_follows_the_scq_axes():
@@ -134,7 +136,7 @@ def fuse_on_cpu(monkeypatch):
     pytest.importorskip("triton")
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("the fused CPU path runs Triton's interpreter")
-    monkeypatch.setattr(ftg, "FUSE_ON_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(choice, "FUSE_ON_DEVICES", ("cuda", "cpu"))
 
 
 def test_fused_graph_runs_the_kernels_and_matches_the_unfused_graph(fuse_on_cpu):
@@ -182,7 +184,7 @@ def test_backend_routes_gemms_to_triton_and_matches_inductor_path(fuse_on_cpu, m
     fused_model = _mlp()
     plain_model = copy.deepcopy(fused_model)
     out_f, grads_f, plan_f = step(fused_model)
-    monkeypatch.setattr(ftg, "FUSE_ON_DEVICES", ("cuda",))
+    monkeypatch.setattr(choice, "FUSE_ON_DEVICES", ("cuda",))
     torch._dynamo.reset()
     out_p, grads_p, plan_p = step(plain_model)
     torch.testing.assert_close(out_f, out_p, rtol=1e-5, atol=1e-5)
@@ -309,7 +311,7 @@ def test_backend_fuses_under_autocast(fuse_on_cpu, monkeypatch):
     fused_model = _mlp()
     plain_model = copy.deepcopy(fused_model)
     out_f, grads_f, plan_f = step(fused_model)
-    monkeypatch.setattr(ftg, "FUSE_ON_DEVICES", ("cuda",))
+    monkeypatch.setattr(choice, "FUSE_ON_DEVICES", ("cuda",))
     torch._dynamo.reset()
     out_p, grads_p, _ = step(plain_model)
     assert plan_f.row("2").kernels() == {
