@@ -14,6 +14,8 @@ from qcompile.runtime.scaling_groups import granularity_of
 from qcompile.runtime.spec import QuantSpec
 from torch import fx
 
+from .gemm_kernel_choice import KERNEL_META, kernel_label
+
 aten = torch.ops.aten
 qops = torch.ops.qcompile
 
@@ -44,6 +46,7 @@ class OperandFact:
     shared_from: str | None = None
     saved: list[str] = field(default_factory=list)
     dtype: str = ""
+    kernel: str = ""
 
 
 def parse_tag(tag: str) -> tuple[str, str, str]:
@@ -51,7 +54,7 @@ def parse_tag(tag: str) -> tuple[str, str, str]:
     parts = tag.split("|")
     if len(parts) < 3:
         return tag, "", ""
-    return parts[0], parts[1], parts[2]
+    return parts[0], parts[1], parts[2].split("#")[0]  # "#n": the SMP draw of an INT gradient
 
 
 def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
@@ -124,6 +127,7 @@ def read_graph(gm: fx.GraphModule, graph: str) -> dict[tuple[str, str], OperandF
         if node.op != "call_function" or node.target not in GEMM_TARGETS:
             continue
         gemm = str(node.target).removesuffix(".default")
+        kernel = kernel_label(node.meta.get(KERNEL_META))
         operands = [a for a in node.args[:2] if isinstance(a, fx.Node)]
         if node.target in (qops.qmatmul.default, qops.qconv.default):
             _, _, key = parse_tag(node.args[-1])
@@ -131,7 +135,7 @@ def read_graph(gm: fx.GraphModule, graph: str) -> dict[tuple[str, str], OperandF
                 tr = trace_operand(operand)
                 quant = [q for q in tr.quantizers if parse_tag(q.args[-1])[1] == role] or tr.quantizers
                 spec = describe_quantizers(quant, role) if quant else QuantSpec()
-                facts[(key, role)] = OperandFact(spec, gemm, graph, dtype=_dtype(operand))
+                facts[(key, role)] = OperandFact(spec, gemm, graph, dtype=_dtype(operand), kernel=kernel)
             continue
         if node.target is aten.convolution_backward.default:
             operands = [node.args[0], node.args[1], node.args[2]]
@@ -155,7 +159,7 @@ def read_graph(gm: fx.GraphModule, graph: str) -> dict[tuple[str, str], OperandF
                 for q in tr2.quantizers
             ]
             facts[(key, role)] = OperandFact(
-                spec, gemm, graph, shared_from=shared, saved=saved, dtype=_dtype(operand)
+                spec, gemm, graph, shared_from=shared, saved=saved, dtype=_dtype(operand), kernel=kernel
             )
     return facts
 

@@ -1,15 +1,18 @@
 """The ``fqt`` torch.compile backend.
 
 Pipeline: Dynamo graph → `insert_fqt_quantizers` (policy) → Inductor's `compile_fx`, whose
-AOTAutograd produces the forward and backward graphs; our inner compile reads each of them into
-the plan, strips layer markers, inlines the quantizers as ATen and hands the graph to
+AOTAutograd produces the forward and backward graphs; our inner compile decides each GEMM's
+kernel, reads each graph into the plan, strips layer markers, routes qualifying GEMMs (CUDA with
+Triton) to the int8 Triton kernels, inlines the quantizers as ATen and hands the graph to
 Inductor's `compile_fx_inner`. Everything qcompile does not touch compiles exactly as with
 ``torch.compile``'s default backend.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,11 +22,15 @@ from torch import fx
 from qcompile import export_capture
 from qcompile.compiled_graphs import CompiledGraph, register
 from qcompile.passes import (
+    annotate_gemm_kernels,
     decompose_quantizers,
+    demote_triton_gemms,
     forward_tensor_roles,
+    fuse_triton_gemms,
     insert_fqt_quantizers,
     read_graph,
     save_quantized_operands,
+    saved_quantized_outputs,
     strip_layer_markers,
 )
 from qcompile.policy import PolicyError
@@ -64,11 +71,23 @@ def _inner_compile(
     )
     if kind != "backward":
         record.forward_roles.update(forward_tensor_roles(gm))
-    record.add_facts(kind, read_graph(gm, kind))
+        record.saved_quantized.update(saved_quantized_outputs(gm))
+    annotate_gemm_kernels(gm, record.saved_quantized)
     capturing = export_capture.active_sink() is not None
-    if capturing:
+    if capturing:  # `qcompile.export` takes the graph as AOTAutograd gave it, markers and all
         export_capture.add_aot_graph(kind, gm)
-    strip_layer_markers(gm)
+    backup = copy.deepcopy(gm.graph)  # nodes copied, metadata shared: cheap
+    try:
+        facts = read_graph(gm, kind)
+        strip_layer_markers(gm)
+        fuse_triton_gemms(gm, record.saved_quantized)
+    except Exception as exc:  # never fail a compile over the fast path: fall back, and say so in the plan
+        gm.graph = backup
+        demote_triton_gemms(gm, f"fusion failed ({type(exc).__name__})")
+        warnings.warn(f"qcompile: Triton GEMM fusion failed, Inductor path kept: {exc!r}", stacklevel=2)
+        facts = read_graph(gm, kind)
+        strip_layer_markers(gm)
+    record.add_facts(kind, facts)
     decompose_quantizers(gm)
     if capturing:  # `qcompile.export`: the graphs are what it wants; run them eagerly, skip Inductor
         from torch._functorch.aot_autograd import make_boxed_func

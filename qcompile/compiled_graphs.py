@@ -24,6 +24,7 @@ class CompiledGraph:
     facts: dict[tuple[str, str], OperandFact] = field(default_factory=dict)
     compiled: list[str] = field(default_factory=list)
     forward_roles: dict[str, tuple] = field(default_factory=dict)
+    saved_quantized: dict[str, object] = field(default_factory=dict)  # forward output -> SavedQuantized
     had_params: bool = False
 
     def add_facts(self, graph: str, facts: dict[tuple[str, str], OperandFact]) -> None:

@@ -47,6 +47,7 @@ class RoleEntry:
     gemm: str = ""
     shared_from: str | None = None
     note: str = ""
+    kernel: str = ""
 
     @property
     def bits(self) -> int | None:
@@ -67,7 +68,7 @@ class RoleEntry:
         return {
             "spec": spec.to_string(), "format": spec.format, "bits": self.bits, "scaling": spec.scaling,
             "granularity": spec.granularity, "rounding": spec.rounding, "signed": spec.signed,
-            "samples": spec.samples, "gemm": self.gemm, "shared_from": self.shared_from,
+            "samples": spec.samples, "gemm": self.gemm, "shared_from": self.shared_from, "kernel": self.kernel,
         }  # fmt: skip
 
 
@@ -88,6 +89,25 @@ class PlanRow:
     def roles(self) -> dict[str, RoleEntry]:
         return {r: getattr(self, r) for r in ROLES}
 
+    def kernels(self) -> dict[str, str]:
+        """The kernel each GEMM of this site ran (forward, dgrad, wgrad), read from the graphs."""
+        out = {}
+        for gemm, entry in (
+            ("forward", self.activation),
+            ("dgrad", self.grad_dgrad),
+            ("wgrad", self.grad_wgrad),
+        ):
+            if entry.ran and entry.kernel:
+                out[gemm] = entry.kernel
+        return out
+
+    def kernel_cell(self) -> str:
+        """``inductor`` when every GEMM ran there, else ``fwd triton-int8, dgrad inductor, ...``."""
+        short = {g: k.split(" (")[0] for g, k in self.kernels().items()}
+        if len(set(short.values())) <= 1:
+            return next(iter(short.values()), "")
+        return ", ".join(f"{g[:5]} {k}" for g, k in short.items())
+
     def to_json(self) -> dict[str, Any]:
         out = {
             "graph": self.graph,
@@ -97,7 +117,7 @@ class PlanRow:
             "flops": self.flops,
         }
         out.update({r: e.to_json() for r, e in self.roles().items()})
-        out.update(saved_for_backward=self.saved, reason=self.reason)
+        out.update(saved_for_backward=self.saved, reason=self.reason, kernels=self.kernels())
         return out
 
 
@@ -163,11 +183,13 @@ class Plan:
             "dY→dgrad",
             "dY→wgrad",
             "saved for bwd",
+            "kernel",
             "note",
         ]
         table = [
             [r.layer, r.op, " × ".join("[" + ",".join(map(str, s)) + "]" for s in r.shapes),
-             r.weight.cell(), r.activation.cell(), r.grad_dgrad.cell(), r.grad_wgrad.cell(), r.saved, r.reason]
+             r.weight.cell(), r.activation.cell(), r.grad_dgrad.cell(), r.grad_wgrad.cell(), r.saved, r.kernel_cell(),
+             r.reason]
             for r in self.rows
         ]  # fmt: skip
         t = self.totals()
@@ -194,7 +216,7 @@ def _low(entry: RoleEntry) -> bool:
 def _entry(graph: CompiledGraph, record: SiteRecord, role: str) -> RoleEntry:
     fact: OperandFact | None = graph.facts.get((record.key, role))
     if fact is not None:
-        return RoleEntry(True, fact.spec, fact.gemm, fact.shared_from)
+        return RoleEntry(True, fact.spec, fact.gemm, fact.shared_from, kernel=fact.kernel)
     backward_role = role.startswith("grad_")
     if not record.rewritten:
         if backward_role and "backward" not in graph.compiled:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from . import layer_marker, quantized_conv, quantized_matmul  # noqa: F401  (register the ops first)
+from . import layer_marker, quantized_conv, quantized_matmul, triton_gemm_ops  # noqa: F401  (register the ops first)
 from .int_quantize import int_quantize_reference
 from .luq_quantize import luq_quantize_reference
 from .random_bits import draw_seed, hash_uniform
@@ -31,10 +31,16 @@ def _mark_layer(x, tag):
     return x
 
 
+def _dequantize_codes(codes, clip, top, dtype):
+    # Elementwise: Inductor fuses it into the consumers of the fused path's quantizer values.
+    return (codes.float() / top * clip).to(dtype)
+
+
 QUANTIZER_DECOMPOSITIONS = {
     ops.int_quantize.default: _int_quantize,
     ops.luq_quantize.default: _luq_quantize,
     ops.qmatmul.default: quantized_matmul.matmul_forward,
     ops.qconv.default: quantized_conv.conv_forward,
     ops.mark_layer.default: _mark_layer,
+    ops.dequantize_codes.default: _dequantize_codes,
 }

@@ -59,3 +59,22 @@ def test_distributed_steps_quick_mode_writes_results(tmp_path, monkeypatch):
     assert {(r["config"], r["processes"]) for r in rows} == {("fqt luq-int4", 1), ("fqt luq-int4", 2)}
     assert all(r["step_ms"] > 0 and r["samples_per_s"] > 0 for r in rows)
     sys.modules.pop("distributed_steps", None)
+
+
+def test_gpu_kernels_benchmark_exits_cleanly_without_cuda():
+    """Without a CUDA GPU the benchmark says so and exits with status 2 (nothing measured)."""
+    import subprocess
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the benchmark would really run")
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "gpu_kernels.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "SKIPPED" in proc.stdout and "CUDA" in proc.stdout
+    assert proc.stderr.strip() == "" or "Traceback" not in proc.stderr

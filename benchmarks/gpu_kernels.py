@@ -1,0 +1,226 @@
+"""GPU throughput of qcompile's Triton int8 kernels, side by side with cuBLAS, as ratios.
+
+    .venv/bin/python benchmarks/gpu_kernels.py           # 1024³ .. 8192³ GEMMs + a GPT-2-small block
+    .venv/bin/python benchmarks/gpu_kernels.py --quick   # 1024³, 2048³ and a shorter block
+
+Needs a CUDA GPU and Triton (``pip install -e .[cuda]``). Without one it prints why and exits
+with status 2 (nothing measured; distinct from 0 = measured, 1 = error).
+
+Sections (Triton's `do_bench`: median of repeated runs after warm-up):
+  1. GEMMs M = N = K from 1024 to 8192: ``torch.mm`` in BF16 (cuBLAS), ``torch._int_mm``
+     (cuBLAS int8 → int32), the Triton int8 GEMM with its scale epilogue in the forward
+     (X·Wᵀ), dgrad (dY·W) and wgrad (dYᵀ·X) layouts, and the fused path (quantize both operands to
+     codes + GEMM) and the GEMM reading 4-bit codes packed two per byte: TFLOP/s (TOP/s for int8), ratio over BF16 and over ``_int_mm``, and the
+     fraction of the measured int8 peak (the best int8 rate seen in this run).
+  2. A GPT-2-small-sized transformer block (d=768, 12 heads, MLP 3072, 8×1024 tokens): one full
+     training step (forward, backward, SGD update) with ``backend="fqt"`` (its GEMMs routed to the
+     Triton kernels; the plan's kernel column says which) over BF16 ``torch.compile``.
+Writes ``benchmarks/results/gpu_kernels.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+NO_GPU_EXIT = 2
+
+
+def gpu_problem() -> str:
+    """Why this benchmark cannot run here ('' when it can)."""
+    if not torch.cuda.is_available():
+        return "no CUDA device visible to torch (this build: torch " + torch.__version__ + ")"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "Triton is not installed (pip install -e '.[cuda]')"
+    return ""
+
+
+def tflops(flops: float, ms: float) -> float:
+    return flops / (ms * 1e-3) / 1e12
+
+
+def bench(fn) -> float:
+    """Median milliseconds of ``fn`` (CUDA-synchronised)."""
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def gemm_times(n: int) -> dict[str, float]:
+    """Milliseconds of every GEMM variant at M = N = K = n (inputs freed on return)."""
+    from qcompile.runtime.triton_int8_gemm import dgrad_gemm, forward_gemm, wgrad_gemm
+    from qcompile.runtime.triton_int_quantize import int_quantize_codes
+    from qcompile.runtime.triton_luq_quantize import luq_quantize_codes
+    from qcompile.runtime.triton_pack_int4 import pack_codes, packed_mm
+
+    dev = "cuda"
+    a16 = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    b16 = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    a8 = torch.randint(-64, 65, (n, n), device=dev, dtype=torch.int8)
+    b8 = torch.randint(-7, 8, (n, n), device=dev, dtype=torch.int8)
+    rs = torch.rand(n, device=dev) + 0.5
+    cs = torch.rand(n, device=dev) + 0.5
+    x32, w32 = a16.float(), b16.float()
+
+    def fused():
+        qa = luq_quantize_codes(x32, 4, [1])  # per-sample LUQ dY-like operand
+        qb = int_quantize_codes(w32, 4, "max", "signed", [1])  # per-channel INT4 weight
+        return forward_gemm(
+            qa.codes, qb.codes, qa.scale.reshape(-1), qb.scale.reshape(-1), out_dtype=torch.bfloat16
+        )
+
+    bf16 = torch.bfloat16
+    pa, pb = pack_codes(torch.randint(-7, 8, (n, n), device=dev, dtype=torch.int8)), pack_codes(b8)
+    return {
+        "bf16 torch.mm": bench(lambda: torch.mm(a16, b16)),
+        "int8 torch._int_mm": bench(lambda: torch._int_mm(a8, b8.t())),
+        "triton int8 fwd (X·Wᵀ)": bench(lambda: forward_gemm(a8, b8, rs, cs, out_dtype=bf16)),
+        "triton int8 dgrad (dY·W)": bench(lambda: dgrad_gemm(a8, b8, rs, cs, out_dtype=bf16)),
+        "triton int8 wgrad (dYᵀ·X)": bench(lambda: wgrad_gemm(a8, b8, rs, cs, out_dtype=bf16)),
+        "triton packed-int4 fwd (nibbles)": bench(lambda: packed_mm(pa, pb.t(), rs, cs, out_dtype=bf16)),
+        "fused LUQ+INT4 quantize + GEMM": bench(fused),
+    }
+
+
+def gemm_rows(sizes: list[int]) -> list[dict]:
+    from tqdm import tqdm
+
+    rows = []
+    for n in tqdm(sizes, desc="GEMMs"):
+        for name, ms in gemm_times(n).items():
+            rows.append({"size": n, "kernel": name, "ms": ms, "tflops": tflops(2.0 * n**3, ms)})
+        torch.cuda.empty_cache()
+    int8_peak = max(r["tflops"] for r in rows if not r["kernel"].startswith("bf16"))
+    for r in rows:
+        same = {x["kernel"]: x for x in rows if x["size"] == r["size"]}
+        r["vs_bf16"] = r["tflops"] / same["bf16 torch.mm"]["tflops"]
+        r["vs_int_mm"] = r["tflops"] / same["int8 torch._int_mm"]["tflops"]
+        r["of_int8_peak"] = r["tflops"] / int8_peak
+    return rows
+
+
+class Block(torch.nn.Module):
+    """A GPT-2-small transformer block (pre-LN, causal SDPA, GELU MLP)."""
+
+    def __init__(self, d: int = 768, heads: int = 12):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = torch.nn.LayerNorm(d), torch.nn.LayerNorm(d)
+        self.qkv, self.proj = torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, d)
+        self.fc, self.out = torch.nn.Linear(d, 4 * d), torch.nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        att = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(att.transpose(1, 2).reshape(b, t, d))
+        return x + self.out(torch.nn.functional.gelu(self.fc(self.ln2(x))))
+
+
+def block_rows(batch: int, seq: int) -> tuple[list[dict], str]:
+    import qcompile
+    from qcompile import Policy
+
+    x = torch.randn(batch, seq, 768, device="cuda")
+    tokens = batch * seq
+    # 4 GEMMs of the block, forward + 2 backward: 6 · tokens · params(GEMM) FLOPs.
+    gemm_flops = 6.0 * tokens * (768 * 3 * 768 + 768 * 768 + 2 * 768 * 3072)
+    rows, plan_text = [], ""
+    configs = {
+        "bf16 torch.compile": ("inductor", None),
+        "fqt luq-int4 (Triton int8 GEMMs)": ("fqt", Policy(name="luq-int4-all", keep_first_last=False)),
+    }
+    for name, (backend, policy) in configs.items():
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = Block().cuda()
+        opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+        options = {"policy": policy} if policy is not None else None
+        cm = (
+            torch.compile(model, backend=backend, options=options)
+            if backend == "fqt"
+            else torch.compile(model)
+        )
+
+        def step(cm=cm, opt=opt):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = cm(x).float().square().mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        try:
+            ms = bench(step)
+        except Exception as exc:  # report, do not hide: the JSON says this config failed and why
+            rows.append({"config": name, "error": f"{type(exc).__name__}: {exc}"[:500]})
+            continue
+        row = {"config": name, "ms": ms, "gemm_tflops": tflops(gemm_flops, ms)}
+        if backend == "fqt":
+            plan = qcompile.plan(cm)
+            plan_text = str(plan)
+            kernels = [k for r in plan for k in r.kernels().values()]
+            row["gemms_on_triton"] = sum(k.startswith("triton") for k in kernels)
+            row["gemms_total"] = len(kernels)
+        rows.append(row)
+    base = next((r for r in rows if r["config"].startswith("bf16") and "ms" in r), None)
+    for r in rows:
+        if base is not None and "ms" in r:
+            r["speedup_vs_bf16_compile"] = base["ms"] / r["ms"]
+    return rows, plan_text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="1024³ and 2048³ GEMMs, a 2×1024-token block")
+    parser.add_argument("--out", type=Path, default=RESULTS / "gpu_kernels.json")
+    args = parser.parse_args(argv)
+    problem = gpu_problem()
+    if problem:
+        print(
+            f"gpu_kernels: SKIPPED, nothing measured: {problem}. This benchmark needs a CUDA GPU and Triton."
+        )
+        return NO_GPU_EXIT
+    from tabulate import tabulate
+
+    sizes = [1024, 2048] if args.quick else [1024, 2048, 4096, 8192]
+    gemms = gemm_rows(sizes)
+    print(tabulate([[r["size"], r["kernel"], f"{r['ms']:.3f}", f"{r['tflops']:.1f}", f"{r['vs_bf16']:.2f}x",
+                     f"{r['vs_int_mm']:.2f}x", f"{r['of_int8_peak']:.0%}"] for r in gemms],
+                   headers=["M=N=K", "kernel", "ms", "TFLOP/s", "vs bf16", "vs _int_mm", "of int8 peak"]))  # fmt: skip
+    block, plan_text = block_rows(2 if args.quick else 8, 1024)
+    print(tabulate([[r["config"], f"{r['ms']:.2f}" if "ms" in r else r.get("error", ""),
+                     f"{r.get('speedup_vs_bf16_compile', 0):.2f}x", r.get("gemms_on_triton", "")] for r in block],
+                   headers=["GPT-2-small block step", "ms", "vs bf16 compile", "GEMMs on triton"]))  # fmt: skip
+    if plan_text:
+        print(plan_text)
+    import triton
+
+    data = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "quick": args.quick,
+        "gemms": gemms,
+        "block_step": block,
+        "plan": plan_text,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(data, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

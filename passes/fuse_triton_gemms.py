@@ -1,0 +1,154 @@
+"""Route quantized GEMMs of the AOT forward/backward graphs to the Triton int8 kernels.
+
+Runs after `gemm_kernel_choice.annotate_gemm_kernels` (and after the plan has read the graph):
+the GEMMs annotated ``triton-int8`` are rewritten (views and autocast's dtype casts between a
+quantizer and its GEMM are followed):
+
+* each operand's quantizer becomes ``qcompile::quantize_codes``; its other users read
+  ``dequantize_codes``, the same values bit for bit;
+* an operand saved by the forward (X̂, Ŵ) is turned back into codes with ``qcompile::recover_codes``;
+* the GEMM becomes ``qcompile::scaled_int8_gemm``, which applies the recorded views to the codes
+  (strides, no transposed copies) and the scales in its epilogue; a bias ``add`` right after a
+  forward GEMM moves into the epilogue.
+
+Everything else, and every GEMM on CPU or without Triton, stays on the Inductor path.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+
+import torch
+from qcompile.runtime import triton_gemm_ops  # noqa: F401  (registers the ops)
+from torch import fx
+
+from .gemm_kernel_choice import (
+    KERNEL_META,
+    KERNEL_TRITON,
+    SavedQuantized,
+    _quantizer_facts,
+    find_source,
+    gemm_operands,
+)
+
+aten = torch.ops.aten
+qops = torch.ops.qcompile
+
+
+# ---------------------------------------------------------------------------------------------
+# Rewrite
+
+
+def _fake_mode(gm: fx.GraphModule):
+    for n in gm.graph.nodes:
+        val = n.meta.get("val")
+        if isinstance(val, torch._subclasses.fake_tensor.FakeTensor):
+            return val.fake_mode
+    return None
+
+
+class _Builder:
+    """Creates nodes with their ``meta["val"]`` computed on the graph's fake tensors."""
+
+    def __init__(self, gm: fx.GraphModule):
+        self.graph = gm.graph
+        self.mode = _fake_mode(gm)
+
+    def call(self, target, args: tuple, like: fx.Node) -> fx.Node:
+        node = self.graph.call_function(target, args)
+        fake_args = fx.map_arg(args, lambda n: n.meta["val"])
+        if self.mode is not None:
+            with self.mode:
+                node.meta["val"] = target(*fake_args)
+        else:
+            node.meta["val"] = target(*fake_args)
+        for key in ("nn_module_stack", "stack_trace", "seq_nr"):
+            if key in like.meta:
+                node.meta[key] = like.meta[key]
+        return node
+
+    def unpack(self, node: fx.Node, like: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node]:
+        return tuple(self.call(operator.getitem, (node, i), like) for i in range(3))
+
+
+def _codes_for(src_node: fx.Node, b: _Builder, cache: dict, saved: dict[str, SavedQuantized]):
+    """(codes, clip, top) nodes for a quantizer or saved placeholder, made once per source."""
+    if src_node in cache:
+        return cache[src_node]
+    if src_node.op == "placeholder":
+        info = saved[src_node.name]
+        with b.graph.inserting_after(src_node):
+            rec = b.call(qops.recover_codes.default, (src_node, info.bits, info.signed, list(info.reduce_dims)),
+                         src_node)  # fmt: skip
+        with b.graph.inserting_after(rec):
+            parts = b.unpack(rec, src_node)
+        cache[src_node] = parts
+        return parts
+    kind, bits, signed, stochastic, dims = _quantizer_facts(src_node)
+    scaling = "max" if kind == "luq" else src_node.args[2]
+    x = src_node.args[0]
+    with b.graph.inserting_before(src_node):
+        qc = b.call(qops.quantize_codes.default, (x, kind, bits, scaling, signed, dims, stochastic), src_node)
+        parts = b.unpack(qc, src_node)
+        dtype = src_node.meta["val"].dtype
+        deq = b.call(qops.dequantize_codes.default, (*parts, dtype), src_node)
+    src_node.replace_all_uses_with(deq)
+    deq.meta.update({k: v for k, v in src_node.meta.items() if k != "val"})
+    b.graph.erase_node(src_node)
+    cache[src_node] = parts
+    return parts
+
+
+def _bias_user(node: fx.Node) -> tuple[fx.Node, fx.Node] | None:
+    """The ``add(gemm, bias)`` right after a forward GEMM whose bias is a 1-D [N] vector."""
+    users = list(node.users)
+    if len(users) != 1 or users[0].target is not aten.add.Tensor or users[0].args[0] is not node:
+        return None
+    add, bias = users[0], users[0].args[1]
+    out, bv = node.meta["val"], getattr(bias, "meta", {}).get("val")
+    if not isinstance(bv, torch.Tensor) or bv.ndim != 1 or bv.shape[0] != out.shape[-1]:
+        return None
+    if add.meta["val"].dtype != out.dtype or add.meta["val"].shape != out.shape:
+        return None
+    return add, bias
+
+
+def fuse_triton_gemms(gm: fx.GraphModule, saved: dict[str, SavedQuantized] | None = None) -> fx.GraphModule:
+    """In place: GEMMs annotated ``triton-int8`` (by `annotate_gemm_kernels`) become
+    ``scaled_int8_gemm`` on codes. Returns ``gm``; graphs without such GEMMs are untouched."""
+    saved = saved or {}
+    targets = [n for n in gm.graph.nodes if n.meta.get(KERNEL_META, ("",))[0] == KERNEL_TRITON]
+    if not targets:
+        return gm
+    builder, cache = _Builder(gm), {}
+    # Follow every operand first: rewriting a quantizer changes the paths of later GEMMs.
+    plans = []
+    for node in targets:
+        ops = gemm_operands(node)
+        plans.append((node, ops, [find_source(ops.a), find_source(ops.b)]))
+    for node, ops, srcs in plans:
+        chains = [srcs[0].chain + ops.a_extra, srcs[1].chain]
+        parts = [_codes_for(s.node, builder, cache, saved) for s in srcs]
+        fused_bias = _bias_user(node) if node.target is qops.qmatmul.default else None
+        out = node.meta["val"]
+        with gm.graph.inserting_before(node):
+            bias_arg = fused_bias[1] if fused_bias else None
+            if bias_arg is not None and list(gm.graph.nodes).index(bias_arg) > list(gm.graph.nodes).index(
+                node
+            ):
+                fused_bias, bias_arg = None, None  # bias computed later: keep the separate add
+            args = (*parts[0], *parts[1], bias_arg, json.dumps(chains[0]), json.dumps(chains[1]),
+                    list(out.shape), out.dtype)  # fmt: skip
+            fused = builder.call(qops.scaled_int8_gemm.default, args, node)
+        fused.meta[KERNEL_META] = node.meta[KERNEL_META]
+        if fused_bias:
+            add = fused_bias[0]
+            add.replace_all_uses_with(fused)
+            gm.graph.erase_node(add)
+        node.replace_all_uses_with(fused)
+        gm.graph.erase_node(node)
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()
+    return gm

@@ -1,0 +1,99 @@
+"""Triton kernel of LUQ (`luq_quantize.luq_quantize_reference`): int8 codes ``sign·2^k`` + α.
+
+LUQ, Chmiel et al. ICLR 2023, Eq. 10 (stochastic underflow) and Eq. 12 (logarithmic stochastic
+rounding) with ``α = max|g| / 2^(levels-1)``: with ``x = |g|/α`` the output is ``α`` with
+probability ``x`` below 1, else ``f·α`` or ``2f·α`` (``f = 2^⌊log2 x⌋``) with probability
+``(x - f)/f`` of rounding up. The codes ``sign·q``, ``q ∈ {0, 1, 2, ..., 64}`` for 4 bits, are
+exact in int8; ``code · α`` is exactly the reference's value. One uniform ``u`` per element.
+
+``noise`` (shape of ``g``, in [0, 1)) is the test hook that reproduces the reference bit for bit;
+without it the kernel draws ``tl.rand`` (Philox) keyed by ``seed`` (from torch's generator) and
+the element's flat index plus ``offset``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from . import triton_support
+from .luq_quantize import luq_levels
+from .triton_int_quantize import SCALE_PER_COL, SCALE_PER_ROW, SCALE_PER_TENSOR, Codes, _group_index
+from .triton_reductions import group_absmax_min
+from .triton_support import as_2d, philox_seed
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover
+    triton = None
+
+if triton is not None:
+
+    @triton.jit
+    def _luq_quantize_kernel(
+        g_ptr, codes_ptr, alpha_ptr, noise_ptr, seed, offset,
+        R, C, s_r, s_c, n_r, n_c,
+        SCALE_AXIS: tl.constexpr, USE_NOISE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):  # fmt: skip
+        pid_r = tl.program_id(0)
+        pid_c = tl.program_id(1)
+        offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+        offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        mask = (offs_r < R)[:, None] & (offs_c < C)[None, :]
+        r64 = offs_r[:, None].to(tl.int64)
+        c64 = offs_c[None, :].to(tl.int64)
+        g = tl.load(g_ptr + r64 * s_r + c64 * s_c, mask=mask, other=0.0).to(tl.float32)
+        alpha = tl.load(alpha_ptr + _group_index(offs_r, offs_c, SCALE_AXIS), mask=mask, other=1.0)
+        x = tl.math.div_rn(tl.abs(g), alpha)
+        if USE_NOISE:
+            u = tl.load(noise_ptr + r64 * n_r + c64 * n_c, mask=mask, other=0.0).to(tl.float32)
+        else:
+            u = tl.rand(seed, (r64 * C + c64 + offset).to(tl.int32))
+        # f = 2^floor(log2 x) for x >= 1: keep only the exponent bits of the float (as the reference).
+        f = (tl.maximum(x, 1.0).to(tl.int32, bitcast=True) & 0x7F800000).to(tl.float32, bitcast=True)
+        log_rounded = tl.where(u * f < x - f, 2.0 * f, f)
+        underflow = (u < x).to(tl.float32)
+        q = tl.where(x < 1.0, underflow, log_rounded)
+        q = tl.where(x != x, 0.0, q)  # non-finite group: code 0, its NaN α carries the NaN
+        code = tl.where(g > 0, q, tl.where(g < 0, -q, 0.0))
+        tl.store(codes_ptr + r64 * C + c64, code.to(tl.int8), mask=mask)
+
+
+def luq_quantize_codes(
+    g: torch.Tensor,
+    bits: int = 4,
+    reduce_dims: Sequence[int] = (),
+    noise: torch.Tensor | None = None,
+    seed: int | None = None,
+    offset: int = 0,
+) -> Codes:
+    """LUQ of ``g`` to int8 codes with the Triton kernel (CUDA, or CPU under
+    ``TRITON_INTERPRET=1``). ``Codes.dequantize()`` equals `luq_quantize_reference` bit for bit
+    given the same ``noise`` (``top`` is 1, ``clip`` is α). ``bits`` <= 4 so ``2^(levels-1)``
+    fits int8."""
+    if bits > 4:
+        raise ValueError(
+            f"luq_quantize_codes: codes 2^(2^(bits-1)-2) must fit int8, got bits={bits} (valid: 2..4)"
+        )
+    view = as_2d(g, reduce_dims)
+    amax, _ = group_absmax_min(view)
+    alpha = amax / float(2 ** (luq_levels(bits) - 1))
+    alpha = torch.where(alpha == 0, torch.ones_like(alpha), alpha).contiguous()
+    rows, cols = view.x.shape
+    codes = triton_support.alloc_codes(rows, cols, g.device)
+    if rows * cols:
+        n2 = as_2d(noise.float(), reduce_dims).x if noise is not None else view.x
+        if noise is None and seed is None:
+            seed = philox_seed()
+        block_r, block_c = (32, 128) if g.device.type == "cuda" else (16, 32)
+        grid = (triton.cdiv(rows, block_r), triton.cdiv(cols, block_c))
+        axis = {0: SCALE_PER_ROW, 1: SCALE_PER_COL, None: SCALE_PER_TENSOR}[view.axis]
+        _luq_quantize_kernel[grid](
+            view.x, codes, alpha, n2, 0 if seed is None else seed, offset,
+            rows, cols, view.x.stride(0), view.x.stride(1), n2.stride(0), n2.stride(1),
+            SCALE_AXIS=axis, USE_NOISE=noise is not None, BLOCK_R=block_r, BLOCK_C=block_c,
+        )  # fmt: skip
+    shape = view.group_shape
+    return Codes(view.back(codes), alpha.reshape(shape), torch.ones_like(alpha).reshape(shape))

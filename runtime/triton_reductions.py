@@ -1,0 +1,69 @@
+"""Triton reduction pass of the quantizers: max|x| and min(x) per row, per column or per tensor.
+
+The scale of a max-scaled INT quantizer and of LUQ is ``max|x|`` of its group
+(`scaling_groups.group_amax`); the ``signed="auto"`` grid also needs ``min(x)``. Both come out of
+one read of ``x``. A max is independent of the reduction order, so this pass matches the PyTorch
+reference bit for bit; NaN propagates (a group holding NaN reports NaN, as ``torch.amax`` does).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .triton_support import View2d
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised only without the optional extra
+    triton = None
+
+if triton is not None:
+
+    @triton.jit
+    def _group_absmax_min_kernel(
+        x_ptr, amax_ptr, amin_ptr, G, E, s_g, s_e, BLOCK_G: tl.constexpr, BLOCK_E: tl.constexpr
+    ):
+        """One program reduces BLOCK_G groups (rows of the strided G × E view) over E."""
+        pid = tl.program_id(0)
+        offs_g = pid * BLOCK_G + tl.arange(0, BLOCK_G)
+        g_mask = offs_g < G
+        amax = tl.zeros((BLOCK_G,), dtype=tl.float32)
+        amin = tl.full((BLOCK_G,), float("inf"), dtype=tl.float32)
+        nan_seen = tl.zeros((BLOCK_G,), dtype=tl.int32)
+        for e0 in range(0, E, BLOCK_E):
+            offs_e = e0 + tl.arange(0, BLOCK_E)
+            mask = g_mask[:, None] & (offs_e < E)[None, :]
+            ptrs = x_ptr + offs_g[:, None].to(tl.int64) * s_g + offs_e[None, :].to(tl.int64) * s_e
+            v = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+            nan_seen = tl.maximum(nan_seen, tl.max((v != v).to(tl.int32), axis=1))
+            amax = tl.maximum(amax, tl.max(tl.where(mask, tl.abs(v), 0.0), axis=1))
+            amin = tl.minimum(amin, tl.min(tl.where(mask, v, float("inf")), axis=1))
+        amax = tl.where(nan_seen > 0, float("nan"), amax)
+        amin = tl.where(nan_seen > 0, float("nan"), amin)
+        tl.store(amax_ptr + offs_g, amax, mask=g_mask)
+        tl.store(amin_ptr + offs_g, amin, mask=g_mask)
+
+
+def group_absmax_min(view: View2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(max|x|, min x) per group of a `View2d`, as float32 vectors (length 1 per tensor)."""
+    x = view.x
+    rows, cols = x.shape
+    if view.axis == 1:  # per column: the groups run along dim 1
+        g, e, s_g, s_e = cols, rows, x.stride(1), x.stride(0)
+    else:  # per row, or per tensor as per row followed by a tiny second pass
+        g, e, s_g, s_e = rows, cols, x.stride(0), x.stride(1)
+    amax = torch.empty(g, device=x.device, dtype=torch.float32)
+    amin = torch.empty(g, device=x.device, dtype=torch.float32)
+    if g and e:
+        block_g = 16
+        block_e = min(1024, triton.next_power_of_2(e)) if x.device.type == "cuda" else 32
+        grid = (triton.cdiv(g, block_g),)
+        _group_absmax_min_kernel[grid](x, amax, amin, g, e, s_g, s_e, BLOCK_G=block_g, BLOCK_E=block_e)
+    else:
+        amax.zero_()
+        amin.zero_()
+    if view.axis is None:
+        # torch.amax propagates NaN like the reference's.
+        return amax.amax().reshape(1), amin.amin().reshape(1)
+    return amax, amin
