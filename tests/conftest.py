@@ -1,3 +1,10 @@
+import os
+
+# Triton kernels are tested on CPU through Triton's interpreter, and `@triton.jit` reads this when a
+# kernel module is imported, so it must be set before any test imports qcompile. It concerns Triton
+# kernels only; Inductor's CPU code generation does not read it.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest
 import torch
 
