@@ -261,6 +261,7 @@ def insert_fqt_quantizers(gm: fx.GraphModule, policy: Policy) -> list[SiteRecord
             continue
         key = f"g{graph_id}s{next(counter)}"
         record = SiteRecord(key, site.layer, site.op, site.shapes(), site_flops(site), None)
+        record.extra["out_shape"] = _hinted(site.node)
         records.append(record)
         if site.unsupported is not None:
             record.reasons = (site.unsupported,)
@@ -315,6 +316,8 @@ def _handle_attention(
             None,
         ),
     ]
+    records[0].extra["out_shape"] = q_shape[:-1] + k_shape[-2:-1]
+    records[1].extra["out_shape"] = q_shape[:-1] + v_shape[-1:]
     if site.unsupported is not None:
         for r in records:
             r.reasons = (site.unsupported,)

@@ -27,6 +27,7 @@ from qcompile.passes import (
 )
 from qcompile.policy import PolicyError
 from qcompile.policy_files import resolve_policy
+from qcompile.quantizer_binding import bind_state
 
 BACKEND_NAME = "fqt"
 OUR_OPTIONS = ("policy",)
@@ -88,6 +89,7 @@ def fqt_backend(
     patches = {"joint_custom_pre_pass": save_quantized_operands, **_inductor_config_patches(mode, options)}
     records = insert_fqt_quantizers(gm, policy)
     record = register(CompiledGraph(policy, records), example_inputs)
+    record.state = bind_state(gm, example_inputs, records)
     inner = functools.partial(_inner_compile, record=record)
     # AOTAutograd's cache would hand back compiled graphs without calling our inner compile,
     # leaving the plan nothing to read; Inductor's own FX graph cache (inside it) still applies.

@@ -25,6 +25,7 @@ class CompiledGraph:
     compiled: list[str] = field(default_factory=list)
     forward_roles: dict[str, tuple] = field(default_factory=dict)
     had_params: bool = False
+    state: object = None  # the model's QuantizerState when the graph has stateful quantizers
 
     def add_facts(self, graph: str, facts: dict[tuple[str, str], OperandFact]) -> None:
         with _LOCK:

@@ -28,8 +28,8 @@ ROLES = ("weight", "activation", "grad_dgrad", "grad_wgrad")
 ROLE_FORMATS = {
     "weight": ("none", "int"),
     "activation": ("none", "int"),
-    "grad_dgrad": ("none", "int", "luq"),
-    "grad_wgrad": ("none", "int", "luq"),
+    "grad_dgrad": ("none", "int", "luq", "lbt", "aq"),
+    "grad_wgrad": ("none", "int", "luq", "lbt", "aq"),
 }
 ROLE_GRANULARITIES = {
     "weight": ("per-tensor", "per-channel"),

@@ -68,6 +68,8 @@ def int_quantize_reference(
         return x.clone()
     dims = normalize_dims(reduce_dims, x.ndim)
     xf = x.float()
+    if bits == 1:
+        return binarize_reference(xf, dims).to(x.dtype)
     clip = int_clip(xf, scaling, dims)
     if signed == "auto":
         unsigned = group_amin(xf, dims) >= 0
@@ -88,6 +90,15 @@ def int_quantize_reference(
     q = torch.clamp(y, lo, hi) if isinstance(lo, float) else torch.maximum(torch.minimum(y, hi), lo)
     # (q / qmax) · clip rather than q · (clip / qmax): the top level is then exactly the clip.
     return (q / hi * clip).to(x.dtype)
+
+
+def binarize_reference(x: torch.Tensor, reduce_dims: Sequence[int]) -> torch.Tensor:
+    """Binary forward (1-bit FQT's forward, XNOR-Net scale): ``sign(x)·mean|x|`` per group,
+    ``sign(0) = +1``. The paper learns the per-channel scale; a compile backend cannot add
+    parameters, so the closed-form XNOR-Net scale stands in for it (ALGORITHMS.md, AQ step 5).
+    NaN propagates through the scale."""
+    scale = group_mean(x.abs(), reduce_dims)
+    return torch.where(x >= 0, 1.0, -1.0) * scale
 
 
 @torch.library.custom_op("qcompile::int_quantize", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,))
