@@ -106,7 +106,9 @@ def describe_quantizers(nodes: list[fx.Node], role: str) -> QuantSpec:
         return QuantSpec("lbt", bits, "max", granularity_of(dims, ndim, role), "stochastic", "signed", 1)
     if n.target is qops.aq_quantize.default:
         _, bits, dims, pruning, _ = n.args
-        return QuantSpec("aq", bits, "max", granularity_of(dims, ndim, role), "stochastic", "signed", 1, pruning)
+        return QuantSpec(
+            "aq", bits, "max", granularity_of(dims, ndim, role), "stochastic", "signed", 1, pruning
+        )
     if n.target is qops.luq_quantize.default:
         _, bits, dims, _, _ = n.args
         return QuantSpec(

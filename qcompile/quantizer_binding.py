@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from qcompile.runtime.quantizer_state import QuantizerState, attach_state, bind_tag, state_for_params
 from torch import fx
 
 from qcompile.passes import SiteRecord
+from qcompile.runtime.quantizer_state import QuantizerState, attach_state, bind_tag, state_for_params
 
 GRAD_ROLES = ("grad_dgrad", "grad_wgrad")
 
@@ -70,7 +70,9 @@ def stateful_slots(records: Sequence[SiteRecord]) -> list[tuple[str, str]]:
     return out
 
 
-def bind_state(gm: fx.GraphModule, example_inputs: Sequence[Any], records: Sequence[SiteRecord]) -> QuantizerState | None:
+def bind_state(
+    gm: fx.GraphModule, example_inputs: Sequence[Any], records: Sequence[SiteRecord]
+) -> QuantizerState | None:
     """Attach/find the model's `QuantizerState` and bind every stateful quantizer of ``records``.
     Returns None when the graph has none. A model that cannot be found still trains with a
     state of its own (kept by the plan record), just not inside a ``state_dict``."""

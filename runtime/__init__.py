@@ -10,9 +10,9 @@ from .int_quantize import int_quantize, int_quantize_reference
 from .layer_marker import mark_layer
 from .lbt_quantize import lbt_quantize, lbt_quantize_reference
 from .luq_quantize import luq_quantize, luq_quantize_reference
-from .quantizer_state import QuantizerState, attach_state, state_of
 from .quantized_conv import qconv
 from .quantized_matmul import SHARED, qmatmul
+from .quantizer_state import QuantizerState, attach_state, state_of
 from .spec import HIGH_PRECISION, NAMED_SPECS, QuantSpec, parse_spec
 
 __all__ = [

@@ -10,8 +10,8 @@ import torch
 
 from .aq_quantize import aq_quantize
 from .int_quantize import int_quantize
-from .lbt_quantize import lbt_quantize
 from .layer_marker import mark_layer
+from .lbt_quantize import lbt_quantize
 from .luq_quantize import luq_quantize
 from .spec import QuantSpec, parse_spec
 

@@ -83,7 +83,9 @@ def initial_gamma(g: torch.Tensor, bits: int, reduce_dims: Sequence[int] = ()) -
     return gamma
 
 
-def next_gamma(g: torch.Tensor, gamma: float, bits: int, reduce_dims: Sequence[int], first: bool) -> tuple[float, float]:
+def next_gamma(
+    g: torch.Tensor, gamma: float, bits: int, reduce_dims: Sequence[int], first: bool
+) -> tuple[float, float]:
     """(γ for the next step, clipped fraction at this step's γ).
 
     ``γ ← clamp(γ + 1e-3·sign(r − target), 1e-3, 1)`` from the unquantized ``g`` (LBT Sec. 4.2);

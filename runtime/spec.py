@@ -122,7 +122,9 @@ class QuantSpec:
                     "scaling='max', signed='signed'"
                 )
             if self.samples != 1:
-                raise ValueError(f"{name} takes one sample per step (samples=1): its state/budget is per draw")
+                raise ValueError(
+                    f"{name} takes one sample per step (samples=1): its state/budget is per draw"
+                )
             if self.scaling == "sawb" and self.bits != 4:
                 raise ValueError(
                     "SAWB coefficients (12.1, 12.2) are fitted for 4 bits only; "
