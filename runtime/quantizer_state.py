@@ -70,7 +70,9 @@ class QuantizerState(torch.nn.Module):
 
 _LOCK = threading.Lock()
 _BY_MODEL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_BY_PARAM: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# id(parameter) -> (weakref to it, weakref to its model's state); tensors compare elementwise,
+# so they cannot be keys of a WeakKeyDictionary.
+_BY_PARAM: dict[int, tuple[weakref.ref, weakref.ref]] = {}
 _TAG_SLOTS: dict[str, tuple[weakref.ref, str]] = {}
 _DEFAULT = QuantizerState()  # for quantizer ops called outside any compiled model (tests, direct calls)
 _BITS: dict[str, list[float]] = {}
@@ -102,8 +104,11 @@ def attach_state(model: torch.nn.Module) -> QuantizerState:
             _BY_MODEL[model] = state
             model.register_state_dict_post_hook(functools.partial(_save_hook, state))
             model.register_load_state_dict_pre_hook(functools.partial(_load_hook, state))
+        dead = [k for k, (p, _) in _BY_PARAM.items() if p() is None]
+        for k in dead:
+            del _BY_PARAM[k]
         for p in model.parameters():
-            _BY_PARAM[p] = state
+            _BY_PARAM[id(p)] = (weakref.ref(p), weakref.ref(state))
     return state
 
 
@@ -116,9 +121,12 @@ def state_for_params(params: Iterable[torch.Tensor]) -> QuantizerState | None:
     """The state of the model these parameters belong to (the backend sees parameters only)."""
     for p in params:
         if isinstance(p, torch.nn.Parameter):
-            state = _BY_PARAM.get(p)
-            if state is not None:
-                return state
+            with _LOCK:
+                found = _BY_PARAM.get(id(p))
+            if found is not None and found[0]() is p:
+                state = found[1]()
+                if state is not None:
+                    return state
     return None
 
 

@@ -105,6 +105,11 @@ class QuantSpec:
         if self.format == "int":
             if self.bits not in INT_BITS:
                 raise ValueError(f"INT supports bits {INT_BITS.start}..{INT_BITS.stop - 1}, got {self.bits}")
+            if self.scaling == "sawb" and self.bits != 4:
+                raise ValueError(
+                    "SAWB coefficients (12.1, 12.2) are fitted for 4 bits only; "
+                    f"use scaling='max' for {self.bits} bits (valid scalings: {SCALINGS})"
+                )
             if (self.bits == 1) != (self.scaling == "mean"):
                 raise ValueError(
                     "binary (1-bit INT) uses and only it uses scaling='mean' (sign(x)·mean|x|, XNOR-Net)"
@@ -124,11 +129,6 @@ class QuantSpec:
             if self.samples != 1:
                 raise ValueError(
                     f"{name} takes one sample per step (samples=1): its state/budget is per draw"
-                )
-            if self.scaling == "sawb" and self.bits != 4:
-                raise ValueError(
-                    "SAWB coefficients (12.1, 12.2) are fitted for 4 bits only; "
-                    f"use scaling='max' for {self.bits} bits (valid scalings: {SCALINGS})"
                 )
         if self.format == "luq":
             if self.bits not in LUQ_BITS:

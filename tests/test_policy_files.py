@@ -178,7 +178,7 @@ def test_bad_bit_width_in_rule(tmp_path):
     with pytest.raises(PolicyError) as exc:
         qcompile.resolve_policy(str(path))
     msg = str(exc.value)
-    assert "rules[1]" in msg and "weight" in msg and "2..8" in msg
+    assert "rules[1]" in msg and "weight" in msg and "1..8" in msg
 
     path = write(tmp_path, "bits0.json", json.dumps({"rules": [{"layer": "head", "grad_dgrad": "luq9"}]}))
     with pytest.raises(PolicyError, match=r"rules\[0\]"):
