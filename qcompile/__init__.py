@@ -8,11 +8,13 @@ from qcompile import runtime  # noqa: F401  (registers the qcompile:: ops)
 from qcompile.backend import fqt_backend, register_fqt_backend
 from qcompile.compiled_graphs import clear as clear_plans
 from qcompile.dynamo_rules import trace_into_attention_functions
+from qcompile.fnt import fnt, fnt_lr, fnt_policy, fnt_scheduler
 from qcompile.plan import Plan, PlanRow, plan
 from qcompile.policy import ROLES, LayerDecision, Policy, PolicyError, Rule
 from qcompile.policy_files import load_policy_file, resolve_policy
 from qcompile.presets import DEFAULT_PRESET, preset, presets
 from qcompile.quantize import quantize
+from qcompile.runtime.quantizer_state import QuantizerState, attach_state, state_of
 from qcompile.runtime.spec import NAMED_SPECS, QuantSpec, parse_spec
 
 __version__ = "0.1.0"
@@ -30,8 +32,14 @@ __all__ = [
     "Policy",
     "PolicyError",
     "QuantSpec",
+    "QuantizerState",
     "Rule",
+    "attach_state",
     "clear_plans",
+    "fnt",
+    "fnt_lr",
+    "fnt_policy",
+    "fnt_scheduler",
     "fqt_backend",
     "load_policy_file",
     "parse_spec",
@@ -40,4 +48,5 @@ __all__ = [
     "presets",
     "quantize",
     "resolve_policy",
+    "state_of",
 ]

@@ -112,13 +112,18 @@ def lbt_quantize(g: torch.Tensor, bits: int, reduce_dims: list[int], tag: str) -
     state, name = lbt_slot(tag)
     gamma_buf, updates = state.gamma(name), state.updates(name)
     gamma = float(gamma_buf)
-    out = lbt_quantize_reference(g, gamma, bits, reduce_dims, noise=hash_uniform(g, draw_seed(g.device)))
     with torch.no_grad():
-        new, r = next_gamma(g.detach(), gamma, bits, reduce_dims, first=int(updates) == 0)
+        if int(updates) == 0:
+            # First batch: initialise γ on it (the paper's loop), then quantize with that γ.
+            gamma, r = next_gamma(g.detach(), gamma, bits, reduce_dims, first=True)
+            new = gamma
+        out = lbt_quantize_reference(g, gamma, bits, reduce_dims, noise=hash_uniform(g, draw_seed(g.device)))
+        if int(updates) > 0:
+            new, r = next_gamma(g.detach(), gamma, bits, reduce_dims, first=False)
         if r == r:  # a finite step: count it (γ may stay put under the tiny-tensor guard)
             gamma_buf.fill_(new)
             updates.add_(1)
-    state.last_clipped[name] = r
+    state.last_clipped[name] = clipped_fraction(g, gamma, reduce_dims) if r == r else r
     return out
 
 
