@@ -31,12 +31,12 @@ _PRESETS: dict[str, Policy] = {
         share_gradient_sample=True,
     ),
     # 1-bit FQT (Gao et al.) with the paper's binary forward (sign·mean|x|, per output channel
-    # for W): a FINE-TUNING recipe for pretrained (binary) nets; from scratch it fails (ImageNet
+    # for W; {0, 2·mean} for non-negative activations): a FINE-TUNING recipe for pretrained (binary) nets; from scratch it fails (ImageNet
     # 21.6 vs 57.1 in the paper). dY: AQ, 1 bit per element on average, SCQ groups.
     "aq1": Policy(
         name="aq1",
         weight="int1-channel",
-        activation="int1",
+        activation="int1-auto",
         grad_dgrad="aq4-sample",
         grad_wgrad="aq4-channel",
     ),

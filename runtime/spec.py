@@ -114,8 +114,8 @@ class QuantSpec:
                 raise ValueError(
                     "binary (1-bit INT) uses and only it uses scaling='mean' (sign(x)·mean|x|, XNOR-Net)"
                 )
-            if self.bits == 1 and (self.signed != "signed" or self.rounding != "nearest"):
-                raise ValueError("binary (1-bit INT) is sign(x)·mean|x|: signed, round-to-nearest")
+            if self.bits == 1 and self.rounding != "nearest":
+                raise ValueError("binary (1-bit INT) is sign(x)·mean|x|: round-to-nearest")
         if self.format in ("lbt", "aq"):
             allowed = LBT_BITS if self.format == "lbt" else AQ_BITS
             name = self.format.upper()
@@ -167,8 +167,8 @@ class QuantSpec:
         if self.format == "int" and self.bits > 1:
             parts.append(self.scaling)
             parts.append("sr" if self.rounding == "stochastic" else "rdn")
-            if self.signed == "auto":
-                parts.append("auto")
+        if self.format == "int" and self.signed == "auto":
+            parts.append("auto")
         if self.pruning == "topk":
             parts.append("topk")
         parts.append(self.granularity.removeprefix("per-"))
