@@ -131,15 +131,20 @@ class Plan:
                     bwd += n * r.flops
                     if _low(grad) and _low(other):
                         bwd_low += n * r.flops
-        bits_sum: dict[str, float] = dict.fromkeys(ROLES, 0.0)
-        elems: dict[str, int] = dict.fromkeys(ROLES, 0)
+        # Bits per element, weighted by element count: over every operand that ran, and over the
+        # quantized ones only (what the low-bit GEMMs themselves spend).
+        sums = {k: {role: [0.0, 0] for role in ROLES} for k in ("all", "quantized")}
         for r in self.rows:
             for role, e in r.roles().items():
                 if e.ran and e.avg_bits is not None and e.elements:
-                    bits_sum[role] += e.avg_bits * e.elements
-                    elems[role] += e.elements
+                    kinds = ("all", "quantized") if e.spec is not None and e.spec.is_quantized else ("all",)
+                    for kind in kinds:
+                        sums[kind][role][0] += e.avg_bits * e.elements
+                        sums[kind][role][1] += e.elements
+        avg = {k: {role: (b / n if n else None) for role, (b, n) in v.items()} for k, v in sums.items()}
         return {
-            "avg_bits": {role: (bits_sum[role] / elems[role] if elems[role] else None) for role in ROLES},
+            "avg_bits": avg["all"],
+            "avg_bits_quantized": avg["quantized"],
             "gemms": len(self.rows),
             "quantized_gemms": sum(any(_low(e) for e in r.roles().values()) for r in self.rows),
             "forward_flops": fwd,
@@ -192,6 +197,7 @@ class Plan:
         t = self.totals()
         names = {"weight": "W", "activation": "X", "grad_dgrad": "dY→dgrad", "grad_wgrad": "dY→wgrad"}
         bits = ", ".join(f"{names[k]} {v:.2f}" for k, v in t["avg_bits"].items() if v is not None)
+        qbits = ", ".join(f"{names[k]} {v:.2f}" for k, v in t["avg_bits_quantized"].items() if v is not None)
         summary = (
             f"policy: {', '.join(self.policies) or '-'} | graphs: {', '.join(self.graphs) or '-'}\n"
             f"{t['quantized_gemms']}/{t['gemms']} GEMM sites quantized; matmul FLOPs at <=4 bits: "
@@ -202,6 +208,7 @@ class Plan:
                 else "backward: none compiled (inference only)"
             )
             + (f"\naverage bits per element: {bits}" if bits else "")
+            + (f" (quantized operands only: {qbits})" if qbits else "")
         )
         return tabulate(table, headers=headers, tablefmt="simple") + "\n" + summary
 

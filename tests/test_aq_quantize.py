@@ -8,7 +8,7 @@ from qcompile.runtime.aq_quantize import aq_budget, aq_quantize_reference, keep_
 from qcompile.runtime.quantizer_state import measured_bits
 from qcompile.runtime.spec import parse_spec
 
-import qcompile  # noqa: F401  (registers the ops)
+import qcompile
 
 aq_op = torch.ops.qcompile.aq_quantize
 
@@ -103,3 +103,11 @@ def test_spec_strings():
     assert parse_spec("aq4-topk-channel").pruning == "topk"
     with pytest.raises(ValueError, match="AQ"):
         parse_spec("luq4-topk")
+
+
+def test_public_quantize_runs_the_new_formats():
+    torch.manual_seed(0)
+    g = torch.randn(16, 8)
+    assert qcompile.quantize(g, "aq4-sample").shape == g.shape
+    clipped = qcompile.quantize(g, "lbt4", gamma=0.5)
+    assert clipped.abs().max() <= 0.5 * g.abs().max() * (1 + 1e-6)

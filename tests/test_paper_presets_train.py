@@ -53,6 +53,7 @@ def test_preset_trains_and_loss_falls(preset):
         assert middle.grad_dgrad.spec.format == "lbt" and middle.grad_wgrad.shared_from == "grad_dgrad"
         assert "γ=" in middle.state
         assert bits["grad_dgrad"] < 32  # the high-precision first/last layers count at 32
+        assert plan.totals()["avg_bits_quantized"]["grad_dgrad"] == 4.0
 
 
 def test_bits_accounting_counts_smp_samples_and_high_precision():
