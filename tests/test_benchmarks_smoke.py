@@ -46,3 +46,19 @@ def test_eager_fake_quant_baseline_really_quantizes():
     assert not torch.allclose(ref(x), fq(x), atol=1e-4)
     fq(x).sum().backward()
     assert all(p.grad is not None for p in fq.parameters())
+
+
+@pytest.mark.slow
+def test_paper_presets_benchmark_writes_results(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import paper_presets
+
+    out = tmp_path / "presets.json"
+    assert (
+        paper_presets.main(["--presets", "lbt-int4", "--epochs", "1", "--limit", "200", "--json", str(out)])
+        == 0
+    )
+    run = json.loads(out.read_text())["runs"]["lbt-int4"][0]
+    assert run["avg_bits_quantized"]["grad_dgrad"] == 4.0
+    assert run["gammas"] and all(0 < g <= 1 for g in run["gammas"].values())
+    sys.modules.pop("paper_presets", None)
