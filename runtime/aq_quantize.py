@@ -114,9 +114,9 @@ def aq_quantize(g: torch.Tensor, bits: int, reduce_dims: list[int], pruning: str
     noise = hash_uniform(g, seed) if g.numel() else None
     out, kept = aq_quantize_reference(g, bits, reduce_dims, pruning, group_noise, noise)
     record_bits(tag, float(kept * bits), g.numel())
-    return out
+    return out.contiguous()  # the fake kernel's layout, whatever g's strides
 
 
 @aq_quantize.register_fake
 def _aq_quantize_fake(g, bits, reduce_dims, pruning, tag):
-    return torch.empty_like(g)
+    return g.new_empty(g.shape)  # contiguous, as the op returns

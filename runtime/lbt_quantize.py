@@ -124,9 +124,9 @@ def lbt_quantize(g: torch.Tensor, bits: int, reduce_dims: list[int], tag: str) -
             gamma_buf.fill_(new)
             updates.add_(1)
     state.last_clipped[name] = clipped_fraction(g, gamma, reduce_dims) if r == r else r
-    return out
+    return out.contiguous()  # the fake kernel's layout, whatever g's strides
 
 
 @lbt_quantize.register_fake
 def _lbt_quantize_fake(g, bits, reduce_dims, tag):
-    return torch.empty_like(g)
+    return g.new_empty(g.shape)  # contiguous, as the op returns

@@ -111,3 +111,17 @@ def test_public_quantize_runs_the_new_formats():
     assert qcompile.quantize(g, "aq4-sample").shape == g.shape
     clipped = qcompile.quantize(g, "lbt4", gamma=0.5)
     assert clipped.abs().max() <= 0.5 * g.abs().max() * (1 + 1e-6)
+
+
+def test_ops_output_layout_matches_their_fake_kernels():
+    """Inductor calls these ops as extern kernels and asserts the fake kernel's strides."""
+    g = torch.randn(4, 10, 6).transpose(0, 1)  # non-contiguous, as attention's dY can be
+    for op, args in (
+        (aq_op, (4, [2], "range", "layout|grad_dgrad|k")),
+        (torch.ops.qcompile.lbt_quantize, (4, [], "layout|grad_dgrad|k")),
+    ):
+        torch.library.opcheck(op, (g, *args), test_utils=("test_schema", "test_faketensor"))
+        out = op(g, *args)
+        with torch._subclasses.FakeTensorMode() as mode:
+            fake = op(mode.from_tensor(g), *args)
+        assert out.stride() == fake.stride() and out.is_contiguous()
