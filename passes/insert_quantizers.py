@@ -43,6 +43,7 @@ def _hinted(n) -> list[int | str]:
 
 _graph_ids = itertools.count()
 int_quantize = torch.ops.qcompile.int_quantize.default
+learned_clip_quantize = torch.ops.qcompile.learned_clip_quantize.default
 qmatmul = torch.ops.qcompile.qmatmul.default
 qconv = torch.ops.qcompile.qconv.default
 
@@ -123,6 +124,8 @@ class _Rewriter:
     def quantize(self, value: fx.Node, spec: QuantSpec, reduce_dims: list[int], role: str) -> fx.Node:
         if not spec.is_quantized:
             return value
+        if spec.scaling == "learned":  # LBT's learned clip: one trainable α per layer and role
+            return self.call(learned_clip_quantize, (value, spec.bits, spec.signed, self.tag(role)))
         args = (value, *_spec_args(spec), reduce_dims, spec.rounding == "stochastic", self.tag(role))
         return self.call(int_quantize, args)
 

@@ -253,19 +253,25 @@ def _entry(graph: CompiledGraph, record: SiteRecord, role: str) -> RoleEntry:
 
 
 def _state_cell(graph: CompiledGraph, record: SiteRecord) -> str:
-    """``γ=0.712 (clipped 0.01%)`` for each stateful quantizer of the site, read live."""
+    """``γ=0.712 (clipped 0.01%)`` (LBT) and ``W clip=0.31`` (learned clips) for each stateful
+    quantizer of the site, read live."""
     slots = record.extra.get("state_slots") or {}
     state = graph.state
     if not slots or not isinstance(state, QuantizerState):
         return ""
     cells = []
     for role, name in slots.items():
+        if role in ("weight", "activation"):
+            label = "W" if role == "weight" else "X"
+            cells.append(f"{label} clip={float(state.clip(name)):.3g}")
+            continue
         gamma = float(state.gamma(name))
         clipped = state.last_clipped.get(name)
         text = f"γ={gamma:.3f}"
         if clipped is not None and clipped == clipped:
             text += f" (clipped {clipped:.3%})"
-        cells.append(text if len(slots) == 1 else f"{role.removeprefix('grad_')} {text}")
+        grads = [r for r in slots if r.startswith("grad_")]
+        cells.append(text if len(grads) == 1 else f"{role.removeprefix('grad_')} {text}")
     return "; ".join(cells)
 
 

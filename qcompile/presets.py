@@ -30,6 +30,16 @@ _PRESETS: dict[str, Policy] = {
         grad_wgrad="lbt4",
         share_gradient_sample=True,
     ),
+    # LBT with the paper's learned-clip INT4 forward (one trainable clip per layer and role, PACT
+    # gradient); the clips are parameters of qcompile.state_of(model): add them to the optimizer.
+    "lbt-int4-learned": Policy(
+        name="lbt-int4-learned",
+        weight="int4-learned",
+        activation="int4-learned-auto",
+        grad_dgrad="lbt4",
+        grad_wgrad="lbt4",
+        share_gradient_sample=True,
+    ),
     # 1-bit FQT (Gao et al.) with the paper's binary forward (sign·mean|x|, per output channel
     # for W; {0, 2·mean} for non-negative activations): a FINE-TUNING recipe for pretrained (binary) nets; from scratch it fails (ImageNet
     # 21.6 vs 57.1 in the paper). dY: AQ, 1 bit per element on average, SCQ groups.

@@ -52,7 +52,8 @@ def _root_module(gm: fx.GraphModule) -> torch.nn.Module | None:
 
 
 def stateful_slots(records: Sequence[SiteRecord]) -> list[tuple[str, str]]:
-    """(op tag, slot name) for every LBT gradient quantizer the rewrite put in the graph."""
+    """(op tag, slot name) for every stateful quantizer the rewrite put in the graph: LBT's γ
+    (gradient roles) and learned clips (forward roles)."""
     seen: collections.Counter[str] = collections.Counter()
     out = []
     for rec in records:
@@ -62,7 +63,7 @@ def stateful_slots(records: Sequence[SiteRecord]) -> list[tuple[str, str]]:
         occurrence = seen[rec.layer]
         seen[rec.layer] += 1
         layer = rec.layer if occurrence == 0 else f"{rec.layer}#{occurrence}"
-        for role in GRAD_ROLES:
+        for role in ("weight", "activation", *GRAD_ROLES):
             if role == "grad_wgrad" and d.share_gradient_sample:
                 continue  # wgrad reuses the dgrad draw: one γ for the layer
             if getattr(d, role).is_stateful:

@@ -28,6 +28,8 @@ import torch
 STATE_PREFIX = "qcompile_state."
 _GAMMA = "lbt_gamma/"
 _UPDATES = "lbt_updates/"
+_CLIP = "lbt_clip/"
+_CLIP_READY = "lbt_clip_ready/"
 
 
 class QuantizerState(torch.nn.Module):
@@ -47,6 +49,26 @@ class QuantizerState(torch.nn.Module):
             self.register_buffer(_GAMMA + name, torch.tensor(1.0, dtype=torch.float64))
             self.register_buffer(_UPDATES + name, torch.tensor(0, dtype=torch.int64))
 
+    def ensure_clip(self, name: str) -> None:
+        """Create the learned clip α of ``name`` (a Parameter, set from the first batch)."""
+        if _CLIP + name not in self._parameters:
+            self.register_parameter(_CLIP + name, torch.nn.Parameter(torch.tensor(1.0)))
+            self.register_buffer(_CLIP_READY + name, torch.tensor(False))
+
+    def clip(self, name: str) -> torch.nn.Parameter:
+        return self._parameters[_CLIP + name]
+
+    def clip_ready(self, name: str) -> torch.Tensor:
+        return self._buffers[_CLIP_READY + name]
+
+    def clips(self) -> dict[str, float]:
+        """Current learned clip α per slot, e.g. ``{"fc1/weight": 0.31}``."""
+        return {
+            k.removeprefix(_CLIP): float(v.detach())
+            for k, v in self._parameters.items()
+            if k.startswith(_CLIP)
+        }
+
     def gamma(self, name: str) -> torch.Tensor:
         return self._buffers[_GAMMA + name]
 
@@ -63,8 +85,10 @@ class QuantizerState(torch.nn.Module):
         for key, value in state_dict.items():
             if key.startswith(prefix):
                 name = key[len(prefix) :]
-                if name.startswith((_GAMMA, _UPDATES)) and name not in self._buffers:
+                if name.startswith((_GAMMA, _UPDATES, _CLIP_READY)) and name not in self._buffers:
                     self.register_buffer(name, torch.empty_like(value))
+                elif name.startswith(_CLIP) and name not in self._parameters:
+                    self.register_parameter(name, torch.nn.Parameter(torch.empty_like(value)))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
 
 
@@ -131,8 +155,12 @@ def state_for_params(params: Iterable[torch.Tensor]) -> QuantizerState | None:
 
 
 def bind_tag(tag: str, state: QuantizerState, name: str) -> None:
-    """Route the quantizer op carrying ``tag`` to slot ``name`` of ``state`` (made if missing)."""
-    state.ensure_lbt(name)
+    """Route the quantizer op carrying ``tag`` to slot ``name`` of ``state`` (made if missing):
+    a learned clip for forward roles, LBT's γ for gradient roles."""
+    if tag.split("|")[1] in ("weight", "activation"):
+        state.ensure_clip(name)
+    else:
+        state.ensure_lbt(name)
     with _LOCK:
         _TAG_SLOTS[tag] = (weakref.ref(state), name)
 
@@ -146,6 +174,18 @@ def lbt_slot(tag: str) -> tuple[QuantizerState, str]:
         return state, found[1]
     name = QuantizerState.slot_name(tag.replace("|", "/"), "unbound")
     _DEFAULT.ensure_lbt(name)
+    return _DEFAULT, name
+
+
+def clip_slot(tag: str) -> tuple[QuantizerState, str]:
+    """The learned-clip slot bound to ``tag``; unbound tags get one in a process-wide state."""
+    with _LOCK:
+        found = _TAG_SLOTS.get(tag)
+    state = found[0]() if found is not None else None
+    if state is not None:
+        return state, found[1]
+    name = QuantizerState.slot_name(tag.replace("|", "/"), "unbound")
+    _DEFAULT.ensure_clip(name)
     return _DEFAULT, name
 
 

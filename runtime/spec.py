@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, fields, replace
 
 FORMATS = ("none", "int", "luq", "lbt", "aq")
-SCALINGS = ("sawb", "max", "mean")
+SCALINGS = ("sawb", "max", "mean", "learned")
 GRANULARITIES = ("per-tensor", "per-sample", "per-channel")
 ROUNDINGS = ("nearest", "stochastic")
 SIGNS = ("signed", "unsigned", "auto")
@@ -54,7 +54,8 @@ class QuantSpec:
         gradients only; ``bits`` per kept element, ``1/bits`` of the groups kept on average).
     bits: bit width including sign (INT 1-8, LUQ 2-5, LBT and AQ 2-8).
     scaling: INT clip choice: ``"sawb"`` (4-bit only, coefficients of the SAWB fit), ``"max"``
-        or ``"mean"`` (binary only: the XNOR-Net scale ``mean|x|``).
+        ``"mean"`` (binary only: the XNOR-Net scale ``mean|x|``) or ``"learned"`` (LBT's forward:
+        one trainable clip per layer and role, per tensor, round-to-nearest; forward roles only).
     granularity: where one scale applies: ``"per-tensor"``, ``"per-sample"`` (one per row of the
         GEMM's M dimension: per image for convs, per token for sequence inputs) or
         ``"per-channel"`` (one per output channel). A scale must be constant along the GEMM's
@@ -110,6 +111,10 @@ class QuantSpec:
                     "SAWB coefficients (12.1, 12.2) are fitted for 4 bits only; "
                     f"use scaling='max' for {self.bits} bits (valid scalings: {SCALINGS})"
                 )
+            if self.scaling == "learned" and (
+                self.bits == 1 or self.rounding != "nearest" or self.granularity != "per-tensor"
+            ):
+                raise ValueError("a learned clip is one per layer: per-tensor, round-to-nearest, 2..8 bits")
             if (self.bits == 1) != (self.scaling == "mean"):
                 raise ValueError(
                     "binary (1-bit INT) uses and only it uses scaling='mean' (sign(x)·mean|x|, XNOR-Net)"
@@ -157,7 +162,7 @@ class QuantSpec:
     @property
     def is_stateful(self) -> bool:
         """True for quantizers that carry state across steps (LBT's γ per layer)."""
-        return self.format == "lbt"
+        return self.format == "lbt" or self.scaling == "learned"
 
     def to_string(self) -> str:
         """Canonical string form; `parse_spec(spec.to_string()) == spec`."""
@@ -198,6 +203,7 @@ _SUFFIX = {
     "sr": {"rounding": "stochastic"},
     "rdn": {"rounding": "nearest"},
     "auto": {"signed": "auto"},
+    "learned": {"scaling": "learned"},
     "tensor": {"granularity": "per-tensor"},
     "sample": {"granularity": "per-sample"},
     "channel": {"granularity": "per-channel"},

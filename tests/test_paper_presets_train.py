@@ -22,7 +22,7 @@ def _task():
     return templates[labels] + 0.5 * torch.randn(256, 16, generator=gen), labels
 
 
-@pytest.mark.parametrize("preset", ["lbt-int4", "aq1-int4", "aq1"])
+@pytest.mark.parametrize("preset", ["lbt-int4", "lbt-int4-learned", "aq1-int4", "aq1"])
 def test_preset_trains_and_loss_falls(preset):
     torch.manual_seed(0)
     x, y = _task()
@@ -30,10 +30,13 @@ def test_preset_trains_and_loss_falls(preset):
     compiled = torch.compile(model, backend="fqt", options={"policy": preset})
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(40):
+    for step in range(40):
         loss = F.cross_entropy(compiled(x), y)
         opt.zero_grad()
         loss.backward()
+        if step == 0 and preset == "lbt-int4-learned":  # the clips exist once the model compiled
+            clips = qcompile.state_of(model).clips()
+            opt.add_param_group({"params": list(qcompile.state_of(model).parameters())})
         opt.step()
         losses.append(loss.item())
     start, end = losses[0], sum(losses[-5:]) / 5
@@ -49,9 +52,15 @@ def test_preset_trains_and_loss_falls(preset):
         assert "average bits per element" in str(plan)
     if preset == "aq1":
         assert middle.weight.spec.bits == middle.activation.spec.bits == 1
-    if preset == "lbt-int4":
+    if preset == "lbt-int4-learned":
+        assert middle.weight.spec.scaling == middle.activation.spec.scaling == "learned"
+        assert set(clips) == {"2/weight", "2/activation"} and "W clip=" in middle.state
+        now = qcompile.state_of(model).clips()
+        assert any(now[k] != clips[k] for k in clips)  # learned: the optimizer moved them
+    if preset.startswith("lbt-int4"):
         assert middle.grad_dgrad.spec.format == "lbt" and middle.grad_wgrad.shared_from == "grad_dgrad"
         assert "γ=" in middle.state
+    if preset == "lbt-int4":
         assert bits["grad_dgrad"] < 32  # the high-precision first/last layers count at 32
         assert plan.totals()["avg_bits_quantized"]["grad_dgrad"] == 4.0
 
