@@ -6,6 +6,8 @@ It lives in a `QuantizerState` module whose buffers are saved and loaded with th
 
     qcompile_state.lbt_gamma/<layer path, dots as slashes>/<role>     float64, 0-d
     qcompile_state.lbt_updates/<layer path>/<role>                     int64, 0-d (steps seen)
+    qcompile_state.lbt_clip/<layer path>/<role>                        Parameter (lbt-int4-learned)
+    qcompile_state.lbt_clip_ready/<layer path>/<role>                  bool (initialised from data)
 
 Why not graph inputs: the quantizer runs inside AOTAutograd's compiled backward, and a buffer
 would have to be read by the model's own forward code for Dynamo to lift it. Instead the LBT op
