@@ -43,6 +43,7 @@ def _hinted(n) -> list[int | str]:
 
 _graph_ids = itertools.count()
 int_quantize = torch.ops.qcompile.int_quantize.default
+learned_clip_quantize = torch.ops.qcompile.learned_clip_quantize.default
 qmatmul = torch.ops.qcompile.qmatmul.default
 qconv = torch.ops.qcompile.qconv.default
 
@@ -123,6 +124,8 @@ class _Rewriter:
     def quantize(self, value: fx.Node, spec: QuantSpec, reduce_dims: list[int], role: str) -> fx.Node:
         if not spec.is_quantized:
             return value
+        if spec.scaling == "learned":  # LBT's learned clip: one trainable α per layer and role
+            return self.call(learned_clip_quantize, (value, spec.bits, spec.signed, self.tag(role)))
         args = (value, *_spec_args(spec), reduce_dims, spec.rounding == "stochastic", self.tag(role))
         return self.call(int_quantize, args)
 
@@ -261,6 +264,7 @@ def insert_fqt_quantizers(gm: fx.GraphModule, policy: Policy) -> list[SiteRecord
             continue
         key = f"g{graph_id}s{next(counter)}"
         record = SiteRecord(key, site.layer, site.op, site.shapes(), site_flops(site), None)
+        record.extra["out_shape"] = _hinted(site.node)
         records.append(record)
         if site.unsupported is not None:
             record.reasons = (site.unsupported,)
@@ -315,6 +319,8 @@ def _handle_attention(
             None,
         ),
     ]
+    records[0].extra["out_shape"] = q_shape[:-1] + k_shape[-2:-1]
+    records[1].extra["out_shape"] = q_shape[:-1] + v_shape[-1:]
     if site.unsupported is not None:
         for r in records:
             r.reasons = (site.unsupported,)

@@ -24,7 +24,10 @@ GEMM_TARGETS = {
     aten.convolution.default, aten.convolution_backward.default, aten.matmul.default,
     qops.qmatmul.default, qops.qconv.default,
 }  # fmt: skip
-QUANTIZER_TARGETS = {qops.int_quantize.default, qops.luq_quantize.default}
+QUANTIZER_TARGETS = {
+    qops.int_quantize.default, qops.luq_quantize.default, qops.lbt_quantize.default, qops.aq_quantize.default,
+    qops.learned_clip_quantize.default,
+}  # fmt: skip
 _TRANSPARENT = {
     aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.t.default,
     aten.transpose.int, aten.permute.default, aten.expand.default, aten.clone.default,
@@ -102,6 +105,17 @@ def describe_quantizers(nodes: list[fx.Node], role: str) -> QuantSpec:
     n = nodes[0]
     val = n.meta.get("val")
     ndim = val.ndim if isinstance(val, torch.Tensor) else len(n.args[0].meta["val"].shape)
+    if n.target is qops.learned_clip_quantize.default:
+        _, bits, signed, _ = n.args
+        return QuantSpec("int", bits, "learned", "per-tensor", "nearest", signed, 1)
+    if n.target is qops.lbt_quantize.default:
+        _, bits, dims, _ = n.args
+        return QuantSpec("lbt", bits, "max", granularity_of(dims, ndim, role), "stochastic", "signed", 1)
+    if n.target is qops.aq_quantize.default:
+        _, bits, dims, pruning, _ = n.args
+        return QuantSpec(
+            "aq", bits, "max", granularity_of(dims, ndim, role), "stochastic", "signed", 1, pruning
+        )
     if n.target is qops.luq_quantize.default:
         _, bits, dims, _, _ = n.args
         return QuantSpec(

@@ -21,11 +21,14 @@ class SaveQuantizedOperands(CustomGraphPass):
 
     def __call__(self, graph: fx.Graph) -> None:
         for node in graph.nodes:
-            if node.op == "call_function" and node.target is torch.ops.qcompile.int_quantize.default:
+            if node.op == "call_function" and node.target in (
+                torch.ops.qcompile.int_quantize.default,
+                torch.ops.qcompile.learned_clip_quantize.default,
+            ):
                 node.meta["recompute"] = CheckpointPolicy.MUST_SAVE
 
     def uuid(self) -> str:
-        return "qcompile.SaveQuantizedOperands.v1"
+        return "qcompile.SaveQuantizedOperands.v2"
 
 
 save_quantized_operands = SaveQuantizedOperands()

@@ -9,11 +9,13 @@ from qcompile.backend import fqt_backend, register_fqt_backend
 from qcompile.compiled_graphs import clear as clear_plans
 from qcompile.dynamo_rules import trace_into_attention_functions
 from qcompile.export_api import export
+from qcompile.fnt import fnt, fnt_lr, fnt_policy, fnt_scheduler
 from qcompile.plan import Plan, PlanRow, plan
 from qcompile.policy import ROLES, LayerDecision, Policy, PolicyError, Rule
 from qcompile.policy_files import load_policy_file, resolve_policy
 from qcompile.presets import DEFAULT_PRESET, preset, presets
 from qcompile.quantize import quantize
+from qcompile.runtime.quantizer_state import QuantizerState, attach_state, state_of
 from qcompile.runtime.spec import NAMED_SPECS, QuantSpec, parse_spec
 
 __version__ = "0.1.0"
@@ -31,9 +33,15 @@ __all__ = [
     "Policy",
     "PolicyError",
     "QuantSpec",
+    "QuantizerState",
     "Rule",
+    "attach_state",
     "clear_plans",
     "export",
+    "fnt",
+    "fnt_lr",
+    "fnt_policy",
+    "fnt_scheduler",
     "fqt_backend",
     "load_policy_file",
     "parse_spec",
@@ -42,4 +50,5 @@ __all__ = [
     "presets",
     "quantize",
     "resolve_policy",
+    "state_of",
 ]

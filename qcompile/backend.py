@@ -35,6 +35,7 @@ from qcompile.passes import (
 )
 from qcompile.policy import PolicyError
 from qcompile.policy_files import resolve_policy
+from qcompile.quantizer_binding import bind_state
 
 BACKEND_NAME = "fqt"
 OUR_OPTIONS = ("policy",)
@@ -116,6 +117,7 @@ def fqt_backend(
     records = insert_fqt_quantizers(gm, policy)
     record = register(CompiledGraph(policy, records), example_inputs)
     export_capture.begin_graph(gm, example_inputs, record)
+    record.state = bind_state(gm, example_inputs, records)
     inner = functools.partial(_inner_compile, record=record)
     # AOTAutograd's cache would hand back compiled graphs without calling our inner compile,
     # leaving the plan nothing to read; Inductor's own FX graph cache (inside it) still applies.

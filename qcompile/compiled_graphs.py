@@ -26,6 +26,7 @@ class CompiledGraph:
     forward_roles: dict[str, tuple] = field(default_factory=dict)
     saved_quantized: dict[str, object] = field(default_factory=dict)  # forward output -> SavedQuantized
     had_params: bool = False
+    state: object = None  # the model's QuantizerState when the graph has stateful quantizers
 
     def add_facts(self, graph: str, facts: dict[tuple[str, str], OperandFact]) -> None:
         with _LOCK:

@@ -20,6 +20,7 @@ from tabulate import tabulate
 from qcompile.compiled_graphs import CompiledGraph, graphs_for
 from qcompile.passes import OperandFact, SiteRecord
 from qcompile.policy import ROLES
+from qcompile.runtime.quantizer_state import QuantizerState, measured_bits
 from qcompile.runtime.spec import QuantSpec
 
 _GRAN_SHORT = {"per-tensor": "tensor", "per-sample": "sample", "per-channel": "channel"}
@@ -33,6 +34,8 @@ def spec_cell(spec: QuantSpec) -> str:
     if spec.format == "int":
         parts += [spec.scaling, "sr" if spec.rounding == "stochastic" else "rdn"]
     parts.append(_GRAN_SHORT[spec.granularity])
+    if spec.pruning == "topk":
+        parts.append("topk")
     if spec.samples > 1:
         parts.append(f"smp{spec.samples}")
     return " ".join(parts)
@@ -48,6 +51,8 @@ class RoleEntry:
     shared_from: str | None = None
     note: str = ""
     kernel: str = ""
+    avg_bits: float | None = None  # bits per element actually used (AQ measured, SMP counted N×)
+    elements: int | None = None  # elements of this operand at the compiled shape
 
     @property
     def bits(self) -> int | None:
@@ -68,7 +73,9 @@ class RoleEntry:
         return {
             "spec": spec.to_string(), "format": spec.format, "bits": self.bits, "scaling": spec.scaling,
             "granularity": spec.granularity, "rounding": spec.rounding, "signed": spec.signed,
-            "samples": spec.samples, "gemm": self.gemm, "shared_from": self.shared_from, "kernel": self.kernel,
+            "samples": spec.samples, "pruning": spec.pruning, "gemm": self.gemm,
+            "shared_from": self.shared_from, "avg_bits": self.avg_bits, "elements": self.elements,
+            "kernel": self.kernel,
         }  # fmt: skip
 
 
@@ -85,6 +92,7 @@ class PlanRow:
     grad_wgrad: RoleEntry
     saved: str = ""
     reason: str = ""
+    state: str = ""
 
     def roles(self) -> dict[str, RoleEntry]:
         return {r: getattr(self, r) for r in ROLES}
@@ -117,7 +125,9 @@ class PlanRow:
             "flops": self.flops,
         }
         out.update({r: e.to_json() for r, e in self.roles().items()})
-        out.update(saved_for_backward=self.saved, reason=self.reason, kernels=self.kernels())
+        out.update(
+            saved_for_backward=self.saved, reason=self.reason, kernels=self.kernels(), state=self.state
+        )
         return out
 
 
@@ -144,7 +154,20 @@ class Plan:
                     bwd += n * r.flops
                     if _low(grad) and _low(other):
                         bwd_low += n * r.flops
+        # Bits per element, weighted by element count: over every operand that ran, and over the
+        # quantized ones only (what the low-bit GEMMs themselves spend).
+        sums = {k: {role: [0.0, 0] for role in ROLES} for k in ("all", "quantized")}
+        for r in self.rows:
+            for role, e in r.roles().items():
+                if e.ran and e.avg_bits is not None and e.elements:
+                    kinds = ("all", "quantized") if e.spec is not None and e.spec.is_quantized else ("all",)
+                    for kind in kinds:
+                        sums[kind][role][0] += e.avg_bits * e.elements
+                        sums[kind][role][1] += e.elements
+        avg = {k: {role: (b / n if n else None) for role, (b, n) in v.items()} for k, v in sums.items()}
         return {
+            "avg_bits": avg["all"],
+            "avg_bits_quantized": avg["quantized"],
             "gemms": len(self.rows),
             "quantized_gemms": sum(any(_low(e) for e in r.roles().values()) for r in self.rows),
             "forward_flops": fwd,
@@ -192,7 +215,14 @@ class Plan:
              r.reason]
             for r in self.rows
         ]  # fmt: skip
+        if any(r.state for r in self.rows):
+            headers.append("state")
+            for line, r in zip(table, self.rows, strict=True):
+                line.append(r.state)
         t = self.totals()
+        names = {"weight": "W", "activation": "X", "grad_dgrad": "dY→dgrad", "grad_wgrad": "dY→wgrad"}
+        bits = ", ".join(f"{names[k]} {v:.2f}" for k, v in t["avg_bits"].items() if v is not None)
+        qbits = ", ".join(f"{names[k]} {v:.2f}" for k, v in t["avg_bits_quantized"].items() if v is not None)
         summary = (
             f"policy: {', '.join(self.policies) or '-'} | graphs: {', '.join(self.graphs) or '-'}\n"
             f"{t['quantized_gemms']}/{t['gemms']} GEMM sites quantized; matmul FLOPs at <=4 bits: "
@@ -202,6 +232,8 @@ class Plan:
                 if t["backward_flops"]
                 else "backward: none compiled (inference only)"
             )
+            + (f"\naverage bits per element: {bits}" if bits else "")
+            + (f" (quantized operands only: {qbits})" if qbits else "")
         )
         return tabulate(table, headers=headers, tablefmt="simple") + "\n" + summary
 
@@ -213,7 +245,62 @@ def _low(entry: RoleEntry) -> bool:
     return entry.ran and entry.spec is not None and entry.spec.is_quantized and entry.spec.bits <= 4
 
 
+def _elements(record: SiteRecord, role: str) -> int | None:
+    shape = {"activation": record.shapes[0] if record.shapes else None,
+             "weight": record.shapes[1] if len(record.shapes) > 1 else None}.get(role, record.extra.get("out_shape"))  # fmt: skip
+    if not shape or not all(isinstance(s, int) for s in shape):
+        return None
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _avg_bits(record: SiteRecord, role: str, spec: QuantSpec, shared_from: str | None) -> float:
+    """Bits per element this operand really cost: AQ's measured spend (kept elements × bits),
+    SMP's N draws, 32 for high precision."""
+    if not spec.is_quantized:
+        return 32.0
+    if spec.format == "aq":
+        found = measured_bits(f"{record.layer}|{shared_from or role}|{record.key}")
+        if found is not None:
+            return found[0]
+        return 1.0  # the design budget (n/b groups of b bits) until a backward has run
+    return float(spec.bits * spec.samples)
+
+
 def _entry(graph: CompiledGraph, record: SiteRecord, role: str) -> RoleEntry:
+    entry = _raw_entry(graph, record, role)
+    if entry.ran:
+        entry.avg_bits = _avg_bits(record, role, entry.spec or QuantSpec(), entry.shared_from)
+        entry.elements = _elements(record, role)
+    return entry
+
+
+def _state_cell(graph: CompiledGraph, record: SiteRecord) -> str:
+    """``γ=0.712 (clipped 0.01%)`` (LBT) and ``W clip=0.31`` (learned clips) for each stateful
+    quantizer of the site, read live."""
+    slots = record.extra.get("state_slots") or {}
+    state = graph.state
+    if not slots or not isinstance(state, QuantizerState):
+        return ""
+    cells = []
+    for role, name in slots.items():
+        if role in ("weight", "activation"):
+            label = "W" if role == "weight" else "X"
+            cells.append(f"{label} clip={float(state.clip(name)):.3g}")
+            continue
+        gamma = float(state.gamma(name))
+        clipped = state.last_clipped.get(name)
+        text = f"γ={gamma:.3f}"
+        if clipped is not None and clipped == clipped:
+            text += f" (clipped {clipped:.3%})"
+        grads = [r for r in slots if r.startswith("grad_")]
+        cells.append(text if len(grads) == 1 else f"{role.removeprefix('grad_')} {text}")
+    return "; ".join(cells)
+
+
+def _raw_entry(graph: CompiledGraph, record: SiteRecord, role: str) -> RoleEntry:
     fact: OperandFact | None = graph.facts.get((record.key, role))
     if fact is not None:
         return RoleEntry(True, fact.spec, fact.gemm, fact.shared_from, kernel=fact.kernel)
@@ -259,7 +346,7 @@ def plan_from_graphs(graphs: Sequence[CompiledGraph]) -> Plan:
                 graph=rec.key, layer=rec.layer, op=rec.op, shapes=rec.shapes, flops=rec.flops,
                 weight=_entry(g, rec, "weight"), activation=_entry(g, rec, "activation"),
                 grad_dgrad=_entry(g, rec, "grad_dgrad"), grad_wgrad=_entry(g, rec, "grad_wgrad"),
-                saved=_saved(g, rec), reason="; ".join(rec.reasons),
+                saved=_saved(g, rec), reason="; ".join(rec.reasons), state=_state_cell(g, rec),
             ))  # fmt: skip
     return p
 

@@ -28,8 +28,8 @@ ROLES = ("weight", "activation", "grad_dgrad", "grad_wgrad")
 ROLE_FORMATS = {
     "weight": ("none", "int"),
     "activation": ("none", "int"),
-    "grad_dgrad": ("none", "int", "luq"),
-    "grad_wgrad": ("none", "int", "luq"),
+    "grad_dgrad": ("none", "int", "luq", "lbt", "aq"),
+    "grad_wgrad": ("none", "int", "luq", "lbt", "aq"),
 }
 ROLE_GRANULARITIES = {
     "weight": ("per-tensor", "per-channel"),
@@ -62,6 +62,8 @@ def _role_spec(role: str, value: object) -> QuantSpec:
             f"{role}: granularity {spec.granularity!r} cannot be factored out of its GEMM "
             f"(the scale would vary along the contraction axis); valid: {ROLE_GRANULARITIES[role]}"
         )
+    if spec.scaling == "learned" and role not in ("weight", "activation"):
+        raise PolicyError(f"{role}: a learned clip is a forward quantizer (weight, activation)")
     if spec.samples > 1 and role in ("weight", "activation"):
         raise PolicyError(f"{role}: samples (SMP) applies to gradient roles only")
     return spec

@@ -16,7 +16,8 @@ from typing import Any
 
 import tomllib
 
-from qcompile.policy import ROLES, Policy, PolicyError, Rule
+from qcompile.policy import ROLES, Policy, PolicyError, Rule, _role_spec
+from qcompile.policy_file_lines import format_key_path, json_key_lines, line_of, toml_key_lines
 from qcompile.presets import DEFAULT_PRESET, preset
 
 _POLICY_KEYS = {"base", "weight", "activation", "grad_dgrad", "grad_wgrad", "share_gradient_sample",
@@ -59,40 +60,96 @@ def load_policy_file(path: str | os.PathLike) -> Policy:
     try:
         return policy_from_dict(data, name=p.stem)
     except PolicyError as e:
-        raise PolicyError(f"policy file {str(p)!r}: {e}") from None
+        where = ""
+        key_path = getattr(e, "key_path", None)
+        if key_path:
+            text = raw.decode("utf-8")
+            lines = toml_key_lines(text) if p.suffix.lower() == ".toml" else json_key_lines(text)
+            line = line_of(lines, key_path)
+            where = f", line {line}" if line is not None else ""
+            where += f", key {format_key_path(key_path)!r}"
+        error = PolicyError(f"policy file {str(p)!r}{where}: {e}")
+        error.key_path = key_path  # type: ignore[attr-defined]
+        error.line = line if key_path else None  # type: ignore[attr-defined]
+        raise error from None
+
+
+def _error(key_path: tuple, message: str) -> PolicyError:
+    """A `PolicyError` that knows which key it is about (files turn that into a line)."""
+    error = PolicyError(message)
+    error.key_path = key_path  # type: ignore[attr-defined]
+    return error
+
+
+def _check_field(key_path: tuple, key: str, value: Any) -> None:
+    """Validate one policy/rule field on its own, so an error can point at its key."""
+    try:
+        if key in ROLES:
+            _role_spec(key, value)
+        elif key in ("share_gradient_sample", "keep_first_last", "high_precision") and not isinstance(
+            value, bool
+        ):
+            raise PolicyError(f"{key} must be true or false, got {value!r}")
+        elif key in ("name", "layer", "op", "reason", "base") and not isinstance(value, str):
+            raise PolicyError(f"{key} must be a string, got {value!r}")
+    except PolicyError as e:
+        raise _error(key_path, str(e)) from None
 
 
 def policy_from_dict(data: Mapping[str, Any], name: str = "custom") -> Policy:
-    unknown = sorted(set(data) - _POLICY_KEYS)
+    """`Policy` from a dict with `Policy`'s fields, ``base`` (a preset) and ``rules`` (tables).
+
+    Every error is a `PolicyError` whose ``key_path`` attribute names the offending key
+    (``("rules", 1, "weight")``), which file loading turns into a line number."""
+    unknown = sorted(set(data) - _POLICY_KEYS, key=str)
     if unknown:
-        raise PolicyError(f"unknown policy key(s) {unknown}; valid keys: {sorted(_POLICY_KEYS)}")
+        raise _error((unknown[0],), f"unknown policy key(s) {unknown}; valid keys: {sorted(_POLICY_KEYS)}")
+    for key, value in data.items():
+        if key != "rules":
+            _check_field((key,), key, value)
     base_name = data.get("base", DEFAULT_PRESET)
     if not isinstance(base_name, str):
-        raise PolicyError("base must be a preset name")
-    base = preset(base_name)
+        raise _error(("base",), "base must be a preset name")
+    try:
+        base = preset(base_name)
+    except PolicyError as e:
+        raise _error(("base",), str(e)) from None
     changes: dict[str, Any] = {k: v for k, v in data.items() if k not in ("base", "rules")}
     changes.setdefault("name", name if name != "custom" else f"{base_name}+custom")
     if "rules" in data:
         rules = data["rules"]
         if not isinstance(rules, list):
-            raise PolicyError("rules must be a list of tables")
+            raise _error(("rules",), "rules must be a list of tables")
         changes["rules"] = tuple(base.rules) + tuple(_rule_from_dict(r, i) for i, r in enumerate(rules))
-    return base.replace(**changes)
+    try:
+        return base.replace(**changes)
+    except PolicyError as e:
+        # Only combinations are left (e.g. share_gradient_sample with a split gradient spec).
+        keys = [k for k in ("share_gradient_sample", "grad_dgrad", "grad_wgrad") if k in data]
+        raise _error((keys[0],) if keys else (), str(e)) from None
 
 
 def _rule_from_dict(data: Any, index: int) -> Rule:
+    where = ("rules", index)
     if not isinstance(data, Mapping):
-        raise PolicyError(f"rules[{index}] must be a table")
-    unknown = sorted(set(data) - _RULE_KEYS)
+        raise _error(where, f"rules[{index}] must be a table")
+    unknown = sorted(set(data) - _RULE_KEYS, key=str)
     if unknown:
-        raise PolicyError(f"rules[{index}]: unknown key(s) {unknown}; valid keys: {sorted(_RULE_KEYS)}")
+        raise _error(
+            (*where, unknown[0]),
+            f"rules[{index}]: unknown key(s) {unknown}; valid keys: {sorted(_RULE_KEYS)}",
+        )
+    for key, value in data.items():
+        try:
+            _check_field((*where, key), key, value)
+        except PolicyError as e:
+            raise _error(e.key_path, f"rules[{index}]: {e}") from None  # type: ignore[attr-defined]
     fields_ = dict(data)
     high = fields_.pop("high_precision", False)
-    if not isinstance(high, bool):
-        raise PolicyError(f"rules[{index}]: high_precision must be true or false, got {high!r}")
     if high and set(fields_) & set(ROLES):
-        raise PolicyError(
-            f"rules[{index}]: high_precision = true sets every role; drop {sorted(set(fields_) & set(ROLES))}"
+        extra = sorted(set(fields_) & set(ROLES))
+        raise _error(
+            (*where, extra[0]), f"rules[{index}]: high_precision = true sets every role; drop {extra}"
         )
     try:
         if high:
@@ -101,4 +158,4 @@ def _rule_from_dict(data: Any, index: int) -> Rule:
             )
         return Rule(**fields_)
     except PolicyError as e:
-        raise PolicyError(f"rules[{index}]: {e}") from None
+        raise _error(where, f"rules[{index}]: {e}") from None

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import torch
 
+from .aq_quantize import aq_quantize
 from .int_quantize import int_quantize
 from .layer_marker import mark_layer
+from .lbt_quantize import lbt_quantize
 from .luq_quantize import luq_quantize
 from .spec import QuantSpec, parse_spec
 
@@ -38,6 +40,10 @@ def quantize_gradient(dy: torch.Tensor, spec: QuantSpec | str, channel_dim: int,
     if not spec.is_quantized:
         return mark_layer(dy, tag)
     dims = gradient_reduce_dims(spec.granularity, dy.ndim, channel_dim)
+    if spec.format == "lbt":
+        return lbt_quantize(dy, spec.bits, dims, tag)
+    if spec.format == "aq":
+        return aq_quantize(dy, spec.bits, dims, spec.pruning, tag)
     draws = []
     for sample in range(spec.samples):
         if spec.format == "luq":

@@ -68,6 +68,8 @@ def int_quantize_reference(
         return x.clone()
     dims = normalize_dims(reduce_dims, x.ndim)
     xf = x.float()
+    if bits == 1:
+        return binarize_reference(xf, dims, signed).to(x.dtype)
     clip = int_clip(xf, scaling, dims)
     if signed == "auto":
         unsigned = group_amin(xf, dims) >= 0
@@ -88,6 +90,25 @@ def int_quantize_reference(
     q = torch.clamp(y, lo, hi) if isinstance(lo, float) else torch.maximum(torch.minimum(y, hi), lo)
     # (q / qmax) · clip rather than q · (clip / qmax): the top level is then exactly the clip.
     return (q / hi * clip).to(x.dtype)
+
+
+def binarize_reference(x: torch.Tensor, reduce_dims: Sequence[int], signed: str = "signed") -> torch.Tensor:
+    """Binary forward (1-bit FQT's forward, XNOR-Net scale): ``sign(x)·mean|x|`` per group,
+    ``sign(0) = +1``. The paper learns the per-channel scale; a compile backend cannot add
+    parameters, so the closed-form XNOR-Net scale stands in for it (ALGORITHMS.md, AQ step 5).
+
+    A group with no negative value (after ReLU) would binarize to a constant under ``sign``;
+    ``signed="unsigned"`` (or ``"auto"`` on such a group) uses the levels ``{0, 2·mean(x)}``
+    with the threshold ``mean(x)`` instead. NaN propagates through the scale."""
+    scale = group_mean(x.abs(), reduce_dims)
+    signed_out = torch.where(x >= 0, 1.0, -1.0) * scale
+    if signed == "signed":
+        return signed_out
+    unsigned_out = torch.where(x > scale, 2 * scale, 0.0)
+    unsigned_out = torch.where(torch.isnan(scale), scale, unsigned_out)
+    if signed == "unsigned":
+        return unsigned_out
+    return torch.where(group_amin(x, reduce_dims) >= 0, unsigned_out, signed_out)
 
 
 @torch.library.custom_op("qcompile::int_quantize", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,))

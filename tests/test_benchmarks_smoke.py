@@ -78,3 +78,18 @@ def test_gpu_kernels_benchmark_exits_cleanly_without_cuda():
     assert proc.returncode == 2, proc.stderr
     assert "SKIPPED" in proc.stdout and "CUDA" in proc.stdout
     assert proc.stderr.strip() == "" or "Traceback" not in proc.stderr
+
+
+def test_paper_presets_benchmark_writes_results(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import paper_presets
+
+    out = tmp_path / "presets.json"
+    assert (
+        paper_presets.main(["--presets", "lbt-int4", "--epochs", "1", "--limit", "200", "--json", str(out)])
+        == 0
+    )
+    run = json.loads(out.read_text())["runs"]["lbt-int4"][0]
+    assert run["avg_bits_quantized"]["grad_dgrad"] == 4.0
+    assert run["gammas"] and all(0 < g <= 1 for g in run["gammas"].values())
+    sys.modules.pop("paper_presets", None)

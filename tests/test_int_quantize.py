@@ -515,3 +515,25 @@ def test_opcheck(args):
     shape, dtype, bits, scaling, signed, dims, stochastic, requires_grad = args
     x = torch.randn(shape, generator=_gen(30)).to(dtype).requires_grad_(requires_grad)
     torch.library.opcheck(OP.default, (x, bits, scaling, signed, dims, stochastic, "layer|activation"))
+
+
+# --------------------------------------------------------------------------- binary (1-bit FQT forward)
+
+
+def test_binary_forward_is_sign_times_mean_abs_per_group():
+    torch.manual_seed(0)
+    w = torch.randn(6, 10)
+    out = iq(w, 1, "mean", "signed", [1])
+    scale = w.abs().mean(1, keepdim=True)
+    torch.testing.assert_close(out, torch.where(w >= 0, 1.0, -1.0) * scale)
+    assert all(len(torch.unique(row)) <= 2 for row in out)
+
+
+def test_binary_forward_on_non_negative_inputs_keeps_information():
+    x = torch.relu(torch.randn(64, 8))
+    out = iq(x, 1, "mean", "auto", [])
+    levels = torch.unique(out)
+    assert len(levels) == 2 and levels[0] == 0
+    assert torch.equal(out > 0, x > x.abs().mean())
+    signed = iq(x, 1, "mean", "signed", [])
+    assert len(torch.unique(signed)) == 1  # sign() of a ReLU output says nothing: why 'auto' exists

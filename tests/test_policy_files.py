@@ -178,7 +178,7 @@ def test_bad_bit_width_in_rule(tmp_path):
     with pytest.raises(PolicyError) as exc:
         qcompile.resolve_policy(str(path))
     msg = str(exc.value)
-    assert "rules[1]" in msg and "weight" in msg and "2..8" in msg
+    assert "rules[1]" in msg and "weight" in msg and "1..8" in msg
 
     path = write(tmp_path, "bits0.json", json.dumps({"rules": [{"layer": "head", "grad_dgrad": "luq9"}]}))
     with pytest.raises(PolicyError, match=r"rules\[0\]"):
@@ -363,3 +363,72 @@ def test_unknown_mode_names_valid_modes():
     assert "fastest" in msg
     for mode in ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
         assert mode in msg
+
+
+# --------------------------------------------------------------------------- error lines
+
+
+LINE_TOML = """\
+base = "luq-int4"
+weight = "int4"
+
+[[rules]]
+layer = "a"
+weight = "int8"
+
+[[rules]]
+layer = "head"
+grad_dgrad = "luq4-channel"
+"""
+
+
+def test_toml_error_names_key_and_line(tmp_path):
+    path = write(tmp_path, "lines.toml", LINE_TOML)
+    with pytest.raises(PolicyError) as exc:
+        qcompile.resolve_policy(str(path))
+    msg = str(exc.value)
+    assert "line 10" in msg and "rules[1].grad_dgrad" in msg and "per-sample" in msg
+    assert exc.value.line == 10 and exc.value.key_path == ("rules", 1, "grad_dgrad")
+
+
+@pytest.mark.parametrize(
+    "text,line,key",
+    [
+        ('base = "luq"\n\nactivation = "int99"\n', 3, "activation"),
+        ('weight = "int4"\nkeep_first_last = "no"\n', 2, "keep_first_last"),
+        ('weight = "int4"\n\n\nbase = "nope"\n', 4, "base"),
+        ('name = "x"\nwieght = "int4"\n', 2, "wieght"),
+        ('[[rules]]\nweight = "int8"\n\n[[rules]]\nop = "linear"\nwieght = "int8"\n', 6, "rules[1].wieght"),
+        ('[[rules]]\nweight = "int8"\n[[rules]]\nlayer = "x"\n', 3, "rules[1]"),
+        ('grad_dgrad = "lbt4"\nshare_gradient_sample = true\n', 2, "share_gradient_sample"),
+    ],
+)
+def test_toml_error_lines(tmp_path, text, line, key):
+    path = write(tmp_path, "e.toml", text)
+    with pytest.raises(PolicyError) as exc:
+        qcompile.resolve_policy(str(path))
+    assert f"line {line}" in str(exc.value) and repr(key) in str(exc.value), str(exc.value)
+
+
+def test_json_error_names_key_and_line(tmp_path):
+    data = {
+        "base": "luq",
+        "rules": [{"layer": "a", "weight": "int8"}, {"layer": "head", "activation": "luq4"}],
+    }
+    path = write(tmp_path, "lines.json", json.dumps(data, indent=2))
+    with pytest.raises(PolicyError) as exc:
+        qcompile.resolve_policy(str(path))
+    text = path.read_text().splitlines()
+    expected = next(i for i, t in enumerate(text, start=1) if '"activation"' in t)
+    assert f"line {expected}" in str(exc.value) and "rules[1].activation" in str(exc.value)
+    path = write(tmp_path, "one.json", '{"weight": "int4",\n "grad_wgrad": "aq4-sample"}')
+    with pytest.raises(PolicyError, match=r"line 2, key 'grad_wgrad'.*per-channel"):
+        qcompile.resolve_policy(str(path))
+
+
+def test_paper_presets_as_file_bases(tmp_path):
+    path = write(
+        tmp_path, "lbt.toml", 'base = "lbt-int4"\n[[rules]]\nlayer = "head"\ngrad_dgrad = "aq4-topk-sample"\n'
+    )
+    p = qcompile.resolve_policy(str(path))
+    assert p.grad_dgrad.format == "lbt" and p.rules[-1].grad_dgrad.pruning == "topk"

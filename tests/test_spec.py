@@ -29,6 +29,11 @@ EXPECTED_NAMED = {
     "int8-sr": QuantSpec("int", 8, "max", "per-tensor", "stochastic", "signed"),
     "luq4": QuantSpec("luq", 4, "max", "per-tensor", "stochastic", "signed"),
     "luq4-smp2": QuantSpec("luq", 4, "max", "per-tensor", "stochastic", "signed", samples=2),
+    "int1": QuantSpec("int", 1, "mean", "per-tensor", "nearest", "signed"),
+    "lbt4": QuantSpec("lbt", 4, "max", "per-tensor", "stochastic", "signed"),
+    "aq4-sample": QuantSpec("aq", 4, "max", "per-sample", "stochastic", "signed", pruning="range"),
+    "aq4-channel": QuantSpec("aq", 4, "max", "per-channel", "stochastic", "signed", pruning="range"),
+    "aq4-topk-sample": QuantSpec("aq", 4, "max", "per-sample", "stochastic", "signed", pruning="topk"),
 }
 
 
@@ -165,9 +170,14 @@ def test_with_changes_fields_and_validates():
         ("float4", ["fp32", "luq<b>"]),
         ("int", ["int<b>"]),
         ("", ["fp32"]),
-        ("int9", ["2..8"]),
-        ("int1", ["2..8"]),
-        ("uint9", ["2..8"]),
+        ("int9", ["1..8"]),
+        ("int0", ["1..8"]),
+        ("uint9", ["1..8"]),
+        ("int1-sr", ["sign(x)"]),
+        ("lbt9", ["2..8"]),
+        ("lbt4-smp2", ["samples=1"]),
+        ("aq4-rdn", ["stochastic"]),
+        ("int4-topk", ["AQ"]),
         ("luq6", ["2..5"]),
         ("luq1", ["2..5"]),
         ("int8-sawb", ["max", "sawb"]),
@@ -218,6 +228,6 @@ def test_non_string_spec_rejected(value):
 
 
 def test_vocabulary_constants():
-    assert FORMATS == ("none", "int", "luq")
+    assert FORMATS == ("none", "int", "luq", "lbt", "aq")
     for name in NAMED_SPECS:
         assert parse_spec(name).format in FORMATS
