@@ -8,6 +8,7 @@ from qcompile import runtime  # noqa: F401  (registers the qcompile:: ops)
 from qcompile.backend import fqt_backend, register_fqt_backend
 from qcompile.compiled_graphs import clear as clear_plans
 from qcompile.dynamo_rules import trace_into_attention_functions
+from qcompile.gradient_diagnostics import GradientReport, gradient_diagnostics
 from qcompile.plan import Plan, PlanRow, plan
 from qcompile.policy import ROLES, LayerDecision, Policy, PolicyError, Rule
 from qcompile.policy_files import load_policy_file, resolve_policy
@@ -22,6 +23,7 @@ trace_into_attention_functions()
 
 __all__ = [
     "DEFAULT_PRESET",
+    "GradientReport",
     "NAMED_SPECS",
     "ROLES",
     "LayerDecision",
@@ -33,6 +35,7 @@ __all__ = [
     "Rule",
     "clear_plans",
     "fqt_backend",
+    "gradient_diagnostics",
     "load_policy_file",
     "parse_spec",
     "plan",
