@@ -323,6 +323,7 @@ def save_plot(runs: Sequence[dict[str, Any]], path: Path) -> None:
                     hi = [max(c[i] for c in curves) for i in range(n)]
                     ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
         row[0].set_title(f"{task}: training loss per epoch")
+        row[0].set_yscale("log")
         row[1].set_title(f"{task}: {mine[0]['metric']} per epoch")
         for ax in row:
             ax.set_xlabel("epoch" if task != "tinyshakespeare" else "evaluation (every N steps)")
@@ -386,8 +387,9 @@ def make_task(name: str, args: argparse.Namespace) -> Task:
     return lm_task(text, steps=args.lm_steps, evals=args.lm_evals, d=args.lm_d, layers=args.lm_layers)
 
 
-def run_task(task: Task, args: argparse.Namespace, log: list[str]) -> list[Run]:
-    """All requested policies on one task: headline policies on every seed, the rest on the first."""
+def run_task(task: Task, args: argparse.Namespace, log: list[str], checkpoint=None) -> list[Run]:
+    """All requested policies on one task: headline policies on every seed, the rest on the first.
+    ``checkpoint(runs)`` is called after every run (to save partial results)."""
     torch.manual_seed(args.seeds[0])
     initial = {s: None for s in args.seeds}
     for s in args.seeds:
@@ -410,6 +412,8 @@ def run_task(task: Task, args: argparse.Namespace, log: list[str]) -> list[Run]:
             branch = fnt and name == "luq" and seed == args.seeds[0]
             runs += train_policy(task, name, policy, seed, initial[seed], fnt_epochs=args.fnt_epochs if branch else 0,
                                  fnt_lr_scale=args.fnt_lr_scale, progress=not args.no_progress)  # fmt: skip
+            if checkpoint is not None:
+                checkpoint(runs)
         if fnt and "luq" not in wanted and seed == args.seeds[0]:
             runs += train_policy(task, "luq", resolve("luq"), seed, initial[seed], fnt_epochs=args.fnt_epochs,
                                  fnt_lr_scale=args.fnt_lr_scale, progress=not args.no_progress)  # fmt: skip
@@ -420,6 +424,8 @@ def run_task(task: Task, args: argparse.Namespace, log: list[str]) -> list[Run]:
         for name in ABLATIONS:
             runs += train_policy(task, name, resolve(name), args.seeds[0], initial[args.seeds[0]],
                                  progress=not args.no_progress)  # fmt: skip
+            if checkpoint is not None:
+                checkpoint(runs)
     return runs
 
 
@@ -446,6 +452,7 @@ def merge(paths: Sequence[Path], out: Path, plot: Path | None) -> int:
             tasks[k] = {**v, "seeds": seeds}
     payload = {**parts[0], "commands": [c for p in parts for c in p.get("commands", [])], "tasks": tasks,
                "runs": [r for p in parts for r in p["runs"]], "log": [m for p in parts for m in p.get("log", [])]}  # fmt: skip
+    payload["partial"] = any(p.get("partial", False) for p in parts)  # some part was cut short
     write_outputs(payload, out, plot)
     return 0
 
@@ -472,10 +479,17 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"\n== {task.name}: {task.model_name}; {task.epochs} epochs x {task.steps_per_epoch} steps; {task.sizes}"
         )
-        runs = run_task(task, args, log)
         payload["tasks"][task.name] = {"model": task.model_name, "metric": task.metric, "lr": task.lr,
                                        "epochs": task.epochs, "steps_per_epoch": task.steps_per_epoch,
                                        "sizes": task.sizes, "seeds": args.seeds}  # fmt: skip
+        done = list(payload["runs"])
+
+        def checkpoint(runs: list[Run], done: list[dict[str, Any]] = done) -> None:
+            partial = {**payload, "runs": done + [asdict(r) for r in runs], "partial": True}
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(partial, indent=1, default=str))
+
+        runs = run_task(task, args, log, checkpoint)
         payload["runs"] += [asdict(r) for r in runs]
         write_outputs(payload, args.out, args.plot)  # after each task, so a long run leaves partial results
     return 0
