@@ -253,7 +253,7 @@ def _balanced_subset(y: np.ndarray, n: int) -> np.ndarray:
     return np.sort(np.concatenate([np.flatnonzero(y == c)[:per_class] for c in range(len(CIFAR_CLASSES))]))
 
 
-def cifar10_task(archive: Path, *, train: int = 10_000, test: int = 2_000, epochs: int = 8, batch: int = 128,
+def cifar10_task(archive: Path, *, train: int = 8_000, test: int = 2_000, epochs: int = 4, batch: int = 128,
                  width: int = 8, blocks_per_stage: int = 3, lr: float = 3e-3, eval_batch: int = 500) -> Task:  # fmt: skip
     """CIFAR-10 with a ResNet-20-style net on a class-balanced subset; random horizontal flips."""
     x_tr, y_tr, x_te, y_te = load_cifar10(archive)
@@ -296,7 +296,7 @@ def cifar10_task(archive: Path, *, train: int = 10_000, test: int = 2_000, epoch
 # --------------------------------------------------------------------------- tiny-shakespeare
 
 
-def lm_task(text_path: Path, *, steps: int = 600, evals: int = 6, batch: int = 32, block: int = 64, d: int = 64,
+def lm_task(text_path: Path, *, steps: int = 360, evals: int = 6, batch: int = 32, block: int = 64, d: int = 64,
             heads: int = 4, layers: int = 2, lr: float = 3e-3, val_batches: int = 16) -> Task:  # fmt: skip
     """Character-level GPT on tiny-shakespeare (90/10 split). An "epoch" is ``steps/evals`` steps
     of random windows; the metric is the mean validation loss (nats per char) on a fixed set of
