@@ -401,6 +401,8 @@ def run_task(task: Task, args: argparse.Namespace, log: list[str], checkpoint=No
     wanted = list(dict.fromkeys(args.policies))
     fnt = "luq+fnt" in wanted and args.fnt_epochs > 0
     for seed in args.seeds:
+        # luq+fnt branches off the luq run: on the first seed, or on every seed when it is a headline policy
+        fnt_seed = fnt and (seed == args.seeds[0] or "luq+fnt" in args.headline)
         for name in wanted:
             if name == "luq+fnt" or (seed != args.seeds[0] and name not in args.headline):
                 continue
@@ -411,14 +413,16 @@ def run_task(task: Task, args: argparse.Namespace, log: list[str], checkpoint=No
                     print(msg)
                     log.append(msg)
                 continue
-            branch = fnt and name == "luq" and seed == args.seeds[0]
+            branch = fnt_seed and name == "luq"
             runs += train_policy(task, name, policy, seed, initial[seed], fnt_epochs=args.fnt_epochs if branch else 0,
                                  fnt_lr_scale=args.fnt_lr_scale, progress=not args.no_progress)  # fmt: skip
             if checkpoint is not None:
                 checkpoint(runs)
-        if fnt and "luq" not in wanted and seed == args.seeds[0]:
+        if fnt_seed and "luq" not in wanted:
             runs += train_policy(task, "luq", resolve("luq"), seed, initial[seed], fnt_epochs=args.fnt_epochs,
                                  fnt_lr_scale=args.fnt_lr_scale, progress=not args.no_progress)  # fmt: skip
+            if checkpoint is not None:
+                checkpoint(runs)
     met = target_met(summarize([asdict(r) for r in runs]), task.name)
     if args.ablation == "always" or (args.ablation == "auto" and met is False):
         log.append(f"[{task.name}] luq-int4 target met: {met}; running the role ablation")
@@ -452,8 +456,19 @@ def merge(paths: Sequence[Path], out: Path, plot: Path | None) -> int:
         for k, v in part["tasks"].items():
             seeds = sorted(set(tasks.get(k, {}).get("seeds", [])) | set(v.get("seeds", [])))
             tasks[k] = {**v, "seeds": seeds}
+    runs: dict[tuple[str, str, int], dict[str, Any]] = {}
+    log = [m for p in parts for m in p.get("log", [])]
+    for r in (r for p in parts for r in p["runs"]):
+        key = (r["task"], r["policy"], r["seed"])
+        if key in runs:  # e.g. luq re-run to branch luq+fnt off it: keep the first, record if they agree
+            same = runs[key]["final"] == r["final"]
+            log.append(
+                f"merge: duplicate run {key} dropped; final metrics {'identical' if same else 'differ'}"
+            )
+            continue
+        runs[key] = r
     payload = {**parts[0], "commands": [c for p in parts for c in p.get("commands", [])], "tasks": tasks,
-               "runs": [r for p in parts for r in p["runs"]], "log": [m for p in parts for m in p.get("log", [])]}  # fmt: skip
+               "runs": list(runs.values()), "log": log}  # fmt: skip
     payload["partial"] = any(p.get("partial", False) for p in parts)  # some part was cut short
     write_outputs(payload, out, plot)
     return 0
