@@ -10,6 +10,7 @@ from qcompile.compiled_graphs import clear as clear_plans
 from qcompile.dynamo_rules import trace_into_attention_functions
 from qcompile.export_api import export
 from qcompile.fnt import fnt, fnt_lr, fnt_policy, fnt_scheduler
+from qcompile.gradient_diagnostics import GradientReport, gradient_diagnostics
 from qcompile.plan import Plan, PlanRow, plan
 from qcompile.policy import ROLES, LayerDecision, Policy, PolicyError, Rule
 from qcompile.policy_files import load_policy_file, resolve_policy
@@ -25,6 +26,7 @@ trace_into_attention_functions()
 
 __all__ = [
     "DEFAULT_PRESET",
+    "GradientReport",
     "NAMED_SPECS",
     "ROLES",
     "LayerDecision",
@@ -43,6 +45,7 @@ __all__ = [
     "fnt_policy",
     "fnt_scheduler",
     "fqt_backend",
+    "gradient_diagnostics",
     "load_policy_file",
     "parse_spec",
     "plan",

@@ -93,3 +93,57 @@ def test_paper_presets_benchmark_writes_results(tmp_path, monkeypatch):
     assert run["avg_bits_quantized"]["grad_dgrad"] == 4.0
     assert run["gammas"] and all(0 < g <= 1 for g in run["gammas"].values())
     sys.modules.pop("paper_presets", None)
+
+
+def _accuracy_module(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import accuracy
+
+    return accuracy
+
+
+def test_accuracy_derived_policies_quantize_what_their_names_say(monkeypatch):
+    accuracy = _accuracy_module(monkeypatch)
+    fnt = accuracy.fnt_policy().decide("layers.0.conv1", "conv2d")
+    assert fnt.weight.is_quantized and not fnt.activation.is_quantized
+    assert not fnt.grad_dgrad.is_quantized and not fnt.grad_wgrad.is_quantized
+    for role, quantized in (("forward", ("weight", "activation")), ("dgrad", ("grad_dgrad",)),
+                            ("wgrad", ("grad_wgrad",))):  # fmt: skip
+        d = accuracy.resolve(f"ablate:{role}").decide("fc", "linear")
+        assert {
+            r for r in ("weight", "activation", "grad_dgrad", "grad_wgrad") if getattr(d, r).is_quantized
+        } == set(quantized)
+    assert accuracy.resolve("no-such-preset") is None
+    # FNT schedule: starts at the last LR, peaks at the lower LR half-way, ends at zero
+    assert accuracy.fnt_lr(0, 10, 0.02, 0.1) == 0.02
+    assert accuracy.fnt_lr(5, 10, 0.02, 0.1) == pytest.approx(0.1)
+    assert accuracy.fnt_lr(10, 10, 0.02, 0.1) == 0.0
+    assert accuracy.lr_at(0, 100, 1.0) < accuracy.lr_at(5, 100, 1.0) == pytest.approx(1.0)
+    sys.modules.pop("accuracy", None)
+
+
+@pytest.mark.slow
+def test_accuracy_benchmark_digits_smoke(tmp_path, monkeypatch):
+    accuracy = _accuracy_module(monkeypatch)
+    out, png = tmp_path / "acc.json", tmp_path / "acc.png"
+    argv = ["--tasks", "digits", "--digits-limit", "300", "--digits-epochs", "2", "--seeds", "0",
+            "--policies", "fp32", "luq+fnt", "no-such-preset", "--ablation", "never", "--no-progress",
+            "--out", str(out), "--plot", str(png)]  # fmt: skip
+    assert accuracy.main(argv) == 0
+    data = json.loads(out.read_text())
+    runs = {r["policy"]: r for r in data["runs"]}
+    assert set(runs) == {"fp32", "luq", "luq+fnt"}
+    assert runs["fp32"]["backend"] == "inductor" and runs["luq"]["backend"] == "fqt"
+    assert runs["luq"]["plan_totals"]["quantized_gemms"] > 0
+    # luq+fnt shares luq's first epoch exactly, then continues with its own policy
+    assert runs["luq+fnt"]["train_loss"][0] == runs["luq"]["train_loss"][0]
+    assert runs["luq+fnt"]["train_loss"][1] != runs["luq"]["train_loss"][1]
+    assert "FNT" in runs["luq+fnt"]["note"]
+    assert any("no-such-preset" in m for m in data["log"])
+    summary = {r["policy"]: r for r in data["summary"]}
+    assert summary["luq"]["gap_mean"] == pytest.approx(
+        runs["luq"]["final"]["test_accuracy"] - runs["fp32"]["final"]["test_accuracy"]
+    )
+    assert data["tasks"]["digits"]["sizes"]["train"] == 240
+    assert png.stat().st_size > 5000
+    sys.modules.pop("accuracy", None)
