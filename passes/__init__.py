@@ -2,7 +2,8 @@
 
 Before AOTAutograd (Dynamo's torch-level graph):
     `find_gemm_sites`, `insert_fqt_quantizers` (uses `quantized_attention` for SDPA).
-On AOTAutograd's joint graph, before partitioning: `save_quantized_operands`.
+On AOTAutograd's joint graph, before partitioning: `save_quantized_operands` (which packs what
+backward reads: `pack_quantized_operands`, `pack_boolean_masks`).
 After AOTAutograd, per forward/backward ATen graph, before Inductor:
     `read_graph` (what the plan reports), `strip_layer_markers`, `decompose_quantizers`.
 """
@@ -12,7 +13,12 @@ from .gemm_sites import GemmSite, find_gemm_sites, layer_name
 from .insert_quantizers import SiteRecord, insert_fqt_quantizers
 from .quantized_attention import quantized_attention
 from .read_quantized_graph import OperandFact, forward_tensor_roles, read_graph, trace_operand
-from .save_quantized_operands import SaveQuantizedOperands, save_quantized_operands
+from .pack_saved_tensors import pack_boolean_masks, pack_quantized_operands
+from .save_quantized_operands import (
+    SaveQuantizedOperands,
+    save_quantized_operands,
+    save_quantized_operands_unpacked,
+)
 from .strip_layer_markers import strip_layer_markers
 
 __all__ = [
@@ -25,9 +31,12 @@ __all__ = [
     "forward_tensor_roles",
     "insert_fqt_quantizers",
     "layer_name",
+    "pack_boolean_masks",
+    "pack_quantized_operands",
     "quantized_attention",
     "read_graph",
     "save_quantized_operands",
+    "save_quantized_operands_unpacked",
     "strip_layer_markers",
     "trace_operand",
 ]

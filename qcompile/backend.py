@@ -23,6 +23,7 @@ from qcompile.passes import (
     insert_fqt_quantizers,
     read_graph,
     save_quantized_operands,
+    save_quantized_operands_unpacked,
     strip_layer_markers,
 )
 from qcompile.policy import PolicyError
@@ -85,7 +86,8 @@ def fqt_backend(
 
     options = dict(options or {})
     policy = resolve_policy(options.pop("policy", None))
-    patches = {"joint_custom_pre_pass": save_quantized_operands, **_inductor_config_patches(mode, options)}
+    joint_pass = save_quantized_operands if policy.pack_saved else save_quantized_operands_unpacked
+    patches = {"joint_custom_pre_pass": joint_pass, **_inductor_config_patches(mode, options)}
     records = insert_fqt_quantizers(gm, policy)
     record = register(CompiledGraph(policy, records), example_inputs)
     inner = functools.partial(_inner_compile, record=record)
