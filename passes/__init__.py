@@ -13,7 +13,12 @@ from .gemm_sites import GemmSite, find_gemm_sites, layer_name
 from .insert_quantizers import SiteRecord, insert_fqt_quantizers
 from .quantized_attention import quantized_attention
 from .read_quantized_graph import OperandFact, forward_tensor_roles, read_graph, trace_operand
-from .pack_saved_tensors import pack_boolean_masks, pack_quantized_operands
+from .pack_saved_tensors import (
+    forward_uses_channels_last,
+    match_forward_layout,
+    pack_boolean_masks,
+    pack_quantized_operands,
+)
 from .save_quantized_operands import (
     SaveQuantizedOperands,
     save_quantized_operands,
@@ -29,8 +34,10 @@ __all__ = [
     "decompose_quantizers",
     "find_gemm_sites",
     "forward_tensor_roles",
+    "forward_uses_channels_last",
     "insert_fqt_quantizers",
     "layer_name",
+    "match_forward_layout",
     "pack_boolean_masks",
     "pack_quantized_operands",
     "quantized_attention",

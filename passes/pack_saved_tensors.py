@@ -200,3 +200,43 @@ def pack_boolean_masks(graph: fx.Graph) -> int:
             user.replace_input_with(node, unpacked)
         count += 1
     return count
+
+
+def forward_uses_channels_last(gm: fx.GraphModule) -> bool:
+    """Whether Inductor lays this forward graph's conv operands out channels-last (its layout
+    optimisation; on CPU with oneDNN it always does). Asked of Inductor's own heuristic, on the
+    graph as Inductor will see it (quantizers already decomposed into ``aten.convolution``)."""
+    from torch._inductor.graph import GraphLowering
+
+    try:
+        return bool(GraphLowering.decide_layout_opt(gm, is_inference=False))
+    except Exception:  # an unexpected graph: keep the default layout
+        return False
+
+
+def match_forward_layout(gm: fx.GraphModule, channels_last: bool) -> int:
+    """Backward-graph pass: give 2-d conv operands rebuilt from packed codes the layout the forward
+    gave the tensors they stand for (channels-last under Inductor's layout optimisation), so the
+    backward convolutions run the same kernels on the same layouts as without packing: same
+    results, bit for bit. Returns how many operands it re-laid out."""
+    if not channels_last:
+        return 0
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.target is not qops.int_dequantize_packed.default or _val(node).ndim != 4:
+            continue
+        users = [u for u in node.users if u.target is aten.convolution_backward.default]
+        if not users:
+            continue
+        with gm.graph.inserting_after(node):
+            clone = gm.graph.call_function(aten.clone.default, (node,), {"memory_format": torch.channels_last})
+        mode = _fake_mode([_val(node)])
+        with mode if mode is not None else contextlib.nullcontext():
+            clone.meta["val"] = _val(node).clone(memory_format=torch.channels_last)
+        for user in users:
+            user.replace_input_with(node, clone)
+        count += 1
+    if count:
+        gm.graph.lint()
+        gm.recompile()
+    return count

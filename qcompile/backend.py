@@ -20,7 +20,9 @@ from qcompile.compiled_graphs import CompiledGraph, register
 from qcompile.passes import (
     decompose_quantizers,
     forward_tensor_roles,
+    forward_uses_channels_last,
     insert_fqt_quantizers,
+    match_forward_layout,
     read_graph,
     save_quantized_operands,
     save_quantized_operands_unpacked,
@@ -65,8 +67,12 @@ def _inner_compile(
     if kind != "backward":
         record.forward_roles.update(forward_tensor_roles(gm))
     record.add_facts(kind, read_graph(gm, kind))
+    if kind == "backward":
+        match_forward_layout(gm, record.forward_channels_last)
     strip_layer_markers(gm)
     decompose_quantizers(gm)
+    if kind == "forward":
+        record.forward_channels_last = forward_uses_channels_last(gm)
     return compile_fx_inner(gm, example_inputs, **kwargs)
 
 

@@ -25,6 +25,7 @@ class CompiledGraph:
     compiled: list[str] = field(default_factory=list)
     forward_roles: dict[str, tuple] = field(default_factory=dict)
     had_params: bool = False
+    forward_channels_last: bool = False  # Inductor's layout choice for the forward's conv operands
 
     def add_facts(self, graph: str, facts: dict[tuple[str, str], OperandFact]) -> None:
         with _LOCK:
