@@ -5,31 +5,40 @@ Before AOTAutograd (Dynamo's torch-level graph):
 On AOTAutograd's joint graph, before partitioning: `save_quantized_operands` (which packs what
 backward reads: `pack_quantized_operands`, `pack_boolean_masks`).
 After AOTAutograd, per forward/backward ATen graph, before Inductor:
-    `read_graph` (what the plan reports), `strip_layer_markers`, `decompose_quantizers`.
+    `read_graph` and `read_saved_tensors` (what the plan reports), `match_forward_layout`,
+    `strip_layer_markers`, `decompose_quantizers`.
 """
 
 from .decompose_quantizers import decompose_quantizers
 from .gemm_sites import GemmSite, find_gemm_sites, layer_name
 from .insert_quantizers import SiteRecord, insert_fqt_quantizers
-from .quantized_attention import quantized_attention
-from .read_quantized_graph import OperandFact, forward_tensor_roles, read_graph, trace_operand
 from .pack_saved_tensors import (
     forward_uses_channels_last,
     match_forward_layout,
     pack_boolean_masks,
     pack_quantized_operands,
 )
+from .quantized_attention import quantized_attention
+from .read_quantized_graph import (
+    OperandFact,
+    forward_tensor_roles,
+    quantized_graph_inputs,
+    read_graph,
+    trace_operand,
+)
 from .save_quantized_operands import (
     SaveQuantizedOperands,
     save_quantized_operands,
     save_quantized_operands_unpacked,
 )
+from .saved_tensors import SavedTensor, read_saved_tensors
 from .strip_layer_markers import strip_layer_markers
 
 __all__ = [
     "GemmSite",
     "OperandFact",
     "SaveQuantizedOperands",
+    "SavedTensor",
     "SiteRecord",
     "decompose_quantizers",
     "find_gemm_sites",
@@ -41,7 +50,9 @@ __all__ = [
     "pack_boolean_masks",
     "pack_quantized_operands",
     "quantized_attention",
+    "quantized_graph_inputs",
     "read_graph",
+    "read_saved_tensors",
     "save_quantized_operands",
     "save_quantized_operands_unpacked",
     "strip_layer_markers",

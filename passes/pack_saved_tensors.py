@@ -194,7 +194,11 @@ def pack_boolean_masks(graph: fx.Graph) -> int:
             packed = _new_node(graph, qops.pack_bits.default, (node,), node)
         with graph.inserting_before(_first(graph, users)):
             unpacked = _new_node(
-                graph, qops.unpack_bits.default, (packed, val.shape[-1]), node, CheckpointPolicy.MUST_RECOMPUTE
+                graph,
+                qops.unpack_bits.default,
+                (packed, val.shape[-1]),
+                node,
+                CheckpointPolicy.MUST_RECOMPUTE,
             )
         for user in users:
             user.replace_input_with(node, unpacked)
@@ -229,7 +233,9 @@ def match_forward_layout(gm: fx.GraphModule, channels_last: bool) -> int:
         if not users:
             continue
         with gm.graph.inserting_after(node):
-            clone = gm.graph.call_function(aten.clone.default, (node,), {"memory_format": torch.channels_last})
+            clone = gm.graph.call_function(
+                aten.clone.default, (node,), {"memory_format": torch.channels_last}
+            )
         mode = _fake_mode([_val(node)])
         with mode if mode is not None else contextlib.nullcontext():
             clone.meta["val"] = _val(node).clone(memory_format=torch.channels_last)

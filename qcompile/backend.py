@@ -23,7 +23,9 @@ from qcompile.passes import (
     forward_uses_channels_last,
     insert_fqt_quantizers,
     match_forward_layout,
+    quantized_graph_inputs,
     read_graph,
+    read_saved_tensors,
     save_quantized_operands,
     save_quantized_operands_unpacked,
     strip_layer_markers,
@@ -66,8 +68,10 @@ def _inner_compile(
     )
     if kind != "backward":
         record.forward_roles.update(forward_tensor_roles(gm))
+        record.quantized_inputs.update(quantized_graph_inputs(gm))
     record.add_facts(kind, read_graph(gm, kind))
     if kind == "backward":
+        record.saved = read_saved_tensors(gm, record.forward_roles, record.quantized_inputs)
         match_forward_layout(gm, record.forward_channels_last)
     strip_layer_markers(gm)
     decompose_quantizers(gm)

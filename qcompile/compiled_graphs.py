@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from qcompile.passes import OperandFact, SiteRecord
+from qcompile.passes import OperandFact, SavedTensor, SiteRecord
 from qcompile.policy import Policy
 
 
@@ -25,6 +25,10 @@ class CompiledGraph:
     compiled: list[str] = field(default_factory=list)
     forward_roles: dict[str, tuple] = field(default_factory=dict)
     had_params: bool = False
+    saved: list[SavedTensor] = field(default_factory=list)
+    quantized_inputs: set[str] = field(
+        default_factory=set
+    )  # tags of quantizers of graph inputs  # what the forward saves for backward
     forward_channels_last: bool = False  # Inductor's layout choice for the forward's conv operands
 
     def add_facts(self, graph: str, facts: dict[tuple[str, str], OperandFact]) -> None:
