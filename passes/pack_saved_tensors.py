@@ -13,8 +13,9 @@ On AOTAutograd's joint forward-backward graph, before the partitioner chooses wh
   at all, it saves one bit per element. If something it can recompute the mask from is saved
   anyway, the min-cut recomputes it instead of saving it twice.
 
-Tensors that cannot be packed along a static last dimension, non-contiguous ones (their backward
-GEMM could pick another kernel for another layout) and quantizers above 4 bits are left alone.
+A quantized operand stored in a permuted layout (attention heads) is rebuilt in that same layout,
+so the backward GEMMs see the strides they would have seen unpacked. Tensors without a static
+last dimension or a dense layout, and quantizers above 4 bits, are left alone.
 """
 
 from __future__ import annotations
@@ -44,16 +45,17 @@ def _fake_mode(vals):
     return None
 
 
-def _new_node(graph: fx.Graph, target, args: tuple, like: fx.Node, recompute=None) -> fx.Node:
+def _new_node(graph: fx.Graph, target, args: tuple, like: fx.Node, recompute=None, kwargs=None) -> fx.Node:
     """A call node whose ``meta["val"]`` comes from running ``target`` on the args' fake values."""
-    node = graph.call_function(target, args)
+    kwargs = kwargs or {}
+    node = graph.call_function(target, args, kwargs)
     fake_args = fx.map_arg(args, _val)
     mode = _fake_mode(torch.utils._pytree.tree_leaves(fake_args))
     with mode if mode is not None else contextlib.nullcontext():
         if target is operator.getitem:
             node.meta["val"] = fake_args[0][fake_args[1]]
         else:
-            node.meta["val"] = target(*fake_args)
+            node.meta["val"] = target(*fake_args, **kwargs)
     for key in ("stack_trace", "nn_module_stack", "seq_nr", "original_aten"):
         if key in like.meta:
             node.meta.setdefault(key, like.meta[key])
@@ -84,16 +86,23 @@ def _regions(graph: fx.Graph) -> tuple[set[fx.Node], set[fx.Node]]:
 
 
 def _packable(val) -> bool:
-    """A tensor that can be packed along its last dimension: static, non-empty, contiguous."""
+    """A tensor that can be packed along its last dimension: static and non-empty there."""
     if not isinstance(val, torch.Tensor) or val.ndim < 1:
         return False
     last = val.shape[-1]
-    if not isinstance(last, int) or last <= 0:
-        return False
+    return isinstance(last, int) and last > 0
+
+
+def dense_order(val: torch.Tensor) -> list[int] | None:
+    """The permutation ``p`` for which ``val.permute(p)`` is contiguous (``None`` if there is
+    none, e.g. overlapping or gapped strides, or a layout that would need a symbolic guard)."""
     try:
-        return bool(val.is_contiguous())
-    except Exception:  # a symbolic layout we would have to guard on: leave it alone
-        return False
+        if val.is_contiguous():
+            return list(range(val.ndim))
+        order = sorted(range(val.ndim), key=lambda d: (-int(val.stride(d)), d))
+        return order if val.permute(order).is_contiguous() else None
+    except Exception:
+        return None
 
 
 def _backward_uses(node: fx.Node, forward: set[fx.Node]) -> list[tuple[fx.Node, fx.Node]]:
@@ -122,13 +131,25 @@ def _redirect(graph: fx.Graph, root: fx.Node, replacement: fx.Node, uses) -> Non
             src = copy_of(n.args[0])
             with graph.inserting_after(src):
                 args = (src, *n.args[1:])
-                new = _new_node(graph, n.target, args, n, CheckpointPolicy.MUST_RECOMPUTE)
-                new.kwargs = n.kwargs
+                new = _new_node(graph, n.target, args, n, CheckpointPolicy.MUST_RECOMPUTE, dict(n.kwargs))
             copies[n] = new
         return copies[n]
 
     for value, user in uses:
         user.replace_input_with(value, copy_of(value))
+
+
+def _restride(graph: fx.Graph, rebuilt: fx.Node, order: list[int], like: fx.Node) -> fx.Node:
+    """``rebuilt`` (contiguous) copied into the layout the forward's tensor had (a permutation of
+    a contiguous one, e.g. attention heads): backward GEMMs then see the strides they saw
+    without packing and pick the same kernels."""
+    inverse = sorted(range(len(order)), key=order.__getitem__)
+    must = CheckpointPolicy.MUST_RECOMPUTE
+    permuted = _new_node(graph, aten.permute.default, (rebuilt, order), like, must)
+    dense = _new_node(
+        graph, aten.clone.default, (permuted,), like, must, {"memory_format": torch.contiguous_format}
+    )
+    return _new_node(graph, aten.permute.default, (dense, inverse), like, must)
 
 
 def _first(graph: fx.Graph, nodes) -> fx.Node:
@@ -145,7 +166,8 @@ def pack_quantized_operands(graph: fx.Graph) -> int:
             continue
         x, bits, scaling, signed, reduce_dims, stochastic, tag = node.args
         val = _val(node)
-        if bits > 4 or not _packable(val):
+        order = dense_order(val) if _packable(val) else None
+        if bits > 4 or order is None:
             continue
         uses = _backward_uses(node, forward)
         if not uses:
@@ -164,6 +186,8 @@ def pack_quantized_operands(graph: fx.Graph) -> int:
                 node,
                 CheckpointPolicy.MUST_RECOMPUTE,
             )
+            if order != list(range(val.ndim)):
+                rebuilt = _restride(graph, rebuilt, order, node)
         _redirect(graph, node, rebuilt, uses)
         node.replace_all_uses_with(xq)
         graph.erase_node(node)
@@ -183,6 +207,7 @@ def pack_boolean_masks(graph: fx.Graph) -> int:
             or not isinstance(val, torch.Tensor)
             or val.dtype is not torch.bool
             or not _packable(val)
+            or dense_order(val) != list(range(val.ndim))
             or isinstance(val.numel(), torch.SymInt)
             or val.numel() < MIN_MASK_ELEMENTS
         ):
