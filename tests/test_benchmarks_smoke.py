@@ -46,3 +46,21 @@ def test_eager_fake_quant_baseline_really_quantizes():
     assert not torch.allclose(ref(x), fq(x), atol=1e-4)
     fq(x).sum().backward()
     assert all(p.grad is not None for p in fq.parameters())
+
+
+@pytest.mark.slow
+def test_memory_benchmark_quick_mode_writes_results(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import memory
+
+    out = tmp_path / "memory.json"
+    assert memory.main(["--quick", "--models", "mlp", "--configs", "fp32,fqt", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    runs = {r["config"]: r for r in data["runs"]}
+    assert set(runs) == {"fp32", "fqt"} and data["quick"] is True
+    for r in runs.values():
+        assert r["saved_held"] > 0 and r["maxrss"] > r["rss_before_step"] > 0
+    # the plan's count (read from the compiled graphs) is what autograd really holds
+    assert abs(runs["fqt"]["saved_plan"] - runs["fqt"]["saved_held"]) <= 0.01 * runs["fqt"]["saved_held"]
+    assert data["ratios"][0]["saved_held_fqt_vs_fp32"] == runs["fqt"]["saved_held"] / runs["fp32"]["saved_held"]
+    sys.modules.pop("memory", None)
