@@ -62,5 +62,7 @@ def test_memory_benchmark_quick_mode_writes_results(tmp_path, monkeypatch):
         assert r["saved_held"] > 0 and r["maxrss"] > r["rss_before_step"] > 0
     # the plan's count (read from the compiled graphs) is what autograd really holds
     assert abs(runs["fqt"]["saved_plan"] - runs["fqt"]["saved_held"]) <= 0.01 * runs["fqt"]["saved_held"]
-    assert data["ratios"][0]["saved_held_fqt_vs_fp32"] == runs["fqt"]["saved_held"] / runs["fp32"]["saved_held"]
+    assert (
+        data["ratios"][0]["saved_held_fqt_vs_fp32"] == runs["fqt"]["saved_held"] / runs["fp32"]["saved_held"]
+    )
     sys.modules.pop("memory", None)
