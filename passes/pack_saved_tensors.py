@@ -90,7 +90,9 @@ def _packable(val) -> bool:
     if not isinstance(val, torch.Tensor) or val.ndim < 1:
         return False
     last = val.shape[-1]
-    return isinstance(last, int) and last > 0
+    numel = val.numel()
+    empty = isinstance(numel, int) and numel == 0  # nothing to save; its statistics are undefined
+    return isinstance(last, int) and last > 0 and not empty
 
 
 def dense_order(val: torch.Tensor) -> list[int] | None:
@@ -99,6 +101,8 @@ def dense_order(val: torch.Tensor) -> list[int] | None:
     try:
         if val.is_contiguous():
             return list(range(val.ndim))
+        if any(isinstance(s, torch.SymInt) for s in (*val.shape, *val.stride())):
+            return None  # ordering symbolic strides would specialise the graph on them
         order = sorted(range(val.ndim), key=lambda d: (-int(val.stride(d)), d))
         return order if val.permute(order).is_contiguous() else None
     except Exception:

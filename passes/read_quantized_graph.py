@@ -161,7 +161,7 @@ def read_graph(gm: fx.GraphModule, graph: str) -> dict[tuple[str, str], OperandF
                     for q in tr2.quantizers
                 ]
                 + [
-                    f"packed:{parse_tag(d.args[-1])[1]}"
+                    f"packed:{parse_tag(d.args[-1])[1]}:{str(d.args[6]).removeprefix('torch.')}"
                     for o2, tr2 in traces
                     if o2 is not operand
                     for d in tr2.packed

@@ -259,9 +259,10 @@ def _saved(graph: CompiledGraph, record: SiteRecord) -> str:
             if name == "recomputed":
                 text = f"{dtype} recomputed"
             elif name == "packed":
-                fact_op = graph.facts.get((record.key, dtype))
+                saved_role, _, rebuilt = dtype.partition(":")
+                fact_op = graph.facts.get((record.key, saved_role))
                 label = fact_op.spec.label if fact_op else "int4"
-                text = f"{'Ŵ' if dtype == 'weight' else 'X̂'} {label} packed (uint8)"
+                text = f"{'Ŵ' if saved_role == 'weight' else 'X̂'} {label} packed as uint8 → {rebuilt}"
             elif name in graph.forward_roles:
                 _, saved_role, spec = graph.forward_roles[name]
                 text = f"{'Ŵ' if saved_role == 'weight' else 'X̂'} {spec.label} as {dtype}"
