@@ -12,8 +12,9 @@ happens there), then measures one step:
   (``CompiledFunctionBackward.saved_tensors``), parameters and the input batch excluded,
   each storage counted once;
 * ``saved_plan`` (fqt only): the plan's count, read from the compiled backward graph;
-* ``maxrss``: ``ru_maxrss`` of the child from ``os.wait4``: its lifetime peak, compilation
-  included.
+* ``maxrss``: ``ru_maxrss`` of the child from ``os.wait4``. Resetting ``VmHWM`` resets it too,
+  so it is the absolute peak of the measured step (libraries, compiled code, parameters and
+  optimizer state included): the kernel's own accounting of ``step_peak_abs``, a cross-check.
 
 Children run with glibc's mmap threshold fixed at 64 KiB (``MALLOC_MMAP_THRESHOLD_``), so every
 tensor larger than that is its own mapping, returned to the OS when freed; without it glibc
@@ -340,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.time() - start, 1),
         "torch": __import__("torch").__version__,
         "method": "fresh process per run; step_peak = VmHWM - VmRSS before the step (peak reset via "
-        "/proc/self/clear_refs); maxrss = ru_maxrss from os.wait4 (compilation included); "
+        "/proc/self/clear_refs); maxrss = ru_maxrss from os.wait4 (peak since that reset, absolute); "
         "MALLOC_MMAP_THRESHOLD_=65536",
         "runs": runs,
         "ratios": ratios,

@@ -196,7 +196,11 @@ def test_plan_shows_saved_bytes_per_layer_and_in_total(packed_and_unpacked):
     assert row.saved_bytes == 12 * 24 + 40 * 24 + 4 * 4
     assert row.saved_fp32_bytes == 12 * 48 * 4 + 0  # Ŵ comes from a parameter: FP32 saves W itself
     text = str(plan)
-    assert "X̂ int4 packed as uint8 → float32" in text and "saved for backward:" in text and "FP32 would save" in text
+    assert (
+        "X̂ int4 packed as uint8 → float32" in text
+        and "saved for backward:" in text
+        and "FP32 would save" in text
+    )
     data = plan.to_dict()
     assert data["memory"]["saved_bytes"] == plan.memory()["saved_bytes"] > 0
     assert data["rows"][1]["saved_bytes"] == row.saved_bytes
