@@ -2,10 +2,12 @@
 
 Before AOTAutograd (Dynamo's torch-level graph):
     `find_gemm_sites`, `insert_fqt_quantizers` (uses `quantized_attention` for SDPA).
-On AOTAutograd's joint graph, before partitioning: `save_quantized_operands`.
+On AOTAutograd's joint graph, before partitioning: `save_quantized_operands` (which packs what
+backward reads: `pack_quantized_operands`, `pack_boolean_masks`).
 After AOTAutograd, per forward/backward ATen graph, before Inductor:
-    `annotate_gemm_kernels` (which kernel each GEMM runs), `read_graph` (what the plan reports),
-    `strip_layer_markers`, `fuse_triton_gemms` (CUDA + Triton only), `decompose_quantizers`.
+    `annotate_gemm_kernels` (which kernel each GEMM runs), `read_graph` and `read_saved_tensors`
+    (what the plan reports), `match_forward_layout`, `strip_layer_markers`, `fuse_triton_gemms`
+    (CUDA + Triton only), `decompose_quantizers`.
 """
 
 from .decompose_quantizers import decompose_quantizers
@@ -19,9 +21,26 @@ from .gemm_kernel_choice import (
 )
 from .gemm_sites import GemmSite, find_gemm_sites, layer_name
 from .insert_quantizers import SiteRecord, insert_fqt_quantizers
+from .pack_saved_tensors import (
+    forward_uses_channels_last,
+    match_forward_layout,
+    pack_boolean_masks,
+    pack_quantized_operands,
+)
 from .quantized_attention import quantized_attention
-from .read_quantized_graph import OperandFact, forward_tensor_roles, read_graph, trace_operand
-from .save_quantized_operands import SaveQuantizedOperands, save_quantized_operands
+from .read_quantized_graph import (
+    OperandFact,
+    forward_tensor_roles,
+    quantized_graph_inputs,
+    read_graph,
+    trace_operand,
+)
+from .save_quantized_operands import (
+    SaveQuantizedOperands,
+    save_quantized_operands,
+    save_quantized_operands_unpacked,
+)
+from .saved_tensors import SavedTensor, read_saved_tensors
 from .strip_layer_markers import strip_layer_markers
 
 __all__ = [
@@ -29,6 +48,7 @@ __all__ = [
     "SavedQuantized",
     "OperandFact",
     "SaveQuantizedOperands",
+    "SavedTensor",
     "SiteRecord",
     "annotate_gemm_kernels",
     "choose_gemm_kernel",
@@ -37,12 +57,19 @@ __all__ = [
     "fuse_triton_gemms",
     "find_gemm_sites",
     "forward_tensor_roles",
+    "forward_uses_channels_last",
     "insert_fqt_quantizers",
     "layer_name",
+    "match_forward_layout",
+    "pack_boolean_masks",
+    "pack_quantized_operands",
     "quantized_attention",
+    "quantized_graph_inputs",
     "read_graph",
+    "read_saved_tensors",
     "save_quantized_operands",
     "saved_quantized_outputs",
+    "save_quantized_operands_unpacked",
     "strip_layer_markers",
     "trace_operand",
 ]

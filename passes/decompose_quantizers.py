@@ -92,7 +92,12 @@ def decompose_quantizers(gm: fx.GraphModule) -> fx.GraphModule:
                     new = gm.graph.node_copy(sn, env.__getitem__)
                     new.meta.update({k: v for k, v in node.meta.items() if k not in new.meta})
                     env[sn] = new
-        node.replace_all_uses_with(result)
+        if isinstance(result, (tuple, list)):  # a multi-output op: its users are getitems
+            for user in list(node.users):
+                user.replace_all_uses_with(result[user.args[1]])
+                gm.graph.erase_node(user)
+        else:
+            node.replace_all_uses_with(result)
         gm.graph.erase_node(node)
     gm.graph.eliminate_dead_code()
     gm.graph.lint()

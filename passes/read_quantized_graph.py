@@ -7,6 +7,7 @@ markers to the quantizer (or placeholder) it comes from; quantizer tags name the
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 import torch
@@ -26,7 +27,7 @@ GEMM_TARGETS = {
 }  # fmt: skip
 QUANTIZER_TARGETS = {
     qops.int_quantize.default, qops.luq_quantize.default, qops.lbt_quantize.default, qops.aq_quantize.default,
-    qops.learned_clip_quantize.default,
+    qops.learned_clip_quantize.default, qops.int_quantize_packed.default,
 }  # fmt: skip
 _TRANSPARENT = {
     aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.t.default,
@@ -75,6 +76,7 @@ class _Trace:
     tags: list[str] = field(default_factory=list)
     quantizers: list[fx.Node] = field(default_factory=list)
     placeholders: list[fx.Node] = field(default_factory=list)
+    packed: list[fx.Node] = field(default_factory=list)  # int_dequantize_packed: X̂ / Ŵ from codes
 
 
 def trace_operand(node: fx.Node) -> _Trace:
@@ -93,6 +95,10 @@ def trace_operand(node: fx.Node) -> _Trace:
         elif n.target in QUANTIZER_TARGETS:
             t.quantizers.append(n)
             t.tags.append(n.args[-1])
+        elif n.target is qops.int_dequantize_packed.default:
+            t.packed.append(n)
+        elif n.target is operator.getitem and getattr(n.args[0], "target", None) in QUANTIZER_TARGETS:
+            stack.append(n.args[0])
         elif n.target in _TRANSPARENT:
             if n.target is qops.mark_layer.default:
                 t.tags.append(n.args[1])
@@ -164,14 +170,21 @@ def read_graph(gm: fx.GraphModule, graph: str) -> dict[tuple[str, str], OperandF
             shared = None
             if quant and parse_tag(quant[0].args[-1])[1] != role:
                 shared = parse_tag(quant[0].args[-1])[1]
-            saved = [
-                f"{p.name}:{_dtype(p)}" for o2, tr2 in traces if o2 is not operand for p in tr2.placeholders
-            ] + [
-                f"recomputed:{parse_tag(q.args[-1])[1]}"
-                for o2, tr2 in traces
-                if o2 is not operand
-                for q in tr2.quantizers
-            ]
+            saved = (
+                [f"{p.name}:{_dtype(p)}" for o2, tr2 in traces if o2 is not operand for p in tr2.placeholders]
+                + [
+                    f"recomputed:{parse_tag(q.args[-1])[1]}"
+                    for o2, tr2 in traces
+                    if o2 is not operand
+                    for q in tr2.quantizers
+                ]
+                + [
+                    f"packed:{parse_tag(d.args[-1])[1]}:{str(d.args[6]).removeprefix('torch.')}"
+                    for o2, tr2 in traces
+                    if o2 is not operand
+                    for d in tr2.packed
+                ]
+            )
             facts[(key, role)] = OperandFact(
                 spec, gemm, graph, shared_from=shared, saved=saved, dtype=_dtype(operand), kernel=kernel
             )
@@ -182,10 +195,28 @@ def forward_tensor_roles(gm: fx.GraphModule) -> dict[str, tuple[str, str, QuantS
     """Forward node name → (site key, role, spec) for quantizer outputs, to name saved tensors."""
     out = {}
     for node in gm.graph.nodes:
-        if node.op != "call_function" or node.target not in QUANTIZER_TARGETS | _TRANSPARENT:
+        if node.op != "call_function":
+            continue
+        first_output = node.target is operator.getitem and node.args[1] == 0
+        if node.target not in QUANTIZER_TARGETS | _TRANSPARENT and not first_output:
             continue
         quantizers = trace_operand(node).quantizers
         if quantizers:
             _, role, key = parse_tag(quantizers[0].args[-1])
             out[node.name] = (key, role, describe_quantizers(quantizers[:1], role))
+    return out
+
+
+def quantized_graph_inputs(gm: fx.GraphModule) -> set[tuple[str, str]]:
+    """(site key, role) of forward quantizers whose input is a graph input (a parameter, or the batch) seen
+    through views and casts: FP32 training would save such a tensor at no extra memory."""
+    out = set()
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target in QUANTIZER_TARGETS:
+            src = node.args[0]
+            while isinstance(src, fx.Node) and src.op == "call_function" and src.target in _TRANSPARENT:
+                src = src.args[0]
+            if isinstance(src, fx.Node) and src.op == "placeholder":
+                _, role, key = parse_tag(node.args[-1])
+                out.add((key, role))
     return out

@@ -26,10 +26,15 @@ from qcompile.passes import (
     decompose_quantizers,
     demote_triton_gemms,
     forward_tensor_roles,
+    forward_uses_channels_last,
     fuse_triton_gemms,
     insert_fqt_quantizers,
+    match_forward_layout,
+    quantized_graph_inputs,
     read_graph,
+    read_saved_tensors,
     save_quantized_operands,
+    save_quantized_operands_unpacked,
     saved_quantized_outputs,
     strip_layer_markers,
 )
@@ -73,10 +78,14 @@ def _inner_compile(
     if kind != "backward":
         record.forward_roles.update(forward_tensor_roles(gm))
         record.saved_quantized.update(saved_quantized_outputs(gm))
+        record.quantized_inputs.update(quantized_graph_inputs(gm))
     annotate_gemm_kernels(gm, record.saved_quantized)
     capturing = export_capture.active_sink() is not None
     if capturing:  # `qcompile.export` takes the graph as AOTAutograd gave it, markers and all
         export_capture.add_aot_graph(kind, gm)
+    if kind == "backward":
+        record.saved = read_saved_tensors(gm, record.forward_roles, record.quantized_inputs)
+        match_forward_layout(gm, record.forward_channels_last)
     backup = copy.deepcopy(gm.graph)  # nodes copied, metadata shared: cheap
     try:
         facts = read_graph(gm, kind)
@@ -90,6 +99,8 @@ def _inner_compile(
         strip_layer_markers(gm)
     record.add_facts(kind, facts)
     decompose_quantizers(gm)
+    if kind == "forward":
+        record.forward_channels_last = forward_uses_channels_last(gm)
     if capturing:  # `qcompile.export`: the graphs are what it wants; run them eagerly, skip Inductor
         from torch._functorch.aot_autograd import make_boxed_func
 
@@ -113,7 +124,8 @@ def fqt_backend(
 
     options = dict(options or {})
     policy = resolve_policy(options.pop("policy", None))
-    patches = {"joint_custom_pre_pass": save_quantized_operands, **_inductor_config_patches(mode, options)}
+    joint_pass = save_quantized_operands if policy.pack_saved else save_quantized_operands_unpacked
+    patches = {"joint_custom_pre_pass": joint_pass, **_inductor_config_patches(mode, options)}
     records = insert_fqt_quantizers(gm, policy)
     record = register(CompiledGraph(policy, records), example_inputs)
     export_capture.begin_graph(gm, example_inputs, record)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from qcompile.passes import OperandFact, SiteRecord
+from qcompile.passes import OperandFact, SavedTensor, SiteRecord
 from qcompile.policy import Policy
 
 
@@ -27,6 +27,11 @@ class CompiledGraph:
     saved_quantized: dict[str, object] = field(default_factory=dict)  # forward output -> SavedQuantized
     had_params: bool = False
     state: object = None  # the model's QuantizerState when the graph has stateful quantizers
+    saved: list[SavedTensor] = field(default_factory=list)
+    quantized_inputs: set[str] = field(
+        default_factory=set
+    )  # tags of quantizers of graph inputs  # what the forward saves for backward
+    forward_channels_last: bool = False  # Inductor's layout choice for the forward's conv operands
 
     def add_facts(self, graph: str, facts: dict[tuple[str, str], OperandFact]) -> None:
         with _LOCK:

@@ -18,7 +18,7 @@ import torch
 from tabulate import tabulate
 
 from qcompile.compiled_graphs import CompiledGraph, graphs_for
-from qcompile.passes import OperandFact, SiteRecord
+from qcompile.passes import OperandFact, SavedTensor, SiteRecord
 from qcompile.policy import ROLES
 from qcompile.runtime.quantizer_state import QuantizerState, measured_bits
 from qcompile.runtime.spec import QuantSpec
@@ -93,6 +93,8 @@ class PlanRow:
     saved: str = ""
     reason: str = ""
     state: str = ""
+    saved_bytes: int = 0
+    saved_fp32_bytes: int = 0
 
     def roles(self) -> dict[str, RoleEntry]:
         return {r: getattr(self, r) for r in ROLES}
@@ -125,9 +127,8 @@ class PlanRow:
             "flops": self.flops,
         }
         out.update({r: e.to_json() for r, e in self.roles().items()})
-        out.update(
-            saved_for_backward=self.saved, reason=self.reason, kernels=self.kernels(), state=self.state
-        )
+        out.update(saved_for_backward=self.saved, reason=self.reason, kernels=self.kernels(), state=self.state,
+                   saved_bytes=self.saved_bytes, saved_fp32_bytes=self.saved_fp32_bytes)  # fmt: skip
         return out
 
 
@@ -138,6 +139,25 @@ class Plan:
     rows: list[PlanRow] = field(default_factory=list)
     policies: list[str] = field(default_factory=list)
     graphs: list[str] = field(default_factory=list)
+    saved: list[SavedTensor] = field(default_factory=list)
+
+    def memory(self) -> dict[str, Any]:
+        """Bytes the compiled forwards save for backward (read from the backward graphs' inputs),
+        and what FP32 training would save for the same values. Graph inputs and parameters are
+        counted apart: they are held anyway."""
+        held = [t for t in self.saved if t.kind != "input"]
+        saved, fp32 = sum(t.bytes for t in held), sum(t.fp32_bytes for t in held)
+        by_kind: dict[str, int] = {}
+        for t in held:
+            by_kind[t.kind] = by_kind.get(t.kind, 0) + t.bytes
+        return {
+            "saved_bytes": saved,
+            "saved_fp32_bytes": fp32,
+            "saved_ratio": saved / fp32 if fp32 else None,
+            "saved_by_kind": by_kind,
+            "saved_inputs_bytes": sum(t.bytes for t in self.saved if t.kind == "input"),
+            "saved_outside_gemm_sites_bytes": sum(t.bytes for t in held if t.site is None),
+        }
 
     def totals(self) -> dict[str, Any]:
         """Share of matmul FLOPs whose GEMM ran with both operands at <= 4 bits (SMP counted N×)."""
@@ -178,7 +198,8 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return {"policies": self.policies, "graphs": self.graphs, "rows": [r.to_json() for r in self.rows],
-                "totals": self.totals()}  # fmt: skip
+                "totals": self.totals(), "memory": self.memory(),
+                "saved_tensors": [t.to_json() for t in self.saved]}  # fmt: skip
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -206,13 +227,14 @@ class Plan:
             "dY→dgrad",
             "dY→wgrad",
             "saved for bwd",
+            "bytes (fp32)",
             "kernel",
             "note",
         ]
         table = [
             [r.layer, r.op, " × ".join("[" + ",".join(map(str, s)) + "]" for s in r.shapes),
-             r.weight.cell(), r.activation.cell(), r.grad_dgrad.cell(), r.grad_wgrad.cell(), r.saved, r.kernel_cell(),
-             r.reason]
+             r.weight.cell(), r.activation.cell(), r.grad_dgrad.cell(), r.grad_wgrad.cell(), r.saved,
+             f"{_size(r.saved_bytes)} ({_size(r.saved_fp32_bytes)})", r.kernel_cell(), r.reason]
             for r in self.rows
         ]  # fmt: skip
         if any(r.state for r in self.rows):
@@ -235,10 +257,28 @@ class Plan:
             + (f"\naverage bits per element: {bits}" if bits else "")
             + (f" (quantized operands only: {qbits})" if qbits else "")
         )
+        m = self.memory()
+        if self.saved:
+            summary += (
+                f"\nsaved for backward: {_size(m['saved_bytes'])} (FP32 would save {_size(m['saved_fp32_bytes'])}, "
+                f"{m['saved_ratio']:.1%}); {_size(m['saved_outside_gemm_sites_bytes'])} of it outside GEMM sites "
+                f"(masks, normalisation statistics); inputs and parameters held anyway: "
+                f"{_size(m['saved_inputs_bytes'])}"
+                if m["saved_fp32_bytes"]
+                else f"\nsaved for backward: {_size(m['saved_bytes'])}"
+            )
         return tabulate(table, headers=headers, tablefmt="simple") + "\n" + summary
 
     def __repr__(self) -> str:
         return f"Plan({len(self.rows)} rows, policies={self.policies})"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024 or unit == "MiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 def _low(entry: RoleEntry) -> bool:
@@ -324,6 +364,11 @@ def _saved(graph: CompiledGraph, record: SiteRecord) -> str:
             name, _, dtype = item.partition(":")
             if name == "recomputed":
                 text = f"{dtype} recomputed"
+            elif name == "packed":
+                saved_role, _, rebuilt = dtype.partition(":")
+                fact_op = graph.facts.get((record.key, saved_role))
+                label = fact_op.spec.label if fact_op else "int4"
+                text = f"{'Ŵ' if saved_role == 'weight' else 'X̂'} {label} packed as uint8 → {rebuilt}"
             elif name in graph.forward_roles:
                 _, saved_role, spec = graph.forward_roles[name]
                 text = f"{'Ŵ' if saved_role == 'weight' else 'X̂'} {spec.label} as {dtype}"
@@ -334,9 +379,28 @@ def _saved(graph: CompiledGraph, record: SiteRecord) -> str:
     return ", ".join(items)
 
 
+def _attribute_saved(graph: CompiledGraph) -> dict[str, list[SavedTensor]]:
+    """Saved tensors per site key: packed / unpacked operands by their tag, other tensors (FP32
+    operands of high-precision sites) by the backward GEMMs that read them."""
+    by_site: dict[str, list[SavedTensor]] = {}
+    readers: dict[str, str] = {}
+    for (key, role), fact in graph.facts.items():
+        if role in ("grad_dgrad", "grad_wgrad"):
+            for item in fact.saved:
+                readers.setdefault(item.partition(":")[0], key)
+    for t in graph.saved:
+        if t.site is None and t.kind != "input" and t.name in readers:
+            t.site = readers[t.name]
+        if t.site is not None and t.kind != "input":
+            by_site.setdefault(t.site, []).append(t)
+    return by_site
+
+
 def plan_from_graphs(graphs: Sequence[CompiledGraph]) -> Plan:
     p = Plan()
     for g in graphs:
+        p.saved.extend(g.saved)
+        per_site = _attribute_saved(g)
         if g.policy.name not in p.policies:
             p.policies.append(g.policy.name)
         gid = g.records[0].key.split("s")[0] if g.records else "g?"
@@ -347,6 +411,8 @@ def plan_from_graphs(graphs: Sequence[CompiledGraph]) -> Plan:
                 weight=_entry(g, rec, "weight"), activation=_entry(g, rec, "activation"),
                 grad_dgrad=_entry(g, rec, "grad_dgrad"), grad_wgrad=_entry(g, rec, "grad_wgrad"),
                 saved=_saved(g, rec), reason="; ".join(rec.reasons), state=_state_cell(g, rec),
+                saved_bytes=sum(t.bytes for t in per_site.get(rec.key, [])),
+                saved_fp32_bytes=sum(t.fp32_bytes for t in per_site.get(rec.key, [])),
             ))  # fmt: skip
     return p
 

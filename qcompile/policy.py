@@ -152,6 +152,9 @@ class Policy:
     keep_first_last: the first and last weight-bearing GEMM of each compiled graph stay in high
         precision (as in the LBT and 1-bit FQT code); shown in the plan.
     rules: per-layer overrides (`Rule`), applied in order after ``keep_first_last``.
+    pack_saved: store what backward reads packed (4-bit operands two per byte with their
+        scales, boolean masks as bits) instead of as FP32 / bool tensors; bit-identical results.
+        Off only to compare or debug.
     """
 
     weight: QuantSpec | str = "int4"
@@ -162,6 +165,7 @@ class Policy:
     keep_first_last: bool = True
     rules: tuple[Rule, ...] = field(default_factory=tuple)
     name: str = "custom"
+    pack_saved: bool = True
 
     def __post_init__(self) -> None:
         for role in ROLES:
@@ -170,7 +174,7 @@ class Policy:
         if rules is None or not all(isinstance(r, Rule) for r in rules):
             raise PolicyError("rules must be a sequence of qcompile.Rule")
         object.__setattr__(self, "rules", rules)
-        for flag in ("share_gradient_sample", "keep_first_last"):
+        for flag in ("share_gradient_sample", "keep_first_last", "pack_saved"):
             if not isinstance(getattr(self, flag), bool):
                 raise PolicyError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         if self.share_gradient_sample:

@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import torch
 
-from . import layer_marker, quantized_conv, quantized_matmul, triton_gemm_ops  # noqa: F401  (register the ops first)
+from . import layer_marker, packed_codes, quantized_conv, quantized_matmul, triton_gemm_ops  # noqa: F401  (register the ops first)
 from .int_quantize import int_quantize_reference
 from .luq_quantize import luq_quantize_reference
+from .packed_codes import (
+    int_dequantize_packed_reference,
+    int_quantize_packed_reference,
+    pack_bits,
+    unpack_bits,
+)
 from .random_bits import draw_seed, hash_uniform
 
 ops = torch.ops.qcompile
@@ -21,6 +27,15 @@ ops = torch.ops.qcompile
 def _int_quantize(x, bits, scaling, signed, reduce_dims, stochastic, tag):
     noise = hash_uniform(x, draw_seed(x.device)) if stochastic else None
     return int_quantize_reference(x, bits, scaling, signed, reduce_dims, stochastic, noise=noise)
+
+
+def _int_quantize_packed(x, bits, scaling, signed, reduce_dims, stochastic, tag):
+    noise = hash_uniform(x, draw_seed(x.device)) if stochastic else None
+    return int_quantize_packed_reference(x, bits, scaling, signed, reduce_dims, stochastic, noise=noise)
+
+
+def _int_dequantize_packed(packed, clip, hi, last, bits, signed, dtype, tag):
+    return int_dequantize_packed_reference(packed, clip, hi, last, bits, signed, dtype)
 
 
 def _luq_quantize(g, bits, reduce_dims, sample, tag):
@@ -43,4 +58,8 @@ QUANTIZER_DECOMPOSITIONS = {
     ops.qconv.default: quantized_conv.conv_forward,
     ops.mark_layer.default: _mark_layer,
     ops.dequantize_codes.default: _dequantize_codes,
+    ops.int_quantize_packed.default: _int_quantize_packed,
+    ops.int_dequantize_packed.default: _int_dequantize_packed,
+    ops.pack_bits.default: pack_bits,
+    ops.unpack_bits.default: unpack_bits,
 }

@@ -66,6 +66,23 @@ def int_quantize_reference(
     """
     if x.numel() == 0:
         return x.clone()
+    q, clip, hi = int_quantize_codes_reference(x, bits, scaling, signed, reduce_dims, stochastic, noise)
+    return int_dequantize_reference(q, clip, hi, x.dtype)
+
+
+def int_quantize_codes_reference(
+    x: torch.Tensor,
+    bits: int = 4,
+    scaling: str = "sawb",
+    signed: str = "signed",
+    reduce_dims: Sequence[int] = (),
+    stochastic: bool = False,
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | float]:
+    """The integer codes of `int_quantize_reference` (as float32), its per-group clip and top
+    code ``hi`` (a per-group tensor for ``signed="auto"``, else a Python float), such that
+    ``int_dequantize_reference(q, clip, hi)`` is its output. Split out so the forward can keep
+    the codes (packed) for backward and rebuild the very same float values there."""
     dims = normalize_dims(reduce_dims, x.ndim)
     xf = x.float()
     if bits == 1:
@@ -88,8 +105,16 @@ def int_quantize_reference(
     else:
         y = torch.round(y)
     q = torch.clamp(y, lo, hi) if isinstance(lo, float) else torch.maximum(torch.minimum(y, hi), lo)
+    return q, clip, hi
+
+
+def int_dequantize_reference(
+    q: torch.Tensor, clip: torch.Tensor, hi: torch.Tensor | float, dtype: torch.dtype
+) -> torch.Tensor:
+    """``x̂ = q / hi · clip`` in ``dtype``. Every path that rebuilds ``x̂`` from codes goes
+    through here, so forward and backward compute it with the same float operations."""
     # (q / qmax) · clip rather than q · (clip / qmax): the top level is then exactly the clip.
-    return (q / hi * clip).to(x.dtype)
+    return (q.float() / hi * clip).to(dtype)
 
 
 def binarize_reference(x: torch.Tensor, reduce_dims: Sequence[int], signed: str = "signed") -> torch.Tensor:

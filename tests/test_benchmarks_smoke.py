@@ -147,3 +147,22 @@ def test_accuracy_benchmark_digits_smoke(tmp_path, monkeypatch):
     assert data["tasks"]["digits"]["sizes"]["train"] == 240
     assert png.stat().st_size > 5000
     sys.modules.pop("accuracy", None)
+
+
+def test_memory_benchmark_quick_mode_writes_results(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import memory
+
+    out = tmp_path / "memory.json"
+    assert memory.main(["--quick", "--models", "mlp", "--configs", "fp32,fqt", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    runs = {r["config"]: r for r in data["runs"]}
+    assert set(runs) == {"fp32", "fqt"} and data["quick"] is True
+    for r in runs.values():
+        assert r["saved_held"] > 0 and r["maxrss"] > 0 and r["rss_before_step"] > 0
+    # the plan's count (read from the compiled graphs) is what autograd really holds
+    assert abs(runs["fqt"]["saved_plan"] - runs["fqt"]["saved_held"]) <= 0.01 * runs["fqt"]["saved_held"]
+    assert (
+        data["ratios"][0]["saved_held_fqt_vs_fp32"] == runs["fqt"]["saved_held"] / runs["fp32"]["saved_held"]
+    )
+    sys.modules.pop("memory", None)

@@ -1,0 +1,111 @@
+"""Read the tensors a compiled forward saves for backward, and what FP32 would hold instead.
+
+The saved tensors are the backward graph's inputs other than the tangents (AOTAutograd names
+them after the forward nodes that produced them). Each is classified by what the backward does
+with it, so the plan reports what really is held between forward and backward:
+
+=================  ==========================================  ===========================
+kind               what                                        FP32 equivalent
+=================  ==========================================  ===========================
+packed             4-bit codes of X̂ / Ŵ, two per byte           the same elements as float32
+                                                               (nothing if quantized from a
+                                                               parameter or graph input: FP32
+                                                               saves that tensor itself)
+scale              clip / top code of packed codes              nothing
+bits               a boolean mask, eight per byte               the same elements as bool
+quantized          X̂ / Ŵ kept unpacked (``pack_saved=False``)    as for packed
+input              a graph input or parameter (held anyway)     its own bytes
+other              anything else                                floats as float32, else own
+=================  ==========================================  ===========================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import fx
+
+qops = torch.ops.qcompile
+
+
+@dataclass
+class SavedTensor:
+    name: str
+    kind: str
+    shape: list[int]
+    dtype: str
+    bytes: int
+    fp32_bytes: int
+    site: str | None = None  # site key (``g0s3``) when it belongs to one GEMM site
+    role: str | None = None  # ``activation`` / ``weight`` for packed and quantized operands
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _hint(s) -> int:
+    if isinstance(s, int):
+        return s
+    hint = getattr(getattr(s, "node", None), "hint", None)
+    return int(hint) if hint is not None else 0
+
+
+def _numel(val: torch.Tensor) -> int:
+    n = 1
+    for s in val.shape:
+        n *= _hint(s)
+    return n
+
+
+def _site(tag: str) -> tuple[str | None, str | None]:
+    parts = tag.split("|")
+    return (parts[2], parts[1]) if len(parts) >= 3 else (None, None)
+
+
+def read_saved_tensors(
+    backward: fx.GraphModule, forward_roles: dict[str, tuple], from_inputs: set[tuple[str, str]] = frozenset()
+) -> list[SavedTensor]:
+    """One `SavedTensor` per tensor input of ``backward`` that is not a tangent.
+
+    ``forward_roles`` maps forward node names to (site key, role, spec) for quantizer outputs
+    (`read_quantized_graph.forward_tensor_roles`); a saved tensor found there is an X̂ / Ŵ kept
+    unpacked. ``from_inputs``: (site key, role) of quantizers whose input is a forward graph input
+    (`read_quantized_graph.quantized_graph_inputs`)."""
+    out: list[SavedTensor] = []
+    for node in backward.graph.nodes:
+        if node.op != "placeholder" or str(node.target).startswith("tangents"):
+            continue
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            continue
+        numel = _numel(val)
+        nbytes = numel * val.element_size()
+        kind, fp32, site, role = "other", nbytes, None, None
+        for user in node.users:
+            if user.target is qops.int_dequantize_packed.default:
+                site, role = _site(user.args[-1])
+                if user.args[0] is node:
+                    kind, fp32 = "packed", 0 if (site, role) in from_inputs else _numel(user.meta["val"]) * 4
+                else:
+                    kind, fp32 = "scale", 0
+                break
+            if user.target is qops.unpack_bits.default:
+                kind, fp32 = "bits", _numel(user.meta["val"])
+                break
+        else:
+            if str(node.target).startswith("primals"):
+                kind = "input"
+            elif node.name in forward_roles:
+                kind = "quantized"
+                site, role = forward_roles[node.name][0], forward_roles[node.name][1]
+                fp32 = 0 if (site, role) in from_inputs else numel * 4
+            elif val.is_floating_point():
+                fp32 = numel * 4
+        out.append(
+            SavedTensor(
+                node.name, kind, [_hint(s) for s in val.shape], str(val.dtype).removeprefix("torch."),
+                nbytes, fp32, site, role,
+            )
+        )  # fmt: skip
+    return out
