@@ -12,6 +12,7 @@ Printed as a table, written as JSON (``benchmarks/results/distributed_steps.json
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -49,7 +50,7 @@ def worker(out: str, config: str, width: int, batch: int, steps: int) -> None:
     gen = torch.Generator().manual_seed(rank)
     x, y = torch.randn(batch, width, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
 
-    def step() -> None:
+    def step(ddp: DDP = ddp) -> None:
         loss = F.cross_entropy(ddp(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -66,6 +67,9 @@ def worker(out: str, config: str, width: int, batch: int, steps: int) -> None:
         times.append(time.perf_counter() - t0)
     if rank == 0:
         Path(out).write_text(json.dumps({"step_s": statistics.median(times), "world": world}))
+    del ddp, step  # free DDP's Reducer (it holds the process group) while every rank is alive
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -6,6 +6,7 @@ test checks (losses, whether the ranks hold the same parameters, the gradient-no
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -81,6 +82,11 @@ def main(out_dir: str, mode: str) -> None:
     }
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
+    # DDP's Reducer holds the gloo process group. Freed only when main returns, after the other rank
+    # has exited, gloo's destructor can wait forever on a worker thread: free it while both are alive.
+    del run
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 
