@@ -31,6 +31,17 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # path through Triton's interpreter (TRITON_INTERPRET=1); in real use only CUDA qualifies.
 FUSE_ON_DEVICES: tuple[str, ...] = ("cuda",)
 
+
+def fusion_possible(example_inputs: Sequence[object]) -> bool:
+    """Whether any GEMM of a graph with these inputs could go to the Triton kernels.
+
+    The backend then saves operands unpacked: the fused backward re-codes the saved ``X̂``/``Ŵ``
+    floats into int8 codes itself, and does not read the packed nibbles.
+    """
+    on_device = any(isinstance(t, torch.Tensor) and t.device.type in FUSE_ON_DEVICES for t in example_inputs)
+    return on_device and triton_available()
+
+
 # View ops a chain from a quantizer to its GEMM may go through: (name, argument reader).
 _VIEWS = {
     aten.permute.default: "permute",

@@ -15,7 +15,7 @@ On AOTAutograd's joint forward-backward graph, before the partitioner chooses wh
 
 A quantized operand stored in a permuted layout (attention heads) is rebuilt in that same layout,
 so the backward GEMMs see the strides they would have seen unpacked. Tensors without a static
-last dimension or a dense layout, and quantizers above 4 bits, are left alone.
+last dimension or a dense layout, and quantizers above 4 bits or binary (1-bit), are left alone.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def pack_quantized_operands(graph: fx.Graph) -> int:
         x, bits, scaling, signed, reduce_dims, stochastic, tag = node.args
         val = _val(node)
         order = dense_order(val) if _packable(val) else None
-        if bits > 4 or order is None:
+        if bits > 4 or bits < 2 or order is None:  # binary (1-bit) forms keep their own path
             continue
         uses = _backward_uses(node, forward)
         if not uses:

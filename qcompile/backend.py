@@ -28,6 +28,7 @@ from qcompile.passes import (
     forward_tensor_roles,
     forward_uses_channels_last,
     fuse_triton_gemms,
+    fusion_possible,
     insert_fqt_quantizers,
     match_forward_layout,
     quantized_graph_inputs,
@@ -124,7 +125,9 @@ def fqt_backend(
 
     options = dict(options or {})
     policy = resolve_policy(options.pop("policy", None))
-    joint_pass = save_quantized_operands if policy.pack_saved else save_quantized_operands_unpacked
+    # The Triton path (CUDA) re-codes saved X̂/Ŵ itself, so it gets them unpacked.
+    pack = policy.pack_saved and not fusion_possible(example_inputs)
+    joint_pass = save_quantized_operands if pack else save_quantized_operands_unpacked
     patches = {"joint_custom_pre_pass": joint_pass, **_inductor_config_patches(mode, options)}
     records = insert_fqt_quantizers(gm, policy)
     record = register(CompiledGraph(policy, records), example_inputs)

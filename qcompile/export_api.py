@@ -334,7 +334,9 @@ def export_with_graphs(
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"export needs an nn.Module, got {type(model).__name__}")
     require_export_dependencies(format)
-    resolved = resolve_policy(policy)
+    # The exported graphs carry the quantized operands as plain tensors: packing saved operands
+    # (a memory layout of this runtime) would only add unpack ops the consumers would have to learn.
+    resolved = resolve_policy(policy).replace(pack_saved=False)
     inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
 
     from qcompile.export_capture import capture_training_graphs

@@ -328,7 +328,7 @@ def _state_cell(graph: CompiledGraph, record: SiteRecord) -> str:
     for role, name in slots.items():
         if role in ("weight", "activation"):
             label = "W" if role == "weight" else "X"
-            cells.append(f"{label} clip={float(state.clip(name)):.3g}")
+            cells.append(f"{label} clip={float(state.clip(name).detach()):.3g}")
             continue
         gamma = float(state.gamma(name))
         clipped = state.last_clipped.get(name)

@@ -66,6 +66,8 @@ def int_quantize_reference(
     """
     if x.numel() == 0:
         return x.clone()
+    if bits == 1:  # binary forms (sign·mean|x|, or {0, 2·mean} for non-negative groups) have no codes
+        return binarize_reference(x.float(), normalize_dims(reduce_dims, x.ndim), signed).to(x.dtype)
     q, clip, hi = int_quantize_codes_reference(x, bits, scaling, signed, reduce_dims, stochastic, noise)
     return int_dequantize_reference(q, clip, hi, x.dtype)
 
@@ -83,10 +85,10 @@ def int_quantize_codes_reference(
     code ``hi`` (a per-group tensor for ``signed="auto"``, else a Python float), such that
     ``int_dequantize_reference(q, clip, hi)`` is its output. Split out so the forward can keep
     the codes (packed) for backward and rebuild the very same float values there."""
+    if bits < 2:
+        raise ValueError(f"integer codes need 2..8 bits, got {bits} (binary forms are not coded)")
     dims = normalize_dims(reduce_dims, x.ndim)
     xf = x.float()
-    if bits == 1:
-        return binarize_reference(xf, dims, signed).to(x.dtype)
     clip = int_clip(xf, scaling, dims)
     if signed == "auto":
         unsigned = group_amin(xf, dims) >= 0
