@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from bench_models import Block as GPTBlock  # the speed benchmarks' pre-LN block, shared
 from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,25 +85,6 @@ class ResNet20(nn.Module):
         x = F.relu(self.bn(self.stem(x)))
         x = self.layers(x)
         return self.head(x.mean((2, 3)))
-
-
-class GPTBlock(nn.Module):
-    """Pre-LN transformer block: causal self-attention (SDPA) and a 4x GELU MLP."""
-
-    def __init__(self, d: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-        self.fc1, self.fc2 = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
-        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.proj(a.transpose(1, 2).reshape(b, t, d))
-        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
 
 
 class CharGPT(nn.Module):
