@@ -167,28 +167,27 @@ def bind_tag(tag: str, state: QuantizerState, name: str) -> None:
         _TAG_SLOTS[tag] = (weakref.ref(state), name)
 
 
-def lbt_slot(tag: str) -> tuple[QuantizerState, str]:
-    """The slot bound to ``tag``; unbound tags get a slot of their own in a process-wide state."""
+def _bound_slot(tag: str, ensure: str) -> tuple[QuantizerState, str]:
+    """The slot bound to ``tag``; an unbound tag gets a slot of its own in a process-wide state,
+    created there with ``QuantizerState.<ensure>``."""
     with _LOCK:
         found = _TAG_SLOTS.get(tag)
     state = found[0]() if found is not None else None
     if state is not None:
         return state, found[1]
     name = QuantizerState.slot_name(tag.replace("|", "/"), "unbound")
-    _DEFAULT.ensure_lbt(name)
+    getattr(_DEFAULT, ensure)(name)
     return _DEFAULT, name
+
+
+def lbt_slot(tag: str) -> tuple[QuantizerState, str]:
+    """The LBT γ slot bound to ``tag`` (see `_bound_slot`)."""
+    return _bound_slot(tag, "ensure_lbt")
 
 
 def clip_slot(tag: str) -> tuple[QuantizerState, str]:
-    """The learned-clip slot bound to ``tag``; unbound tags get one in a process-wide state."""
-    with _LOCK:
-        found = _TAG_SLOTS.get(tag)
-    state = found[0]() if found is not None else None
-    if state is not None:
-        return state, found[1]
-    name = QuantizerState.slot_name(tag.replace("|", "/"), "unbound")
-    _DEFAULT.ensure_clip(name)
-    return _DEFAULT, name
+    """The learned-clip slot bound to ``tag`` (see `_bound_slot`)."""
+    return _bound_slot(tag, "ensure_clip")
 
 
 def record_bits(tag: str, bits: float, elements: int) -> None:
