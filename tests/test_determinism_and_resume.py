@@ -6,10 +6,10 @@ import copy
 import io
 
 import torch
-import torch.nn.functional as F
 
 import qcompile
 from tests.models.small_nets import mlp
+from tests.models.training_loop import train_steps
 
 ALL_QUANTIZED = qcompile.preset("luq-int4").replace(keep_first_last=False)
 
@@ -17,14 +17,7 @@ ALL_QUANTIZED = qcompile.preset("luq-int4").replace(keep_first_last=False)
 def _run(model, steps, x, y, opt=None):
     c = torch.compile(model, backend="fqt", options={"policy": ALL_QUANTIZED})
     opt = opt or torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    losses = []
-    for _ in range(steps):
-        loss = F.cross_entropy(c(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses, opt
+    return train_steps(c, opt, x, y, steps), opt
 
 
 def test_same_seed_same_losses():

@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 
 import torch
-import torch.nn.functional as F
 
 import qcompile
 from tests.models.small_nets import mlp
+from tests.models.training_loop import train_steps
 
 POLICY = qcompile.preset("lbt-int4").replace(keep_first_last=False)
 GAMMA_KEYS = {
@@ -26,14 +26,7 @@ def _data():
 
 def _train(model, steps, opt, x, y):
     c = torch.compile(model, backend="fqt", options={"policy": POLICY})
-    losses = []
-    for _ in range(steps):
-        loss = F.cross_entropy(c(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses, c
+    return train_steps(c, opt, x, y, steps), c
 
 
 def test_gamma_in_state_dict_resume_bit_for_bit_and_recompilation():

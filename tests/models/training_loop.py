@@ -1,0 +1,20 @@
+"""The few-step cross-entropy training loop several tests share."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def train_steps(
+    compiled, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, steps: int
+) -> list[float]:
+    """Run ``steps`` SGD-style steps of ``compiled`` on one batch; the losses, as floats."""
+    losses = []
+    for _ in range(steps):
+        loss = F.cross_entropy(compiled(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
