@@ -11,7 +11,8 @@ torch.onnx cannot export a backward graph, and ONNX Runtime's training path is r
     out_dir/manifest.json    every input/output (shape, dtype), which forward output feeds
                              which backward input, the policy and the plan
 
-(``format="mlir"``: ``forward.torch.mlir``/``forward.linalg.mlir`` and the same for backward.)
+(``format="mlir"``: ``forward.torch.mlir``/``forward.linalg.mlir`` and the same for backward; in the
+linalg form each quantizer is a call of a named function, listed in the manifest.)
 The directory is written beside ``out_dir`` under a temporary name and renamed at the end, so a
 failure leaves nothing half-written.
 """
@@ -237,7 +238,7 @@ def _write_onnx(tmp: Path, captured: Any, boundary: Boundary, external_threshold
 def _write_mlir(tmp: Path, captured: Any, boundary: Boundary) -> dict[str, Any]:
     import copy
 
-    from qcompile.export_mlir import functional_outputs, import_linalg, import_raw
+    from qcompile.export_mlir import functional_outputs, import_raw, lower_linalg
 
     files: dict[str, Any] = {}
     for kind, gm, ins, outs in (
@@ -263,11 +264,13 @@ def _write_mlir(tmp: Path, captured: Any, boundary: Boundary) -> dict[str, Any]:
                 for u in updated
             ],
         }
-        for form, importer in (("torch", import_raw), ("linalg", import_linalg)):
-            text = importer(copy.deepcopy(gm), kind)
+        lowered = lower_linalg(copy.deepcopy(gm), kind)
+        for form, text in (("torch", import_raw(copy.deepcopy(gm), kind)), ("linalg", lowered.text)):
             name = f"{kind}.{form}.mlir"
             (tmp / name).write_text(text)
             entry[f"{form}_file"] = name
+        # Each quantizer of the linalg form: a named function, and where it is called.
+        entry["quantizer_functions"] = [f.manifest() for f in lowered.functions]
         files[kind] = entry
     return files
 
@@ -285,7 +288,8 @@ def export(
     """Export ``model``'s quantized forward and backward graphs at ``example_inputs``' shapes.
 
     format: ``"onnx"`` (opset 21, INT4 Q/DQ, stochastic quantizers as ``qcompile`` functions)
-        or ``"mlir"`` (torch dialect with quantizers as custom ops, and linalg-on-tensors).
+        or ``"mlir"`` (torch dialect with quantizers as custom ops, and linalg-on-tensors with
+        quantizers as calls of named functions ``@qcompile.<op>.<config>.<type>``).
     policy: as ``torch.compile(..., backend="fqt", options={"policy": ...})`` (default luq-int4).
     overwrite: replace an existing ``out_dir`` (refused otherwise).
     external_data_threshold: ONNX models above this many bytes keep weights in ``<file>.data``.
