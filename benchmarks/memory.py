@@ -14,7 +14,12 @@ happens there), then measures one step:
 * ``saved_plan`` (fqt only): the plan's count, read from the compiled backward graph;
 * ``maxrss``: ``ru_maxrss`` of the child from ``os.wait4``. Resetting ``VmHWM`` resets it too,
   so it is the absolute peak of the measured step (libraries, compiled code, parameters and
-  optimizer state included): the kernel's own accounting of ``step_peak_abs``, a cross-check.
+  optimizer state included): the kernel's own accounting of ``step_peak_abs``, a cross-check;
+* ``step_seconds``: the median of three more steps, timed after the memory measurement (an
+  indication of what recomputation costs; `cpu_perf.py` is the speed benchmark).
+
+Configurations: ``fp32`` (``torch.compile``), ``fqt`` (the default ``luq-int4`` policy: packed,
+``recompute="gemm"``), ``fqt-no-recompute`` (packed only) and ``fqt-unpacked``.
 
 Children run with glibc's mmap threshold fixed at 64 KiB (``MALLOC_MMAP_THRESHOLD_``), so every
 tensor larger than that is its own mapping, returned to the OS when freed; without it glibc
@@ -41,7 +46,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "memory.json"
-CONFIGS = ("fp32", "fqt", "fqt-unpacked")
+# fqt: the default policy (packed, recompute="gemm"); fqt-no-recompute: packed only; fqt-unpacked: neither
+CONFIGS = ("fp32", "fqt", "fqt-no-recompute", "fqt-unpacked")
 MODELS = ("mlp", "convnet", "transformer")
 # (full, quick) sizes and batch per model
 SIZES = {
@@ -165,7 +171,9 @@ def child(model: str, config: str, batch_size: int, quick: bool) -> dict:
     if config == "fp32":
         compiled = torch.compile(net)
     else:
-        policy = qcompile.preset("luq-int4").replace(pack_saved=config == "fqt")
+        policy = qcompile.preset("luq-int4").replace(
+            pack_saved=config != "fqt-unpacked", recompute="gemm" if config == "fqt" else "none"
+        )
         compiled = torch.compile(net, backend="fqt", options={"policy": policy})
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
     x, y = make_batch(batch_size)
@@ -191,6 +199,11 @@ def child(model: str, config: str, batch_size: int, quick: bool) -> dict:
     opt.step()
     opt.zero_grad(set_to_none=True)
     peak = _status()["VmHWM"]
+    times = []
+    for _ in range(3):  # after the memory measurement, so it does not disturb it
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
     out = {
         "model": model,
         "config": config,
@@ -201,6 +214,7 @@ def child(model: str, config: str, batch_size: int, quick: bool) -> dict:
         "step_peak_abs": peak,
         "saved_rss": after_forward - before,
         "saved_held": held,
+        "step_seconds": sorted(times)[1],
         "parameters": sum(p.numel() for p in net.parameters()),
     }
     if config != "fp32":
@@ -297,10 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     table, ratios = [], []
     for model in models:
         r = {x["config"]: x for x in runs if x["model"] == model}
-        fp, fq, un = r["fp32"], r["fqt"], r.get("fqt-unpacked")
+        fp, fq, un, nr = r["fp32"], r["fqt"], r.get("fqt-unpacked"), r.get("fqt-no-recompute")
         for config, x in r.items():
             table.append([model, config, x["batch"], _mib(x["saved_held"]), _mib(x.get("saved_plan")),
-                          _mib(x["saved_rss"]), _mib(x["step_peak"]), _mib(x["maxrss"])])  # fmt: skip
+                          _mib(x["saved_rss"]), _mib(x["step_peak"]), _mib(x["maxrss"]),
+                          f"{x['step_seconds'] * 1e3:.1f}"])  # fmt: skip
         ratios.append({
             "model": model,
             "saved_held_fqt_vs_fp32": _ratio(fq["saved_held"], fp["saved_held"]),
@@ -308,16 +323,21 @@ def main(argv: list[str] | None = None) -> int:
             "step_peak_fqt_vs_fp32": _ratio(fq["step_peak"], fp["step_peak"]),
             "maxrss_fqt_vs_fp32": _ratio(fq["maxrss"], fp["maxrss"]),
             "saved_held_packed_vs_unpacked": _ratio(fq["saved_held"], un["saved_held"]) if un else None,
+            "saved_held_no_recompute_vs_fp32": _ratio(nr["saved_held"], fp["saved_held"]) if nr else None,
+            "step_time_fqt_vs_fp32": _ratio(fq["step_seconds"], fp["step_seconds"]),
+            "step_time_recompute_vs_not": _ratio(fq["step_seconds"], nr["step_seconds"]) if nr else None,
         })  # fmt: skip
     headers = ["model", "config", "batch", "saved held MiB", "saved (plan) MiB", "saved RSS MiB",
-               "step peak MiB", "ru_maxrss MiB"]  # fmt: skip
+               "step peak MiB", "ru_maxrss MiB", "step ms"]  # fmt: skip
     print(tabulate(table, headers=headers, tablefmt="simple"))
     print()
     print(tabulate(
-        [[x["model"]] + [_fmt(x[k]) for k in ("saved_held_fqt_vs_fp32", "saved_rss_fqt_vs_fp32",
-          "step_peak_fqt_vs_fp32", "maxrss_fqt_vs_fp32", "saved_held_packed_vs_unpacked")] for x in ratios],
-        headers=["model", "saved held fqt/fp32", "saved RSS fqt/fp32", "step peak fqt/fp32",
-                 "ru_maxrss fqt/fp32", "saved packed/unpacked"], tablefmt="simple",
+        [[x["model"]] + [_fmt(x[k]) for k in ("saved_held_fqt_vs_fp32", "saved_held_no_recompute_vs_fp32",
+          "saved_rss_fqt_vs_fp32", "step_peak_fqt_vs_fp32", "maxrss_fqt_vs_fp32", "saved_held_packed_vs_unpacked",
+          "step_time_fqt_vs_fp32", "step_time_recompute_vs_not")] for x in ratios],
+        headers=["model", "saved held fqt/fp32", "(no recompute)", "saved RSS fqt/fp32", "step peak fqt/fp32",
+                 "ru_maxrss fqt/fp32", "saved fqt/unpacked", "step time fqt/fp32", "recompute/not"],
+        tablefmt="simple",
     ))  # fmt: skip
     budget_runs = []
     if args.budget_mib > 0:

@@ -2,8 +2,9 @@
 
 Before AOTAutograd (Dynamo's torch-level graph):
     `find_gemm_sites`, `insert_fqt_quantizers` (uses `quantized_attention` for SDPA).
-On AOTAutograd's joint graph, before partitioning: `save_quantized_operands` (which packs what
-backward reads: `pack_quantized_operands`, `pack_boolean_masks`).
+On AOTAutograd's joint graph, after Inductor's joint-graph patterns and before partitioning:
+`SaveQuantizedOperands` (which packs what backward reads and recomputes what it can:
+`pack_quantized_operands`, `recompute_from_codes`, `pack_boolean_masks`).
 After AOTAutograd, per forward/backward ATen graph, before Inductor:
     `annotate_gemm_kernels` (which kernel each GEMM runs), `read_graph` and `read_saved_tensors`
     (what the plan reports), `match_forward_layout`, `strip_layer_markers`, `fuse_triton_gemms`
@@ -36,11 +37,8 @@ from .read_quantized_graph import (
     read_graph,
     trace_operand,
 )
-from .save_quantized_operands import (
-    SaveQuantizedOperands,
-    save_quantized_operands,
-    save_quantized_operands_unpacked,
-)
+from .recompute_from_codes import recompute_from_codes
+from .save_quantized_operands import SaveQuantizedOperands
 from .saved_tensors import SavedTensor, read_saved_tensors
 from .strip_layer_markers import strip_layer_markers
 
@@ -69,9 +67,8 @@ __all__ = [
     "quantized_graph_inputs",
     "read_graph",
     "read_saved_tensors",
-    "save_quantized_operands",
+    "recompute_from_codes",
     "saved_quantized_outputs",
-    "save_quantized_operands_unpacked",
     "strip_layer_markers",
     "trace_operand",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 
+import torch
 from qcompile.runtime import QUANTIZER_DECOMPOSITIONS
 from torch import fx
 from torch._subclasses.fake_tensor import FakeTensor
@@ -30,9 +31,21 @@ def _is_tag(node: fx.Node, index: int) -> bool:
     return index == len(node.args) - 1 and isinstance(node.args[index], str)
 
 
-def _is_tag(node: fx.Node, index: int) -> bool:
-    """The trailing string argument of every qcompile op is its tag: it does not change the math."""
-    return index == len(node.args) - 1 and isinstance(node.args[index], str)
+def _distinct(fakes: list) -> list:
+    """``fakes`` with repeated objects replaced by equal-looking new ones. Two inputs that are one
+    fake tensor would be traced as one input: nodes copied from one cached decomposition share
+    their ``meta["val"]`` objects, so two different tensors can arrive here as the same object
+    (``qmatmul(X̂, Ŵ)`` with both rebuilt by the same decomposition)."""
+    seen: set[int] = set()
+    out = []
+    for f in fakes:
+        if isinstance(f, torch.Tensor) and id(f) in seen:
+            mode = f.fake_mode if isinstance(f, FakeTensor) else contextlib.nullcontext()
+            with mode:
+                f = torch.empty_strided(f.shape, f.stride(), dtype=f.dtype, device=f.device)
+        seen.add(id(f))
+        out.append(f)
+    return out
 
 
 def _trace(fn, consts: list, tensor_pos: list[int], fakes: list, decompositions) -> fx.GraphModule:
@@ -65,7 +78,7 @@ def decompose_quantizers(gm: fx.GraphModule) -> fx.GraphModule:
     for node in targets:
         fn = QUANTIZER_DECOMPOSITIONS[node.target]
         tensor_pos = [i for i, a in enumerate(node.args) if isinstance(a, fx.Node)]
-        fakes = [node.args[i].meta["val"] for i in tensor_pos]
+        fakes = _distinct([node.args[i].meta["val"] for i in tensor_pos])
         key = (
             node.target,
             tuple(repr(a) for i, a in enumerate(node.args) if i not in tensor_pos and not _is_tag(node, i)),

@@ -161,10 +161,43 @@ def _first(graph: fx.Graph, nodes) -> fx.Node:
     return min(nodes, key=order.__getitem__)
 
 
-def pack_quantized_operands(graph: fx.Graph) -> int:
-    """Rewrite forward quantizers whose output backward reads; returns how many."""
+def _graph_input_view_chain(x: fx.Node) -> list[fx.Node] | None:
+    """``[placeholder, view, view, ...]`` when ``x`` is a graph input (a parameter) seen through
+    views only, else None."""
+    chain = [x]
+    while chain[0].op == "call_function" and _is_view(chain[0]) and isinstance(chain[0].args[0], fx.Node):
+        chain.insert(0, chain[0].args[0])
+    if chain[0].op != "placeholder" or "tangents" in str(chain[0].target):
+        return None
+    return chain
+
+
+def _copy_views(graph: fx.Graph, chain: list[fx.Node]) -> fx.Node:
+    """The view chain ``chain[1:]`` replayed in backward on ``chain[0]`` (views are free)."""
+    out = chain[0]
+    for view in chain[1:]:
+        out = _new_node(
+            graph,
+            view.target,
+            (out, *view.args[1:]),
+            view,
+            CheckpointPolicy.MUST_RECOMPUTE,
+            dict(view.kwargs),
+        )
+    return out
+
+
+def pack_quantized_operands(graph: fx.Graph, requantize_inputs: bool = False) -> dict[fx.Node, fx.Node]:
+    """Rewrite forward quantizers whose output backward reads. Returns ``{X̂: the node that
+    rebuilds it in backward}``, in its own (contiguous) layout, the one Inductor gives the
+    forward's ``X̂`` too: backward GEMMs get a copy re-laid out as the unpacked path saves it,
+    and a forward GEMM replayed in backward (`recompute_from_codes`) reads this one.
+
+    ``requantize_inputs``: a round-to-nearest quantizer of a graph input (a weight ``W``, which
+    backward holds anyway) is rebuilt by `int_requantize` from ``W`` and the saved clip instead
+    of from saved codes: only two scalars (per-channel: two vectors) are kept for ``Ŵ``."""
     backward, forward = _regions(graph)
-    count = 0
+    rebuilt_for: dict[fx.Node, fx.Node] = {}
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target is not qops.int_quantize.default or node in backward:
             continue
@@ -176,27 +209,37 @@ def pack_quantized_operands(graph: fx.Graph) -> int:
         uses = _backward_uses(node, forward)
         if not uses:
             continue
+        source = _graph_input_view_chain(x) if requantize_inputs and not stochastic else None
         with graph.inserting_before(node):
             packed_all = _new_node(graph, qops.int_quantize_packed.default, node.args, node)
             items = [_new_node(graph, operator.getitem, (packed_all, i), node) for i in range(4)]
         xq, packed, clip, hi = items
-        for saved in (packed, clip, hi):
+        for saved in (clip, hi) if source else (packed, clip, hi):
             saved.meta["recompute"] = CheckpointPolicy.MUST_SAVE
         with graph.inserting_before(_first(graph, [u for _, u in uses])):
-            rebuilt = _new_node(
-                graph,
-                qops.int_dequantize_packed.default,
-                (packed, clip, hi, val.shape[-1], bits, signed, val.dtype, tag),
-                node,
-                CheckpointPolicy.MUST_RECOMPUTE,
-            )
-            if order != list(range(val.ndim)):
+            if source:
+                rebuilt = _new_node(
+                    graph,
+                    qops.int_requantize.default,
+                    (_copy_views(graph, source), clip, hi, bits, signed, val.dtype, tag),
+                    node,
+                    CheckpointPolicy.MUST_RECOMPUTE,
+                )
+            else:
+                rebuilt = _new_node(
+                    graph,
+                    qops.int_dequantize_packed.default,
+                    (packed, clip, hi, val.shape[-1], bits, signed, val.dtype, tag),
+                    node,
+                    CheckpointPolicy.MUST_RECOMPUTE,
+                )
+            rebuilt_for[xq] = rebuilt  # in the layout of an intermediate, as the forward's GEMM read it
+            if dense_order(_val(rebuilt)) != order:
                 rebuilt = _restride(graph, rebuilt, order, node)
         _redirect(graph, node, rebuilt, uses)
         node.replace_all_uses_with(xq)
         graph.erase_node(node)
-        count += 1
-    return count
+    return rebuilt_for
 
 
 def pack_boolean_masks(graph: fx.Graph) -> int:

@@ -16,6 +16,7 @@ from qcompile.runtime.spec import QuantSpec
 from torch import fx
 
 from .gemm_kernel_choice import KERNEL_META, kernel_label
+from .recompute_from_codes import RECOMPUTE_META
 
 aten = torch.ops.aten
 qops = torch.ops.qcompile
@@ -38,6 +39,7 @@ _TRANSPARENT = {
     torch.ops.prims.convert_element_type.default, qops.mark_layer.default,
 }  # fmt: skip
 GRADIENT_ROLES = ("grad_dgrad", "grad_wgrad")
+REPLAYED = "replayed"  # fact key (site, REPLAYED): the site's forward GEMM runs again in backward
 
 
 @dataclass
@@ -77,6 +79,8 @@ class _Trace:
     quantizers: list[fx.Node] = field(default_factory=list)
     placeholders: list[fx.Node] = field(default_factory=list)
     packed: list[fx.Node] = field(default_factory=list)  # int_dequantize_packed: X̂ / Ŵ from codes
+    requantized: list[fx.Node] = field(default_factory=list)  # int_requantize: Ŵ from W and its clip
+    recomputed: list[fx.Node] = field(default_factory=list)  # a forward value backward recomputes
 
 
 def trace_operand(node: fx.Node) -> _Trace:
@@ -97,6 +101,10 @@ def trace_operand(node: fx.Node) -> _Trace:
             t.tags.append(n.args[-1])
         elif n.target is qops.int_dequantize_packed.default:
             t.packed.append(n)
+        elif n.target is qops.int_requantize.default:
+            t.requantized.append(n)
+        elif RECOMPUTE_META in n.meta and n.target not in _TRANSPARENT:
+            t.recomputed.append(n)
         elif n.target is operator.getitem and getattr(n.args[0], "target", None) in QUANTIZER_TARGETS:
             stack.append(n.args[0])
         elif n.target in _TRANSPARENT:
@@ -151,6 +159,9 @@ def read_graph(gm: fx.GraphModule, graph: str) -> dict[tuple[str, str], OperandF
         operands = [a for a in node.args[:2] if isinstance(a, fx.Node)]
         if node.target in (qops.qmatmul.default, qops.qconv.default):
             _, _, key = parse_tag(node.args[-1])
+            if RECOMPUTE_META in node.meta:  # a forward GEMM replayed in backward (recompute_from_codes)
+                facts[(key, REPLAYED)] = OperandFact(QuantSpec(), gemm, graph, kernel=kernel)
+                continue
             for role, operand in zip(("activation", "weight"), operands, strict=False):
                 tr = trace_operand(operand)
                 quant = [q for q in tr.quantizers if parse_tag(q.args[-1])[1] == role] or tr.quantizers
@@ -184,6 +195,13 @@ def read_graph(gm: fx.GraphModule, graph: str) -> dict[tuple[str, str], OperandF
                     if o2 is not operand
                     for d in tr2.packed
                 ]
+                + [
+                    f"requantized:{parse_tag(d.args[-1])[1]}:{str(d.args[5]).removeprefix('torch.')}"
+                    for o2, tr2 in traces
+                    if o2 is not operand
+                    for d in tr2.requantized
+                ]
+                + [f"replayed:{_dtype(r)}" for o2, tr2 in traces if o2 is not operand for r in tr2.recomputed]
             )
             facts[(key, role)] = OperandFact(
                 spec, gemm, graph, shared_from=shared, saved=saved, dtype=_dtype(operand), kernel=kernel

@@ -16,18 +16,33 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 from torch.utils.checkpoint import CheckpointPolicy
 
 from .pack_saved_tensors import pack_boolean_masks, pack_quantized_operands
+from .recompute_from_codes import recompute_from_codes
+
+RECOMPUTE_CHOICES = ("gemm", "pointwise", "none")  # as `qcompile.Policy.recompute`
 
 
 class SaveQuantizedOperands(CustomGraphPass):
-    """Use as Inductor's ``joint_custom_pre_pass``; in place on the joint forward-backward graph.
+    """Use as Inductor's ``joint_custom_post_pass``; in place on the joint forward-backward graph.
+
+    A post pass, after Inductor's own joint-graph patterns: those rewrite some subgraphs only when
+    no intermediate is read elsewhere (a scaled softmax's max), and recomputation makes the
+    backward read such intermediates. Run first, it would change which rewrites happen, and so
+    the forward's rounding, between packed and unpacked training.
 
     ``pack=True`` (the default) then stores what backward reads packed
     (`pack_saved_tensors`): 4-bit codes two per byte, boolean masks as bits. ``pack=False``
     keeps the dequantized operands and bool masks as they are (for comparison and debugging).
+
+    ``recompute`` (with packing) lets backward rebuild instead of save: ``"pointwise"`` rebuilds
+    ``Ŵ`` from ``W`` and replays elementwise chains; ``"gemm"`` (the default) also replays one GEMM
+    from saved codes per tensor (`recompute_from_codes`); ``"none"`` leaves it to the partitioner.
     """
 
-    def __init__(self, pack: bool = True) -> None:
+    def __init__(self, pack: bool = True, recompute: str = "gemm") -> None:
+        if recompute not in RECOMPUTE_CHOICES:
+            raise ValueError(f"recompute must be one of {RECOMPUTE_CHOICES}, got {recompute!r}")
         self.pack = pack
+        self.recompute = recompute
 
     def __call__(self, graph: fx.Graph) -> None:
         for node in graph.nodes:
@@ -37,13 +52,11 @@ class SaveQuantizedOperands(CustomGraphPass):
             ):
                 node.meta["recompute"] = CheckpointPolicy.MUST_SAVE
         if self.pack:
-            pack_quantized_operands(graph)
+            rebuilt = pack_quantized_operands(graph, requantize_inputs=self.recompute != "none")
+            if self.recompute != "none":
+                recompute_from_codes(graph, rebuilt, max_gemms=1 if self.recompute == "gemm" else 0)
             pack_boolean_masks(graph)
             graph.lint()
 
     def uuid(self) -> str:
-        return f"qcompile.SaveQuantizedOperands.v2.pack={self.pack}"
-
-
-save_quantized_operands = SaveQuantizedOperands()
-save_quantized_operands_unpacked = SaveQuantizedOperands(pack=False)
+        return f"qcompile.SaveQuantizedOperands.v3.pack={self.pack}.recompute={self.recompute}"

@@ -11,11 +11,14 @@ packed             4-bit codes of X̂ / Ŵ, two per byte           the same elem
                                                                (nothing if quantized from a
                                                                parameter or graph input: FP32
                                                                saves that tensor itself)
-scale              clip / top code of packed codes              nothing
+scale              clip / top code of packed codes, or of a     nothing
+                   ``Ŵ`` backward requantizes from ``W``
 bits               a boolean mask, eight per byte               the same elements as bool
 quantized          X̂ / Ŵ kept unpacked (``pack_saved=False``)    as for packed
 input              a graph input or parameter (held anyway)     its own bytes
 other              anything else                                floats as float32, else own
+recomputed         a forward tensor backward recomputes from    as other (0 bytes held)
+                   codes (`recompute_from_codes`)
 =================  ==========================================  ===========================
 """
 
@@ -25,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import fx
+
+from .recompute_from_codes import RECOMPUTE_META, TARGET_META
 
 qops = torch.ops.qcompile
 
@@ -63,6 +68,18 @@ def _site(tag: str) -> tuple[str | None, str | None]:
     return (parts[2], parts[1]) if len(parts) >= 3 else (None, None)
 
 
+def _recomputed(node: fx.Node) -> SavedTensor:
+    """A tensor the forward would have saved and backward recomputes instead: no bytes held,
+    and as much "FP32 would save" as the tensor itself (floats at float32)."""
+    val = node.meta["val"]
+    numel = _numel(val)
+    fp32 = numel * 4 if val.is_floating_point() else numel * val.element_size()
+    return SavedTensor(
+        node.meta[RECOMPUTE_META], "recomputed", [_hint(s) for s in val.shape],
+        str(val.dtype).removeprefix("torch."), 0, fp32,
+    )  # fmt: skip
+
+
 def read_saved_tensors(
     backward: fx.GraphModule, forward_roles: dict[str, tuple], from_inputs: set[tuple[str, str]] = frozenset()
 ) -> list[SavedTensor]:
@@ -74,6 +91,8 @@ def read_saved_tensors(
     (`read_quantized_graph.quantized_graph_inputs`)."""
     out: list[SavedTensor] = []
     for node in backward.graph.nodes:
+        if node.meta.get(TARGET_META):
+            out.append(_recomputed(node))
         if node.op != "placeholder" or str(node.target).startswith("tangents"):
             continue
         val = node.meta.get("val")
@@ -89,6 +108,10 @@ def read_saved_tensors(
                     kind, fp32 = "packed", 0 if (site, role) in from_inputs else _numel(user.meta["val"]) * 4
                 else:
                     kind, fp32 = "scale", 0
+                break
+            if user.target is qops.int_requantize.default and user.args[0] is not node:
+                site, role = _site(user.args[-1])
+                kind, fp32 = "scale", 0
                 break
             if user.target is qops.unpack_bits.default:
                 kind, fp32 = "bits", _numel(user.meta["val"])

@@ -22,6 +22,7 @@ from torch import fx
 from qcompile import export_capture
 from qcompile.compiled_graphs import CompiledGraph, register
 from qcompile.passes import (
+    SaveQuantizedOperands,
     annotate_gemm_kernels,
     decompose_quantizers,
     demote_triton_gemms,
@@ -34,8 +35,6 @@ from qcompile.passes import (
     quantized_graph_inputs,
     read_graph,
     read_saved_tensors,
-    save_quantized_operands,
-    save_quantized_operands_unpacked,
     saved_quantized_outputs,
     strip_layer_markers,
 )
@@ -127,8 +126,8 @@ def fqt_backend(
     policy = resolve_policy(options.pop("policy", None))
     # The Triton path (CUDA) re-codes saved X̂/Ŵ itself, so it gets them unpacked.
     pack = policy.pack_saved and not fusion_possible(example_inputs)
-    joint_pass = save_quantized_operands if pack else save_quantized_operands_unpacked
-    patches = {"joint_custom_pre_pass": joint_pass, **_inductor_config_patches(mode, options)}
+    joint_pass = SaveQuantizedOperands(pack=pack, recompute=policy.recompute)
+    patches = {"joint_custom_post_pass": joint_pass, **_inductor_config_patches(mode, options)}
     records = insert_fqt_quantizers(gm, policy)
     record = register(CompiledGraph(policy, records), example_inputs)
     export_capture.begin_graph(gm, example_inputs, record)

@@ -19,6 +19,7 @@ from tabulate import tabulate
 
 from qcompile.compiled_graphs import CompiledGraph, graphs_for
 from qcompile.passes import OperandFact, SavedTensor, SiteRecord
+from qcompile.passes.read_quantized_graph import REPLAYED
 from qcompile.policy import ROLES
 from qcompile.runtime.quantizer_state import QuantizerState, measured_bits
 from qcompile.runtime.spec import QuantSpec
@@ -364,11 +365,15 @@ def _saved(graph: CompiledGraph, record: SiteRecord) -> str:
             name, _, dtype = item.partition(":")
             if name == "recomputed":
                 text = f"{dtype} recomputed"
-            elif name == "packed":
+            elif name in ("packed", "requantized"):
                 saved_role, _, rebuilt = dtype.partition(":")
                 fact_op = graph.facts.get((record.key, saved_role))
                 label = fact_op.spec.label if fact_op else "int4"
-                text = f"{'Ŵ' if saved_role == 'weight' else 'X̂'} {label} packed as uint8 → {rebuilt}"
+                hat, plain = ("Ŵ", "W") if saved_role == "weight" else ("X̂", "X")
+                how = "packed as uint8" if name == "packed" else f"requantized from {plain}"
+                text = f"{hat} {label} {how} → {rebuilt}"
+            elif name == "replayed":
+                text = f"{'W' if role == 'grad_dgrad' else 'X'} {dtype} recomputed from codes"
             elif name in graph.forward_roles:
                 _, saved_role, spec = graph.forward_roles[name]
                 text = f"{'Ŵ' if saved_role == 'weight' else 'X̂'} {spec.label} as {dtype}"
@@ -376,6 +381,8 @@ def _saved(graph: CompiledGraph, record: SiteRecord) -> str:
                 text = f"{'W' if role == 'grad_dgrad' else 'X'} {dtype}"
             if text not in items:
                 items.append(text)
+    if (record.key, REPLAYED) in graph.facts:
+        items.append("output recomputed in bwd (GEMM again)")
     return ", ".join(items)
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, fields
 from qcompile.runtime.spec import HIGH_PRECISION, QuantSpec, parse_spec
 
 ROLES = ("weight", "activation", "grad_dgrad", "grad_wgrad")
+RECOMPUTE_CHOICES = ("gemm", "pointwise", "none")
 ROLE_FORMATS = {
     "weight": ("none", "int"),
     "activation": ("none", "int"),
@@ -155,6 +156,12 @@ class Policy:
     pack_saved: store what backward reads packed (4-bit operands two per byte with their
         scales, boolean masks as bits) instead of as FP32 / bool tensors; bit-identical results.
         Off only to compare or debug.
+    recompute: what backward may rebuild instead of saving (with ``pack_saved``; results stay
+        bit-identical). ``"gemm"`` (default): ``Ŵ`` from ``W`` and the saved clip, elementwise
+        chains, and FP32 tensors one GEMM away from saved codes (LayerNorm/BatchNorm inputs,
+        softmax outputs, a high-precision layer's input), at the price of that GEMM again in
+        backward. ``"pointwise"``: only the first two. ``"none"``: what AOTAutograd's partitioner
+        chooses.
     """
 
     weight: QuantSpec | str = "int4"
@@ -166,6 +173,7 @@ class Policy:
     rules: tuple[Rule, ...] = field(default_factory=tuple)
     name: str = "custom"
     pack_saved: bool = True
+    recompute: str = "gemm"
 
     def __post_init__(self) -> None:
         for role in ROLES:
@@ -177,6 +185,8 @@ class Policy:
         for flag in ("share_gradient_sample", "keep_first_last", "pack_saved"):
             if not isinstance(getattr(self, flag), bool):
                 raise PolicyError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+        if self.recompute not in RECOMPUTE_CHOICES:
+            raise PolicyError(f"recompute must be one of {RECOMPUTE_CHOICES}, got {self.recompute!r}")
         if self.share_gradient_sample:
             _check_shareable(self.grad_dgrad, self.grad_wgrad)
 

@@ -21,7 +21,7 @@ from qcompile.policy_file_lines import format_key_path, json_key_lines, line_of,
 from qcompile.presets import DEFAULT_PRESET, preset
 
 _POLICY_KEYS = {"base", "weight", "activation", "grad_dgrad", "grad_wgrad", "share_gradient_sample",
-                "keep_first_last", "rules", "name", "pack_saved"}  # fmt: skip
+                "keep_first_last", "rules", "name", "pack_saved", "recompute"}  # fmt: skip
 _RULE_KEYS = {"layer", "op", "weight", "activation", "grad_dgrad", "grad_wgrad", "reason", "high_precision"}
 
 

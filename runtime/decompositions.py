@@ -16,6 +16,7 @@ from .luq_quantize import luq_quantize_reference
 from .packed_codes import (
     int_dequantize_packed_reference,
     int_quantize_packed_reference,
+    int_requantize_reference,
     pack_bits,
     unpack_bits,
 )
@@ -36,6 +37,10 @@ def _int_quantize_packed(x, bits, scaling, signed, reduce_dims, stochastic, tag)
 
 def _int_dequantize_packed(packed, clip, hi, last, bits, signed, dtype, tag):
     return int_dequantize_packed_reference(packed, clip, hi, last, bits, signed, dtype)
+
+
+def _int_requantize(x, clip, hi, bits, signed, dtype, tag):
+    return int_requantize_reference(x, clip, hi, bits, signed, dtype)
 
 
 def _luq_quantize(g, bits, reduce_dims, sample, tag):
@@ -60,6 +65,7 @@ QUANTIZER_DECOMPOSITIONS = {
     ops.dequantize_codes.default: _dequantize_codes,
     ops.int_quantize_packed.default: _int_quantize_packed,
     ops.int_dequantize_packed.default: _int_dequantize_packed,
+    ops.int_requantize.default: _int_requantize,
     ops.pack_bits.default: pack_bits,
     ops.unpack_bits.default: unpack_bits,
 }

@@ -93,10 +93,31 @@ def int_quantize_codes_reference(
     if signed == "auto":
         unsigned = group_amin(xf, dims) >= 0
         hi = torch.where(unsigned, float(2**bits - 1), float(2 ** (bits - 1) - 1))
-        lo = torch.where(unsigned, 0.0, -hi)
     else:
-        lo_i, hi_i = int_levels(bits, signed == "unsigned")
-        lo, hi = float(lo_i), float(hi_i)
+        hi = float(int_levels(bits, signed == "unsigned")[1])
+    q = int_codes_for_clip(xf, clip, hi, bits, signed, stochastic, noise)
+    return q, clip, hi
+
+
+def int_codes_for_clip(
+    xf: torch.Tensor,
+    clip: torch.Tensor,
+    hi: torch.Tensor | float,
+    bits: int,
+    signed: str,
+    stochastic: bool = False,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Codes of float32 ``xf`` on the grid whose top code is ``hi`` (per group for
+    ``signed="auto"``, where a group is unsigned iff ``hi == 2^bits - 1``), given the clip.
+
+    The second half of `int_quantize_codes_reference`, split out so a deterministic weight
+    quantizer can be re-run in backward from ``W`` and the saved clip (`int_requantize`) with
+    exactly the forward's float operations: same bits, nothing but the clip kept."""
+    if isinstance(hi, torch.Tensor):
+        lo = torch.where(hi == float(2**bits - 1), 0.0, -hi)
+    else:
+        lo = 0.0 if signed == "unsigned" else -hi
     scale = clip / hi
     # All-zero group: any non-zero scale gives exact zeros; keep NaN/inf scales as they are.
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
@@ -106,8 +127,7 @@ def int_quantize_codes_reference(
         y = torch.floor(y + u)
     else:
         y = torch.round(y)
-    q = torch.clamp(y, lo, hi) if isinstance(lo, float) else torch.maximum(torch.minimum(y, hi), lo)
-    return q, clip, hi
+    return torch.clamp(y, lo, hi) if isinstance(lo, float) else torch.maximum(torch.minimum(y, hi), lo)
 
 
 def int_dequantize_reference(

@@ -11,6 +11,8 @@ they only ever appear after differentiation):
 
 * ``qcompile::int_quantize_packed``: `int_quantize`'s output plus the packed codes and scales;
 * ``qcompile::int_dequantize_packed``: ``X̂`` rebuilt from them (the backward side);
+* ``qcompile::int_requantize``: ``Ŵ`` rebuilt in backward from ``W`` itself and the saved clip,
+  for deterministic quantizers of tensors backward holds anyway (parameters): no codes saved;
 * ``qcompile::pack_bits`` / ``qcompile::unpack_bits``: boolean tensors (ReLU masks) as bits.
 
 Packing runs along the last dimension (padded to whole bytes), so every other dimension, static
@@ -22,7 +24,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .int_quantize import int_dequantize_reference, int_levels, int_quantize_codes_reference
+from .int_quantize import (
+    int_codes_for_clip,
+    int_dequantize_reference,
+    int_levels,
+    int_quantize_codes_reference,
+)
 from .scaling_groups import normalize_dims
 
 PACKABLE_BITS = 4
@@ -113,13 +120,33 @@ def int_dequantize_packed_reference(
 ) -> torch.Tensor:
     """``X̂`` from `int_quantize_packed_reference`'s outputs, bit-identical to its first output:
     fixed-sign formats divide by the same Python constant ``hi`` as `int_quantize_reference`."""
-    if signed == "auto":
-        top, hi_v = hi, hi
-    else:
-        top_i = int_levels(bits, signed == "unsigned")[1]
-        top, hi_v = top_i, float(top_i)
-    q = unpack_int4(packed, last, top).float()
+    hi_v = _fixed_or_group_top(hi, bits, signed)
+    q = unpack_int4(packed, last, hi_v if signed == "auto" else int(hi_v)).float()
     return int_dequantize_reference(q, clip, hi_v, dtype)
+
+
+def _fixed_or_group_top(hi: torch.Tensor, bits: int, signed: str) -> torch.Tensor | float:
+    """The top code as the forward used it: the per-group tensor for ``signed="auto"``, else the
+    format's Python constant (Inductor turns a division by a constant into a multiplication by
+    its reciprocal, so dividing by an equal tensor would not round the same)."""
+    return hi if signed == "auto" else float(int_levels(bits, signed == "unsigned")[1])
+
+
+def int_requantize_reference(
+    x: torch.Tensor,
+    clip: torch.Tensor,
+    hi: torch.Tensor,
+    bits: int,
+    signed: str,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """``X̂`` of a round-to-nearest `int_quantize_packed` rebuilt from its *input* ``x`` and its
+    saved ``clip``/``hi``: `int_codes_for_clip` then `int_dequantize_reference`, the forward's
+    own float operations after the clip, so the result is bit-identical to the forward's ``X̂``.
+    Used for weights: backward holds ``W`` anyway, so only the clip needs saving."""
+    top = _fixed_or_group_top(hi, bits, signed)
+    q = int_codes_for_clip(x.float(), clip, top, bits, signed)
+    return int_dequantize_reference(q, clip, top, dtype)
 
 
 @torch.library.custom_op(
@@ -168,6 +195,26 @@ def int_dequantize_packed(
 @int_dequantize_packed.register_fake
 def _int_dequantize_packed_fake(packed, clip, hi, last, bits, signed, dtype, tag):
     return packed.new_empty([*packed.shape[:-1], last], dtype=dtype)
+
+
+@torch.library.custom_op("qcompile::int_requantize", mutates_args=())
+def int_requantize(
+    x: torch.Tensor,
+    clip: torch.Tensor,
+    hi: torch.Tensor,
+    bits: int,
+    signed: str,
+    dtype: torch.dtype,
+    tag: str,
+) -> torch.Tensor:
+    """Backward side of a round-to-nearest `int_quantize_packed` whose input backward holds
+    anyway (a weight): ``X̂`` again, bit for bit, from ``x`` and the saved clip and top code."""
+    return int_requantize_reference(x, clip, hi, bits, signed, dtype)
+
+
+@int_requantize.register_fake
+def _int_requantize_fake(x, clip, hi, bits, signed, dtype, tag):
+    return torch.empty_like(x, dtype=dtype)
 
 
 @torch.library.custom_op("qcompile::pack_bits", mutates_args=())

@@ -8,6 +8,7 @@ from qcompile.runtime.int_quantize import int_levels, int_quantize_reference
 from qcompile.runtime.packed_codes import (
     int_dequantize_packed_reference,
     int_quantize_packed_reference,
+    int_requantize_reference,
     pack_bits,
     pack_int4,
     unpack_bits,
@@ -80,6 +81,24 @@ def test_packed_quantizer_is_bit_identical_to_the_unpacked_one(signed, bits, sca
     assert codes.min() < 0 if signed == "signed" else codes.min() >= 0 or signed == "auto"
 
 
+@pytest.mark.parametrize("signed", ["signed", "unsigned", "auto"])
+@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize(("scaling", "dims"), [("sawb", []), ("max", [0]), ("sawb", [1])])
+def test_requantized_weight_is_bit_identical_to_the_forward_one(signed, bits, scaling, dims):
+    """Ŵ rebuilt in backward from W and the saved clip equals the forward's Ŵ bit for bit, for a
+    transposed (non-contiguous) W too, in W's own layout."""
+    g = torch.Generator().manual_seed(bits + len(dims))
+    w = torch.randn(6, 9, generator=g)
+    if signed == "unsigned":
+        w = w.abs()
+    w[2] = w[2].abs() + 0.05  # auto: one all-positive row
+    for x in (w, w.t()):
+        xq, _, clip, hi = int_quantize_packed_reference(x, bits, scaling, signed, dims, False)
+        rebuilt = int_requantize_reference(x, clip, hi, bits, signed, x.dtype)
+        assert torch.equal(rebuilt, xq) and rebuilt.stride() == xq.stride()
+        assert torch.equal(rebuilt, int_quantize_reference(x, bits, scaling, signed, dims, False))
+
+
 def test_graph_ops_fake_kernels_match_their_outputs():
     ops = torch.ops.qcompile
     x = torch.randn(4, 6) - 0.3
@@ -90,6 +109,8 @@ def test_graph_ops_fake_kernels_match_their_outputs():
     ]
     xq, packed, clip, hi = ops.int_quantize_packed(x, 4, "sawb", "auto", [1], False, "t")
     cases.append((ops.int_dequantize_packed.default, (packed, clip, hi, 6, 4, "auto", torch.float32, "t")))
+    cases.append((ops.int_requantize.default, (x, clip, hi, 4, "auto", torch.float32, "t")))
+    cases.append((ops.int_requantize.default, (x.t(), clip.t(), hi.t(), 4, "auto", torch.float32, "t")))
     for op, args in cases:
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
 
@@ -127,10 +148,13 @@ def _held(loss) -> list[torch.Tensor]:
     return out
 
 
-def _train(pack: bool, steps: int = 2):
+def _train(pack: bool, steps: int = 2, recompute: str = "none"):
+    """Packing alone by default (`tests/test_recompute_from_codes.py` covers ``recompute``)."""
     torch.manual_seed(0)
     model = _mlp()
-    policy = qcompile.preset("luq-int4").replace(pack_saved=pack, keep_first_last=False, rules=(INT8_RULE,))
+    policy = qcompile.preset("luq-int4").replace(
+        pack_saved=pack, keep_first_last=False, rules=(INT8_RULE,), recompute=recompute
+    )
     compiled = torch.compile(model, backend="fqt", options={"policy": policy})
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(12, 16), torch.randint(0, 5, (12,))
