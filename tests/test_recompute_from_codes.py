@@ -8,13 +8,13 @@ import importlib
 import pytest
 import torch
 import torch.nn.functional as F
+from qcompile.passes import SaveQuantizedOperands
 from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.checkpoint import CheckpointPolicy
 
 import qcompile
 from qcompile import PolicyError
-from qcompile.passes import SaveQuantizedOperands
 
 recompute_module = importlib.import_module("qcompile.passes.recompute_from_codes")
 RECOMPUTE_META = recompute_module.RECOMPUTE_META
@@ -195,7 +195,9 @@ def _held_bytes(loss) -> tuple[int, list[tuple]]:
 def _train(make, inputs, target, policy, steps=2):
     torch.manual_seed(0)
     model = make()
-    compiled = torch.compile(model, backend="fqt", options={"policy": policy}) if policy else torch.compile(model)
+    compiled = (
+        torch.compile(model, backend="fqt", options={"policy": policy}) if policy else torch.compile(model)
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     losses, held = [], None
     for _ in range(steps):
