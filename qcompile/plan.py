@@ -96,6 +96,7 @@ class PlanRow:
     state: str = ""
     saved_bytes: int = 0
     saved_fp32_bytes: int = 0
+    replayed: bool = False  # the forward GEMM runs again in backward, to recompute its output
 
     def roles(self) -> dict[str, RoleEntry]:
         return {r: getattr(self, r) for r in ROLES}
@@ -129,7 +130,8 @@ class PlanRow:
         }
         out.update({r: e.to_json() for r, e in self.roles().items()})
         out.update(saved_for_backward=self.saved, reason=self.reason, kernels=self.kernels(), state=self.state,
-                   saved_bytes=self.saved_bytes, saved_fp32_bytes=self.saved_fp32_bytes)  # fmt: skip
+                   saved_bytes=self.saved_bytes, saved_fp32_bytes=self.saved_fp32_bytes,
+                   gemm_replayed_in_backward=self.replayed)  # fmt: skip
         return out
 
 
@@ -158,6 +160,9 @@ class Plan:
             "saved_by_kind": by_kind,
             "saved_inputs_bytes": sum(t.bytes for t in self.saved if t.kind == "input"),
             "saved_outside_gemm_sites_bytes": sum(t.bytes for t in held if t.site is None),
+            "recomputed_tensors": sum(t.kind == "recomputed" for t in held),
+            "recomputed_fp32_bytes": sum(t.fp32_bytes for t in held if t.kind == "recomputed"),
+            "replayed_gemms": sum(r.replayed for r in self.rows),
         }
 
     def totals(self) -> dict[str, Any]:
@@ -265,6 +270,12 @@ class Plan:
                 f"{m['saved_ratio']:.1%}); {_size(m['saved_outside_gemm_sites_bytes'])} of it outside GEMM sites "
                 f"(masks, normalisation statistics); inputs and parameters held anyway: "
                 f"{_size(m['saved_inputs_bytes'])}"
+                + (
+                    f"\nrecomputed in backward instead of saved: {m['recomputed_tensors']} tensors "
+                    f"({_size(m['recomputed_fp32_bytes'])} as FP32), replaying {m['replayed_gemms']} forward GEMMs"
+                    if m["recomputed_tensors"]
+                    else ""
+                )
                 if m["saved_fp32_bytes"]
                 else f"\nsaved for backward: {_size(m['saved_bytes'])}"
             )
@@ -382,7 +393,7 @@ def _saved(graph: CompiledGraph, record: SiteRecord) -> str:
             if text not in items:
                 items.append(text)
     if (record.key, REPLAYED) in graph.facts:
-        items.append("output recomputed in bwd (GEMM again)")
+        items.append("Y recomputed in bwd (GEMM replayed)")
     return ", ".join(items)
 
 
@@ -420,6 +431,7 @@ def plan_from_graphs(graphs: Sequence[CompiledGraph]) -> Plan:
                 saved=_saved(g, rec), reason="; ".join(rec.reasons), state=_state_cell(g, rec),
                 saved_bytes=sum(t.bytes for t in per_site.get(rec.key, [])),
                 saved_fp32_bytes=sum(t.fp32_bytes for t in per_site.get(rec.key, [])),
+                replayed=(rec.key, REPLAYED) in g.facts,
             ))  # fmt: skip
     return p
 

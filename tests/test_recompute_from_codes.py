@@ -224,7 +224,10 @@ def test_recomputed_training_is_bit_identical_to_unpacked_and_the_plan_says_so()
     plan = qcompile.plan(compiled)
     # The FP32 last layer's input is recomputed by replaying layer 4's GEMM; no weight codes are saved.
     assert "X float32 recomputed from codes" in plan.row("6").saved
-    assert "output recomputed in bwd" in plan.row("4").saved
+    assert "Y recomputed in bwd (GEMM replayed)" in plan.row("4").saved and plan.row("4").replayed
+    memory = plan.memory()
+    assert memory["replayed_gemms"] == 1 and memory["recomputed_tensors"] >= 1
+    assert "recomputed in backward instead of saved" in str(plan)
     assert "Ŵ int4 requantized from W → float32" in plan.row("2").saved
     kinds = {t.kind for t in plan.saved}
     assert "recomputed" in kinds and not [t for t in plan.saved if t.kind == "packed" and t.role == "weight"]
