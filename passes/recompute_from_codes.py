@@ -18,8 +18,8 @@ reads) at a time:
 * it holds at most ``max_gemms`` GEMMs in all (default 1), so a recompute stays local: the
   residual stream of a transformer is saved once per layer and the tensor one GEMM downstream
   of it recomputed, rather than the whole network replayed in backward;
-* a boolean mask is recomputed only when its chain needs no GEMM beyond those already recomputed
-  (otherwise one bit per element is cheaper than a GEMM: `pack_boolean_masks` stores it);
+* a boolean mask is recomputed only when its chain, within that limit, needs no GEMM that is not
+  replayed already (otherwise one bit per element is cheaper: `pack_boolean_masks` stores it);
 * random ops, and anything else unknown, are never recomputed; a target that needs one is saved.
 
 Bit-identity: recomputed GEMMs run on bit-identical operands in the same layout, pointwise ops
@@ -174,9 +174,9 @@ class _Planner:
             leaf_numel = _numel(_val(leaf))
             if leaf_numel is None or leaf_numel * LEAF_FRACTION > numel:
                 return False
-        if val.dtype is torch.bool:
-            return not (c.gemms - set(self.clones))
-        return len(c.gemms) <= self.max_gemms
+        if len(c.gemms) > self.max_gemms:
+            return False
+        return val.dtype is not torch.bool or not c.gemms - set(self.clones)
 
     def clone(self, root: fx.Node) -> tuple[fx.Node, set[fx.Node]]:
         """``root``'s recompute in backward: its chain cloned (inputs first, without recursion),
