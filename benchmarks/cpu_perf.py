@@ -113,6 +113,20 @@ def make_task(kind: str, width: int, batch: int):
     return model, ids, lambda out: F.cross_entropy(out.flatten(0, 1), ids.flatten())
 
 
+def fqt_policy(config: str) -> qcompile.Policy:
+    """``"fqt luq-int4"`` → the preset; ``"fqt luq-int4 recompute=none"`` / ``"... unpacked"``
+    → the preset with less memory saving, to see what packing and recomputation cost."""
+    name, *variant = config[4:].split()
+    policy = qcompile.preset(name)
+    if variant == ["unpacked"]:
+        return policy.replace(pack_saved=False)
+    if variant and variant[0].startswith("recompute="):
+        return policy.replace(recompute=variant[0].removeprefix("recompute="))
+    if variant:
+        raise ValueError(f"unknown variant {variant!r} in {config!r}")
+    return policy
+
+
 def run_config(kind: str, width: int, batch: int, config: str, steps: int) -> dict:
     torch._dynamo.reset()
     model, x, loss_of = make_task(kind, width, batch)
@@ -121,7 +135,7 @@ def run_config(kind: str, width: int, batch: int, config: str, steps: int) -> di
     elif config == "eager fake-quant":
         run = to_eager_fake_quant(model)
     elif config.startswith("fqt "):
-        run = torch.compile(model, backend="fqt", options={"policy": config[4:]})
+        run = torch.compile(model, backend="fqt", options={"policy": fqt_policy(config)})
     else:
         run = model
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
@@ -209,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         tasks = [("mlp", 1024, 256), ("convnet", 32, 64), ("transformer", 256, 16)]
         widths, batches = [256, 512, 1024, 2048, 4096], [32, 128, 512, 1024]
         steps = args.steps
-    configs = ["fp32 eager", "fp32 inductor", "eager fake-quant", "fqt luq-int4", "fqt luq", "fqt luq-smp2"]
+    configs = ["fp32 eager", "fp32 inductor", "eager fake-quant", "fqt luq-int4", "fqt luq-int4 recompute=none",
+               "fqt luq-int4 unpacked", "fqt luq", "fqt luq-smp2"]  # fmt: skip
     sweep_configs = ["fp32 inductor", "fqt luq-int4"]
     total = (
         len(sizes) * len(QUANTIZERS)

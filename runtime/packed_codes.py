@@ -51,10 +51,12 @@ def unpack_int4(packed: torch.Tensor, last: int, top: int | torch.Tensor = 7) ->
     """Inverse of `pack_int4` (int8 codes ``[..., last]``). A nibble above ``top`` (the highest
     code of the format: 7 signed, 15 unsigned, or a per-group tensor for auto-signed codes) is
     negative: ``code = nibble - 16``. Exact for any code in ``[top - 15, top]``, so also for -8."""
-    lo = packed & 0xF
-    hi = packed >> 4
-    nib = torch.stack((lo, hi), dim=-1).reshape(*packed.shape[:-1], 2 * packed.shape[-1])
-    nib = nib[..., :last].to(torch.int8)
+    # Element j reads byte j // 2 (an expanded view: no copy) and shifts by 4·(j mod 2): one
+    # elementwise expression that Inductor fuses into the consumer, rather than a stack of two
+    # nibble tensors (a separate concatenation kernel and two intermediate buffers).
+    pairs = packed.unsqueeze(-1).expand(*packed.shape, 2).reshape(*packed.shape[:-1], 2 * packed.shape[-1])
+    shift = (torch.arange(2, dtype=torch.uint8, device=packed.device) * 4).repeat(packed.shape[-1])
+    nib = ((pairs >> shift) & 0xF)[..., :last].to(torch.int8)
     return torch.where(nib > top, nib - 16, nib)
 
 

@@ -233,7 +233,8 @@ def test_plan_shows_saved_bytes_per_layer_and_in_total(packed_and_unpacked):
 @pytest.mark.slow
 def test_packed_conv_net_and_attention_are_bit_identical():
     """Conv operands (rebuilt channels-last, as the forward laid them out) and attention heads
-    (rebuilt in their permuted layout) give the very same gradients as the unpacked path."""
+    (rebuilt in their permuted layout) give the very same gradients as the unpacked path, with the
+    default recomputation too (BatchNorm inputs from a replayed convolution, softmax outputs)."""
     from models.small_nets import SmallResNet
 
     class Attention(nn.Module):
