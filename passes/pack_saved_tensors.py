@@ -290,31 +290,48 @@ def forward_uses_channels_last(gm: fx.GraphModule) -> bool:
         return False
 
 
+def _channels_last(graph: fx.Graph, operand: fx.Node) -> fx.Node:
+    """``operand`` copied channels-last, with channels-last strides stated explicitly: for a single
+    channel both stride patterns describe the same memory, and Inductor would otherwise pick the
+    contiguous one, which sends the convolution down another oneDNN path than the forward's."""
+    val = _val(operand)
+    n, c, h, w = val.shape
+    strides = [c * h * w, 1, w * c, c]
+    mode = _fake_mode([val])
+    with graph.inserting_after(operand):
+        clone = graph.call_function(aten.clone.default, (operand,), {"memory_format": torch.channels_last})
+        with graph.inserting_after(clone):
+            view = graph.call_function(aten.as_strided.default, (clone, list(val.shape), strides))
+    with mode if mode is not None else contextlib.nullcontext():
+        clone.meta["val"] = val.clone(memory_format=torch.channels_last)
+        view.meta["val"] = clone.meta["val"].as_strided(list(val.shape), strides)
+    return view
+
+
 def match_forward_layout(gm: fx.GraphModule, channels_last: bool) -> int:
-    """Backward-graph pass: give 2-d conv operands rebuilt from packed codes the layout the forward
-    gave the tensors they stand for (channels-last under Inductor's layout optimisation), so the
-    backward convolutions run the same kernels on the same layouts as without packing: same
-    results, bit for bit. Returns how many operands it re-laid out."""
+    """Backward-graph pass: give 2-d conv operands rebuilt from codes (or requantized) the layout
+    the forward gave the tensors they stand for (channels-last under Inductor's layout
+    optimisation), and the same to both operands of a forward convolution replayed in backward
+    (`recompute_from_codes`), so every convolution runs the same kernel on the same layout as
+    without packing: same results, bit for bit. Returns how many operands it re-laid out."""
     if not channels_last:
         return 0
-    count = 0
-    for node in list(gm.graph.nodes):
-        if node.target is not qops.int_dequantize_packed.default or _val(node).ndim != 4:
-            continue
-        users = [u for u in node.users if u.target is aten.convolution_backward.default]
-        if not users:
-            continue
-        with gm.graph.inserting_after(node):
-            clone = gm.graph.call_function(
-                aten.clone.default, (node,), {"memory_format": torch.channels_last}
-            )
-        mode = _fake_mode([_val(node)])
-        with mode if mode is not None else contextlib.nullcontext():
-            clone.meta["val"] = _val(node).clone(memory_format=torch.channels_last)
+    from .recompute_from_codes import RECOMPUTE_META
+
+    rebuilt_ops = (qops.int_dequantize_packed.default, qops.int_requantize.default)
+    pairs: list[tuple[fx.Node, list[fx.Node]]] = []
+    for node in gm.graph.nodes:
+        if node.target in rebuilt_ops and _val(node).ndim == 4:
+            users = [u for u in node.users if u.target is aten.convolution_backward.default]
+            if users:
+                pairs.append((node, users))
+        if node.target in (qops.qconv.default, aten.convolution.default) and RECOMPUTE_META in node.meta:
+            pairs.extend((a, [node]) for a in node.args[:2] if isinstance(a, fx.Node) and _val(a).ndim == 4)
+    for operand, users in pairs:
+        laid_out = _channels_last(gm.graph, operand)
         for user in users:
-            user.replace_input_with(node, clone)
-        count += 1
-    if count:
+            user.replace_input_with(operand, laid_out)
+    if pairs:
         gm.graph.lint()
         gm.recompile()
-    return count
+    return len(pairs)

@@ -136,7 +136,7 @@ class _Planner:
                 stack.pop()
                 continue
             pending = [a for a in node.all_input_nodes if not self.free(a) and a not in self.chains]
-            if pending and _replayable_here(node):
+            if pending and _replayable_here(node) and not _is_statistic(node):
                 stack.extend(pending)
                 continue
             stack.pop()
@@ -145,7 +145,7 @@ class _Planner:
 
     def _combine(self, node: fx.Node) -> _Chain:
         c = _Chain()
-        if not _replayable_here(node):
+        if not _replayable_here(node) or _is_statistic(node):
             c.ok = False
             return c
         if node.target in GEMM_TARGETS:
@@ -278,6 +278,17 @@ def recompute_from_codes(graph: fx.Graph, rebuilt: dict[fx.Node, fx.Node], max_g
     if count:
         _place_before_first_use(graph)
     return count
+
+
+def _is_statistic(node: fx.Node) -> bool:
+    """A small tensor broadcast into a larger one (a LayerNorm's rstd, a BatchNorm's scale): kept
+    as a leaf, saved as it is, even where it could be replayed. Saving it costs next to nothing,
+    and replaying it would recompute a transcendental function in another kernel, where its
+    vectorisation, and so its last bit, may differ."""
+    numel = _numel(_val(node))
+    if numel is None or not node.all_input_nodes:
+        return False
+    return any((_numel(_val(u)) or 0) >= LEAF_FRACTION * numel for u in node.users)
 
 
 def _reads_in_backward(user: fx.Node, backward: set[fx.Node]) -> bool:

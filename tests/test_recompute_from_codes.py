@@ -236,6 +236,35 @@ def test_recomputed_training_is_bit_identical_to_unpacked_and_the_plan_says_so()
     assert saved == sorted(items)
 
 
+@pytest.mark.parametrize("preset", ["luq-int4", pytest.param("luq", marks=pytest.mark.slow)])
+def test_demo_net_trains_bit_identically_with_a_replayed_fp32_stem(preset):
+    """The demo's conv net: an FP32 stem convolution on a one-channel input, replayed in backward
+    for its BatchNorm (its layout must be the forward's channels-last one, which a single channel
+    makes ambiguous), int4 convolutions with BatchNorm and a residual, max-pooling, an FP32 head;
+    Adam, three steps, the same gradients at every step as unpacked training."""
+    from qcompile.demo import DigitsNet
+
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    grads = []
+    for pack in (False, True):
+        policy = qcompile.preset(preset).replace(pack_saved=pack)
+        torch.manual_seed(0)
+        model = DigitsNet()
+        compiled = torch.compile(model, backend="fqt", options={"policy": policy}, dynamic=False)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        steps = []
+        for _ in range(3):
+            loss = F.cross_entropy(compiled(x), y)
+            opt.zero_grad()
+            loss.backward()
+            steps.append([p.grad.clone() for p in model.parameters()])
+            opt.step()
+        grads.append(steps)
+    for step, (a, b) in enumerate(zip(*grads, strict=True)):
+        for ga, gb in zip(a, b, strict=True):
+            assert torch.equal(ga, gb), step
+
+
 @pytest.fixture(scope="module")
 def fp32_and_fqt_saved():
     """Saved-activation bytes (parameters and the batch excluded) of FP32 torch.compile and of
