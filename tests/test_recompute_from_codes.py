@@ -268,14 +268,14 @@ def test_demo_net_trains_bit_identically_with_a_replayed_fp32_stem(preset):
 @pytest.fixture(scope="module")
 def fp32_and_fqt_saved():
     """Saved-activation bytes (parameters and the batch excluded) of FP32 torch.compile and of
-    fqt, for an MLP and a post-norm transformer encoder."""
+    fqt, for an MLP (and packing alone) and a post-norm transformer encoder layer."""
 
     class Encoder(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.inp = nn.Linear(24, 64)
             layer = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True)
-            self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+            self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
             self.head = nn.Linear(64, 5)
 
         def forward(self, x):
@@ -292,7 +292,10 @@ def fp32_and_fqt_saved():
     for name, (make, inputs) in cases.items():
         y = torch.randint(0, 5, (inputs[0].shape[0],))
         out[name] = {}
-        for config, policy in (("fp32", None), ("fqt", _policy()), ("none", _policy(recompute="none"))):
+        configs = [("fp32", None), ("fqt", _policy())] + (
+            [("none", _policy(recompute="none"))] if name == "mlp" else []
+        )
+        for config, policy in configs:
             model, compiled, _, (held, _) = _train(make, inputs, y, policy, steps=1)
             fixed = sum(p.untyped_storage().nbytes() for p in model.parameters()) + inputs[0].nbytes
             out[name][config] = (held, fixed, compiled)
@@ -314,7 +317,8 @@ def test_saved_activations_are_at_most_a_quarter_of_fp32(fp32_and_fqt_saved, mod
 
     ratio = activations("fqt") / activations("fp32")
     assert ratio <= 0.25, ratio
-    assert activations("fqt") < activations("none")  # recomputation, not packing alone, gets it there
+    if "none" in runs:
+        assert activations("fqt") < 0.5 * activations("none")  # recomputation, not packing alone
 
 
 @pytest.mark.slow
@@ -342,7 +346,7 @@ def test_recompute_is_bit_identical_on_transformers_and_gpt_blocks():
         def __init__(self) -> None:
             super().__init__()
             self.inp = nn.Linear(16, 32)
-            self.blocks = nn.Sequential(Block(32, 4), Block(32, 4))
+            self.blocks = nn.Sequential(Block(32, 4))
             self.head = nn.Linear(32, 3)
 
         def forward(self, x):
