@@ -13,8 +13,8 @@ reads) at a time:
 
 * its recompute chain may use pointwise ops, views, copies, gathers and GEMMs; it stops at
   *leaves*: graph inputs and parameters, rebuilt quantizer outputs, tensors already saved, and
-  small results of ops it cannot recompute (reductions such as LayerNorm's mean and rstd,
-  softmax's max and sum), at most an eighth of the target's elements each;
+  small statistics (results of reductions, or tensors broadcast into larger ones: LayerNorm's mean
+  and rstd, softmax's max and sum), at most an eighth of the target's elements each;
 * it holds at most ``max_gemms`` GEMMs in all (default 1), so a recompute stays local: the
   residual stream of a transformer is saved once per layer and the tensor one GEMM downstream
   of it recomputed, rather than the whole network replayed in backward;
@@ -22,9 +22,12 @@ reads) at a time:
   replayed already (otherwise one bit per element is cheaper: `pack_boolean_masks` stores it);
 * random ops, and anything else unknown, are never recomputed; a target that needs one is saved.
 
-Bit-identity: recomputed GEMMs run on bit-identical operands in the same layout, pointwise ops
-are the forward's own, and no reduction is ever recomputed (its saved result is reused), so the
-backward sees the very values the forward computed (tested against unpacked training).
+Bit-identity: replayed GEMMs run on bit-identical operands in the layout the forward's had (the
+contiguous layout of an intermediate; channels-last for convolutions under Inductor's layout
+optimisation, `match_forward_layout`), pointwise ops are the forward's own, and no statistic is
+recomputed (its saved value is reused), so the backward sees the very values the forward computed
+(tested against unpacked training). The pass runs after Inductor's joint-graph rewrites, so they
+do not depend on what it saves.
 """
 
 from __future__ import annotations
