@@ -15,10 +15,10 @@ from torch import fx
 from torch._inductor.custom_graph_pass import CustomGraphPass
 from torch.utils.checkpoint import CheckpointPolicy
 
+from qcompile.policy import RECOMPUTE_CHOICES
+
 from .pack_saved_tensors import pack_boolean_masks, pack_quantized_operands
 from .recompute_from_codes import recompute_from_codes
-
-RECOMPUTE_CHOICES = ("gemm", "pointwise", "none")  # as `qcompile.Policy.recompute`
 
 
 class SaveQuantizedOperands(CustomGraphPass):
