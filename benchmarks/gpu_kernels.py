@@ -14,13 +14,16 @@ Sections (Triton's `do_bench`: median of repeated runs after warm-up):
      fraction of the measured int8 peak (the best int8 rate seen in this run).
   2. A GPT-2-small-sized transformer block (d=768, 12 heads, MLP 3072, 8×1024 tokens): one full
      training step (forward, backward, SGD update) with ``backend="fqt"`` (its GEMMs routed to the
-     Triton kernels; the plan's kernel column says which) over BF16 ``torch.compile``.
+     Triton kernels; the plan's kernel column says which) over BF16 ``torch.compile``, with the
+     default packed + recomputing backend and with ``recompute="none"`` and ``pack_saved=False``,
+     and each configuration's peak CUDA memory over one step.
 Writes ``benchmarks/results/gpu_kernels.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -135,9 +138,14 @@ def block_rows(batch: int, seq: int) -> tuple[list[dict], str]:
     # 4 GEMMs of the block, forward + 2 backward: 6 · tokens · params(GEMM) FLOPs.
     gemm_flops = 6.0 * tokens * (768 * 3 * 768 + 768 * 768 + 2 * 768 * 3072)
     rows, plan_text = [], ""
+    fqt = Policy(name="luq-int4-all", keep_first_last=False)
     configs = {
         "bf16 torch.compile": ("inductor", None),
-        "fqt luq-int4 (Triton int8 GEMMs)": ("fqt", Policy(name="luq-int4-all", keep_first_last=False)),
+        # Default: saved operands packed (4-bit codes the fused GEMMs read), LayerNorm/softmax/
+        # GELU inputs recomputed in backward (forward GEMMs replayed there).
+        "fqt luq-int4 (Triton int8 GEMMs)": ("fqt", fqt),
+        "fqt luq-int4, recompute=none": ("fqt", dataclasses.replace(fqt, recompute="none")),
+        "fqt luq-int4, unpacked (pack_saved=False)": ("fqt", dataclasses.replace(fqt, pack_saved=False)),
     }
     for name, (backend, policy) in configs.items():
         torch._dynamo.reset()
@@ -159,11 +167,17 @@ def block_rows(batch: int, seq: int) -> tuple[list[dict], str]:
             opt.zero_grad(set_to_none=True)
 
         try:
+            step()  # compile outside the timed region and the memory reading
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            step()
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() / 2**20
             ms = bench(step)
         except Exception as exc:  # report, do not hide: the JSON says this config failed and why
             rows.append({"config": name, "error": f"{type(exc).__name__}: {exc}"[:500]})
             continue
-        row = {"config": name, "ms": ms, "gemm_tflops": tflops(gemm_flops, ms)}
+        row = {"config": name, "ms": ms, "gemm_tflops": tflops(gemm_flops, ms), "peak_mib": peak}
         if backend == "fqt":
             plan = qcompile.plan(cm)
             plan_text = str(plan)
@@ -200,8 +214,10 @@ def main(argv: list[str] | None = None) -> int:
                    headers=["M=N=K", "kernel", "ms", "TFLOP/s", "vs bf16", "vs _int_mm", "of int8 peak"]))  # fmt: skip
     block, plan_text = block_rows(2 if args.quick else 8, 1024)
     print(tabulate([[r["config"], f"{r['ms']:.2f}" if "ms" in r else r.get("error", ""),
-                     f"{r.get('speedup_vs_bf16_compile', 0):.2f}x", r.get("gemms_on_triton", "")] for r in block],
-                   headers=["GPT-2-small block step", "ms", "vs bf16 compile", "GEMMs on triton"]))  # fmt: skip
+                     f"{r.get('speedup_vs_bf16_compile', 0):.2f}x", f"{r.get('peak_mib', 0):.0f}",
+                     r.get("gemms_on_triton", "")] for r in block],
+                   headers=["GPT-2-small block step", "ms", "vs bf16 compile", "peak MiB",
+                            "GEMMs on triton"]))  # fmt: skip
     if plan_text:
         print(plan_text)
     import triton

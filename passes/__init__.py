@@ -18,7 +18,6 @@ from .gemm_kernel_choice import (
     annotate_gemm_kernels,
     choose_gemm_kernel,
     demote_triton_gemms,
-    fusion_possible,
     saved_quantized_outputs,
 )
 from .gemm_sites import GemmSite, find_gemm_sites, layer_name
@@ -54,7 +53,6 @@ __all__ = [
     "decompose_quantizers",
     "demote_triton_gemms",
     "fuse_triton_gemms",
-    "fusion_possible",
     "find_gemm_sites",
     "forward_tensor_roles",
     "forward_uses_channels_last",

@@ -6,7 +6,12 @@ quantizer and its GEMM are followed):
 
 * each operand's quantizer becomes ``qcompile::quantize_codes``; its other users read
   ``dequantize_codes``, the same values bit for bit;
-* an operand saved by the forward (X̂, Ŵ) is turned back into codes with ``qcompile::recover_codes``;
+* an operand the forward saved packed (`pack_saved_tensors`) is read as its codes: the forward's
+  ``int_quantize_packed`` and the backward's ``int_dequantize_packed`` give ``unpack_int4_codes``
+  of the packed nibbles, a requantized ``Ŵ`` (``int_requantize``) gives ``int_requantize_codes``;
+  the scale is the saved ``clip / hi``, so no float ``X̂`` is rebuilt for a fused GEMM;
+* an operand saved by the forward as a float (X̂, Ŵ) is turned back into codes with
+  ``qcompile::recover_codes``;
 * the GEMM becomes ``qcompile::scaled_int8_gemm``, which applies the recorded views to the codes
   (strides, no transposed copies) and the scales in its epilogue; a bias ``add`` right after a
   forward GEMM moves into the epilogue.
@@ -85,6 +90,9 @@ def _codes_for(src_node: fx.Node, b: _Builder, cache: dict, saved: dict[str, Sav
             parts = b.unpack(rec, src_node)
         cache[src_node] = parts
         return parts
+    if src_node.target in _FROM_SAVED_CODES:
+        cache[src_node] = _FROM_SAVED_CODES[src_node.target](src_node, b)
+        return cache[src_node]
     kind, bits, signed, stochastic, dims = _quantizer_facts(src_node)
     scaling = "max" if kind == "luq" else src_node.args[2]
     x = src_node.args[0]
@@ -98,6 +106,47 @@ def _codes_for(src_node: fx.Node, b: _Builder, cache: dict, saved: dict[str, Sav
     b.graph.erase_node(src_node)
     cache[src_node] = parts
     return parts
+
+
+def _output(node: fx.Node, index: int, b: _Builder) -> fx.Node:
+    """The ``getitem`` of a multi-output node's ``index``-th output (made if the graph has none)."""
+    for user in node.users:
+        if user.target is operator.getitem and user.args[1] == index:
+            return user
+    with b.graph.inserting_after(node):
+        return b.call(operator.getitem, (node, index), node)
+
+
+def _packed_quantizer_codes(node: fx.Node, b: _Builder):
+    """Forward: the codes ``int_quantize_packed`` saves, unpacked once for the forward GEMM."""
+    packed, clip, hi = (_output(node, i, b) for i in (1, 2, 3))
+    order = {n: i for i, n in enumerate(b.graph.nodes)}
+    with b.graph.inserting_after(max((packed, clip, hi), key=order.__getitem__)):
+        codes = b.call(qops.unpack_int4_codes.default, (packed, hi, node.args[0].meta["val"].shape[-1]), node)
+    return codes, clip, hi
+
+
+def _dequantized_codes(node: fx.Node, b: _Builder):
+    """Backward: the saved codes ``int_dequantize_packed`` would rebuild ``X̂`` from."""
+    packed, clip, hi, last = node.args[:4]
+    with b.graph.inserting_before(node):
+        codes = b.call(qops.unpack_int4_codes.default, (packed, hi, last), node)
+    return codes, clip, hi
+
+
+def _requantized_codes(node: fx.Node, b: _Builder):
+    """Backward: the codes ``int_requantize`` would rebuild ``Ŵ`` from (``W`` and its clip)."""
+    x, clip, hi, bits, signed = node.args[:5]
+    with b.graph.inserting_before(node):
+        codes = b.call(qops.int_requantize_codes.default, (x, clip, hi, bits, signed), node)
+    return codes, clip, hi
+
+
+_FROM_SAVED_CODES = {
+    qops.int_quantize_packed.default: _packed_quantizer_codes,
+    qops.int_dequantize_packed.default: _dequantized_codes,
+    qops.int_requantize.default: _requantized_codes,
+}
 
 
 def _bias_user(node: fx.Node) -> tuple[fx.Node, fx.Node] | None:

@@ -12,6 +12,7 @@ vary along the axis the GEMM contracts (the SCQ split), or it cannot move to the
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -32,16 +33,6 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 FUSE_ON_DEVICES: tuple[str, ...] = ("cuda",)
 
 
-def fusion_possible(example_inputs: Sequence[object]) -> bool:
-    """Whether any GEMM of a graph with these inputs could go to the Triton kernels.
-
-    The backend then saves operands unpacked: the fused backward re-codes the saved ``X̂``/``Ŵ``
-    floats into int8 codes itself, and does not read the packed nibbles.
-    """
-    on_device = any(isinstance(t, torch.Tensor) and t.device.type in FUSE_ON_DEVICES for t in example_inputs)
-    return on_device and triton_available()
-
-
 # View ops a chain from a quantizer to its GEMM may go through: (name, argument reader).
 _VIEWS = {
     aten.permute.default: "permute",
@@ -52,6 +43,11 @@ _VIEWS = {
     aten.reshape.default: "view",
 }
 _SKIP = {qops.mark_layer.default, aten.alias.default}
+# Nodes that hold an INT quantizer's value and are its codes' source: the forward's packed
+# quantizer (`int_quantize_packed`, output 0), and the backward's rebuilds of a packed X̂
+# (`int_dequantize_packed`) or a requantized Ŵ (`int_requantize`).
+_QUANTIZERS = (qops.int_quantize.default, qops.luq_quantize.default)
+_REBUILDS = (qops.int_dequantize_packed.default, qops.int_requantize.default)
 # Dtype casts (autocast): codes carry no dtype, the GEMM writes its own output dtype.
 _CASTS = {torch.ops.prims.convert_element_type.default, aten._to_copy.default}
 # GEMM-class nodes the kernels do not cover yet: they stay Inductor's, and the plan says why.
@@ -70,7 +66,9 @@ _NOT_ROUTED = {
 class OperandCheck:
     """What `choose_gemm_kernel` needs to know of one GEMM operand."""
 
-    source: str  # "quantizer" (in this graph), "saved" (a forward quantizer's saved output), "none"
+    # "quantizer" (in this graph), "packed" / "requantized" (rebuilt from saved codes or a clip),
+    # "saved" (a forward quantizer's saved float output), "none"
+    source: str
     kind: str = ""  # "int" or "luq"
     bits: int = 0
     stochastic: bool = False
@@ -178,9 +176,11 @@ def find_source(node: fx.Node) -> Source:
             return Source(node, chain[::-1], cast=cast)
         if node.op != "call_function":
             return Source(None, why_not="not a quantizer output")
-        if node.target in (qops.int_quantize.default, qops.luq_quantize.default):
+        if node.target in _QUANTIZERS or node.target in _REBUILDS:
             return Source(node, chain[::-1], cast=cast)
-        if node.target in _SKIP:
+        if node.target is operator.getitem and _is_packed_quantizer(node.args[0]) and node.args[1] == 0:
+            return Source(node.args[0], chain[::-1], cast=cast)
+        if node.target in _SKIP or _is_relayout(node):
             node = node.args[0]
             continue
         if node.target in _CASTS and set(node.kwargs) <= {"dtype"}:
@@ -195,6 +195,16 @@ def find_source(node: fx.Node) -> Source:
             return Source(None, why_not="dynamic shape")
         chain.append((name, _view_arg(node, name)))
         node = node.args[0]
+
+
+def _is_packed_quantizer(node) -> bool:
+    return isinstance(node, fx.Node) and node.target is qops.int_quantize_packed.default
+
+
+def _is_relayout(node: fx.Node) -> bool:
+    """A copy into another memory layout (packing restores the forward's strides this way): the
+    values, and so the codes, are the same."""
+    return node.target is aten.clone.default and set(node.kwargs) <= {"memory_format"}
 
 
 def track_kept_dims(shape: Sequence[int], kept: Sequence[bool], chain) -> tuple[list[int], list[str]] | None:
@@ -264,12 +274,38 @@ def _regroup(old: list[int], flags: list[str], new: list[int]) -> list[str] | No
 
 
 def _quantizer_facts(q: fx.Node) -> tuple[str, int, str, bool, list[int]]:
-    """(kind, bits, signed, stochastic, reduce_dims) of a quantizer node."""
+    """(kind, bits, signed, stochastic, reduce_dims) of a quantizer node, or of a node rebuilding
+    a quantizer's value from what the forward saved (its codes are exact: not stochastic)."""
     if q.target is qops.luq_quantize.default:
         _, bits, dims, _, _ = q.args
         return "luq", bits, "signed", True, list(dims)
-    _, bits, _, signed, dims, stochastic, _ = q.args
+    if q.target is qops.int_dequantize_packed.default:
+        _, clip, _, _, bits, signed, _, _ = q.args
+        return "int", bits, signed, False, _group_dims(clip)
+    if q.target is qops.int_requantize.default:
+        _, clip, _, bits, signed, _, _ = q.args
+        return "int", bits, signed, False, _group_dims(clip)
+    _, bits, _, signed, dims, stochastic, _ = q.args  # int_quantize, int_quantize_packed
     return "int", bits, signed, stochastic, list(dims)
+
+
+def _group_dims(clip: fx.Node) -> list[int]:
+    """The reduced dims of a saved per-group clip (keepdim shape; 0-d: per tensor, ``[]``)."""
+    shape = clip.meta["val"].shape
+    return [d for d, s in enumerate(shape) if s == 1] if len(shape) else []
+
+
+def _source_kind(q: fx.Node) -> str:
+    if q.target is qops.int_dequantize_packed.default:
+        return "packed"
+    if q.target is qops.int_requantize.default:
+        return "requantized"
+    return "quantizer"
+
+
+def value_shape(q: fx.Node) -> tuple[int, ...] | None:
+    """Static shape of the value a quantizer (or rebuild) node stands for, the codes' shape."""
+    return _static_shape(q) if q.target in _REBUILDS else _static_shape(q.args[0])
 
 
 def _kept_flags(shape: Sequence[int], reduce_dims: Sequence[int]) -> list[bool]:
@@ -291,7 +327,7 @@ def saved_quantized_outputs(gm: fx.GraphModule) -> dict[str, SavedQuantized]:
         if src.node is None or src.node.op == "placeholder":
             continue
         kind, bits, signed, stochastic, dims = _quantizer_facts(src.node)
-        shape = _static_shape(src.node.args[0])
+        shape = value_shape(src.node)
         tracked = track_kept_dims(shape, _kept_flags(shape, dims), src.chain) if shape else None
         reduce_dims = None
         if tracked is not None and "mixed" not in tracked[1]:
@@ -359,8 +395,8 @@ def _check(src: Source, extra, axis: int, saved: dict[str, SavedQuantized]) -> O
         source = "saved"
     else:
         kind, bits, signed, stochastic, dims = _quantizer_facts(src.node)
-        shape = _static_shape(src.node.args[0])
-        source = "quantizer"
+        shape = value_shape(src.node)
+        source = _source_kind(src.node)
     if shape is None:
         return OperandCheck(source, kind, bits, why_not="dynamic shape")
     tracked = track_kept_dims(shape, _kept_flags(shape, dims), chain)

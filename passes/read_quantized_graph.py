@@ -15,7 +15,7 @@ from qcompile.runtime.scaling_groups import granularity_of
 from qcompile.runtime.spec import QuantSpec
 from torch import fx
 
-from .gemm_kernel_choice import KERNEL_META, kernel_label
+from .gemm_kernel_choice import KERNEL_META, KERNEL_TRITON, kernel_label
 from .recompute_from_codes import RECOMPUTE_META
 
 aten = torch.ops.aten
@@ -171,6 +171,8 @@ def read_graph(gm: fx.GraphModule, graph: str) -> dict[tuple[str, str], OperandF
         if node.target is aten.convolution_backward.default:
             operands = [node.args[0], node.args[1], node.args[2]]
         traces = [(o, trace_operand(o)) for o in operands]
+        # A fused GEMM (`fuse_triton_gemms`) reads the saved codes themselves, not a float rebuilt.
+        rebuilt = "int8 codes" if kernel == KERNEL_TRITON else ""
         for operand, tr in traces:
             grad_tags = [parse_tag(tag) for tag in tr.tags if parse_tag(tag)[1] in GRADIENT_ROLES]
             if not grad_tags:
@@ -190,13 +192,13 @@ def read_graph(gm: fx.GraphModule, graph: str) -> dict[tuple[str, str], OperandF
                     for q in tr2.quantizers
                 ]
                 + [
-                    f"packed:{parse_tag(d.args[-1])[1]}:{str(d.args[6]).removeprefix('torch.')}"
+                    f"packed:{parse_tag(d.args[-1])[1]}:{rebuilt or str(d.args[6]).removeprefix('torch.')}"
                     for o2, tr2 in traces
                     if o2 is not operand
                     for d in tr2.packed
                 ]
                 + [
-                    f"requantized:{parse_tag(d.args[-1])[1]}:{str(d.args[5]).removeprefix('torch.')}"
+                    f"requantized:{parse_tag(d.args[-1])[1]}:{rebuilt or str(d.args[5]).removeprefix('torch.')}"
                     for o2, tr2 in traces
                     if o2 is not operand
                     for d in tr2.requantized

@@ -29,7 +29,6 @@ from qcompile.passes import (
     forward_tensor_roles,
     forward_uses_channels_last,
     fuse_triton_gemms,
-    fusion_possible,
     insert_fqt_quantizers,
     match_forward_layout,
     quantized_graph_inputs,
@@ -124,9 +123,9 @@ def fqt_backend(
 
     options = dict(options or {})
     policy = resolve_policy(options.pop("policy", None))
-    # The Triton path (CUDA) re-codes saved X̂/Ŵ itself, so it gets them unpacked; a policy with
-    # nothing quantized compiles exactly as Inductor does (no codes to pack or recompute from).
-    pack = policy.pack_saved and not policy.is_high_precision and not fusion_possible(example_inputs)
+    # A policy with nothing quantized compiles exactly as Inductor does (no codes to pack or
+    # recompute from). The fused Triton GEMMs (CUDA) read the packed codes directly.
+    pack = policy.pack_saved and not policy.is_high_precision
     joint_pass = SaveQuantizedOperands(pack=pack, recompute=policy.recompute)
     patches = {"joint_custom_post_pass": joint_pass, **_inductor_config_patches(mode, options)}
     records = insert_fqt_quantizers(gm, policy)

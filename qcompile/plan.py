@@ -271,8 +271,9 @@ class Plan:
                 f"(masks, normalisation statistics); inputs and parameters held anyway: "
                 f"{_size(m['saved_inputs_bytes'])}"
                 + (
-                    f"\nrecomputed in backward instead of saved: {m['recomputed_tensors']} tensors "
-                    f"({_size(m['recomputed_fp32_bytes'])} as FP32), replaying {m['replayed_gemms']} forward GEMMs"
+                    f"\nrecomputed in backward instead of saved: {_count(m['recomputed_tensors'], 'tensor')} "
+                    f"({_size(m['recomputed_fp32_bytes'])} as FP32), replaying "
+                    f"{_count(m['replayed_gemms'], 'forward GEMM')}"
                     if m["recomputed_tensors"]
                     else ""
                 )
@@ -283,6 +284,10 @@ class Plan:
 
     def __repr__(self) -> str:
         return f"Plan({len(self.rows)} rows, policies={self.policies})"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _size(n: int) -> str:

@@ -63,6 +63,8 @@ QUANTIZER_DECOMPOSITIONS = {
     ops.qconv.default: quantized_conv.conv_forward,
     ops.mark_layer.default: _mark_layer,
     ops.dequantize_codes.default: _dequantize_codes,
+    ops.unpack_int4_codes.default: triton_gemm_ops.unpack_int4_codes_reference,
+    ops.int_requantize_codes.default: triton_gemm_ops.int_requantize_codes_reference,
     ops.int_quantize_packed.default: _int_quantize_packed,
     ops.int_dequantize_packed.default: _int_dequantize_packed,
     ops.int_requantize.default: _int_requantize,

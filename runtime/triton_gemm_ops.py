@@ -2,6 +2,8 @@
 
     qcompile::quantize_codes(x, ...)      -> (codes int8, clip, top)   a quantizer, as codes
     qcompile::recover_codes(x̂, ...)       -> (codes int8, clip, top)   codes of a saved x̂
+    qcompile::unpack_int4_codes(packed, hi, last) -> codes int8        codes a packed x̂ was saved as
+    qcompile::int_requantize_codes(w, clip, hi, ...) -> codes int8     codes of a requantized ŵ
     qcompile::dequantize_codes(c, clip, top, dtype) -> codes / top · clip (the quantizer's value)
     qcompile::scaled_int8_gemm(A codes, B codes, scales, views, bias) -> the GEMM's output
 
@@ -18,8 +20,9 @@ import json
 
 import torch
 
-from .int_quantize import int_clip, int_quantize_reference
+from .int_quantize import int_clip, int_codes_for_clip, int_quantize_reference
 from .luq_quantize import luq_levels, luq_quantize_reference
+from .packed_codes import _fixed_or_group_top, unpack_int4
 from .scaling_groups import group_amax, group_amin, normalize_dims
 from .triton_support import kernels_can_run_on
 
@@ -134,6 +137,45 @@ def recover_codes(
 @recover_codes.register_fake
 def _recover_codes_fake(xhat, bits, signed, reduce_dims):
     return _quantize_codes_fake(xhat, INT, bits, "max", signed, reduce_dims, False)
+
+
+def unpack_int4_codes_reference(packed: torch.Tensor, hi: torch.Tensor, last: int) -> torch.Tensor:
+    return unpack_int4(packed, last, hi)
+
+
+def int_requantize_codes_reference(
+    x: torch.Tensor, clip: torch.Tensor, hi: torch.Tensor, bits: int, signed: str
+) -> torch.Tensor:
+    top = _fixed_or_group_top(hi, bits, signed)
+    return int_codes_for_clip(x.float(), clip, top, bits, signed).to(torch.int8)
+
+
+@torch.library.custom_op("qcompile::unpack_int4_codes", mutates_args=())
+def unpack_int4_codes(packed: torch.Tensor, hi: torch.Tensor, last: int) -> torch.Tensor:
+    """The int8 codes of an ``X̂`` saved packed (`int_quantize_packed`): the fused GEMM reads
+    these with ``clip / hi`` as its scale, so the backward never rebuilds the float ``X̂`` and
+    the forward saves half a byte per element instead of a float. ``hi`` is the saved top code
+    (per group for ``signed="auto"``): a nibble above it is negative (`unpack_int4`)."""
+    return unpack_int4_codes_reference(packed, hi, last).contiguous()
+
+
+@unpack_int4_codes.register_fake
+def _unpack_int4_codes_fake(packed, hi, last):
+    return packed.new_empty([*packed.shape[:-1], last], dtype=torch.int8)
+
+
+@torch.library.custom_op("qcompile::int_requantize_codes", mutates_args=())
+def int_requantize_codes(
+    x: torch.Tensor, clip: torch.Tensor, hi: torch.Tensor, bits: int, signed: str
+) -> torch.Tensor:
+    """The int8 codes `int_requantize` rebuilds ``Ŵ`` from (``W`` and its saved clip, with the
+    forward's float operations): the fused dgrad GEMM reads them with ``clip / hi`` as its scale."""
+    return int_requantize_codes_reference(x, clip, hi, bits, signed).contiguous()
+
+
+@int_requantize_codes.register_fake
+def _int_requantize_codes_fake(x, clip, hi, bits, signed):
+    return torch.empty(x.shape, dtype=torch.int8, device=x.device)
 
 
 @torch.library.custom_op("qcompile::dequantize_codes", mutates_args=())

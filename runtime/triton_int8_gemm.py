@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .triton_support import interpreting
+from . import triton_support
 
 try:
     import triton
@@ -153,7 +153,7 @@ def int8_mm(
         a, b, c, rs if has_scales else dummy, cs if has_scales else dummy, bias_v if bias_v is not None else dummy,
         m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
     )  # fmt: skip
-    if interpreting() or a.device.type != "cuda":
+    if not triton_support.gpu_tiles(a.device):
         bm, bn, bk = 16, 16, 16
         grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
         _int8_mm_kernel[grid](*args, HAS_SCALES=has_scales, HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn,

@@ -26,7 +26,7 @@ from . import triton_support
 from .int_quantize import int_clip
 from .scaling_groups import normalize_dims
 from .triton_reductions import group_absmax_min
-from .triton_support import as_2d, philox_seed
+from .triton_support import QUANTIZE_WARPS, as_2d, philox_seed
 
 try:
     import triton
@@ -116,12 +116,13 @@ def _launch_quantize(view, scale, lo, hi, noise, stochastic: bool, seed: int | N
     axis = {0: SCALE_PER_ROW, 1: SCALE_PER_COL, None: SCALE_PER_TENSOR}[view.axis]
     use_noise = noise is not None
     n2 = noise if use_noise else x
-    block_r, block_c = (32, 128) if x.device.type == "cuda" else (16, 32)
+    block_r, block_c = (32, 128) if triton_support.gpu_tiles(x.device) else (16, 32)
     grid = (triton.cdiv(rows, block_r), triton.cdiv(cols, block_c))
     _int_quantize_kernel[grid](
         x, codes, scale, lo, hi, n2, 0 if seed is None else seed,
         rows, cols, x.stride(0), x.stride(1), n2.stride(0), n2.stride(1),
         SCALE_AXIS=axis, STOCHASTIC=stochastic, USE_NOISE=use_noise, BLOCK_R=block_r, BLOCK_C=block_c,
+        num_warps=QUANTIZE_WARPS,
     )  # fmt: skip
     return codes
 

@@ -21,7 +21,7 @@ from . import triton_support
 from .luq_quantize import luq_levels
 from .triton_int_quantize import SCALE_PER_COL, SCALE_PER_ROW, SCALE_PER_TENSOR, Codes, _group_index
 from .triton_reductions import group_absmax_min
-from .triton_support import as_2d, philox_seed
+from .triton_support import QUANTIZE_WARPS, as_2d, philox_seed
 
 try:
     import triton
@@ -87,13 +87,14 @@ def luq_quantize_codes(
         n2 = as_2d(noise.float(), reduce_dims).x if noise is not None else view.x
         if noise is None and seed is None:
             seed = philox_seed()
-        block_r, block_c = (32, 128) if g.device.type == "cuda" else (16, 32)
+        block_r, block_c = (32, 128) if triton_support.gpu_tiles(g.device) else (16, 32)
         grid = (triton.cdiv(rows, block_r), triton.cdiv(cols, block_c))
         axis = {0: SCALE_PER_ROW, 1: SCALE_PER_COL, None: SCALE_PER_TENSOR}[view.axis]
         _luq_quantize_kernel[grid](
             view.x, codes, alpha, n2, 0 if seed is None else seed, offset,
             rows, cols, view.x.stride(0), view.x.stride(1), n2.stride(0), n2.stride(1),
             SCALE_AXIS=axis, USE_NOISE=noise is not None, BLOCK_R=block_r, BLOCK_C=block_c,
+            num_warps=QUANTIZE_WARPS,
         )  # fmt: skip
     shape = view.group_shape
     return Codes(view.back(codes), alpha.reshape(shape), torch.ones_like(alpha).reshape(shape))

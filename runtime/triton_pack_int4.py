@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .triton_support import interpreting
+from . import triton_support
 
 try:
     import triton
@@ -175,7 +175,7 @@ def pack_codes(codes: torch.Tensor, encoding: str = "int", out: torch.Tensor | N
     p = (cols + 1) // 2
     data = torch.empty((rows, p), device=codes.device, dtype=torch.uint8) if out is None else out
     if rows and cols:
-        block_r, block_p = (32, 64) if codes.device.type == "cuda" and not interpreting() else (16, 16)
+        block_r, block_p = (32, 64) if triton_support.gpu_tiles(codes.device) else (16, 16)
         grid = (triton.cdiv(rows, block_r), triton.cdiv(p, block_p))
         _pack_kernel[grid](codes, data, rows, cols, codes.stride(0), codes.stride(1), p, ENC=ENCODINGS[encoding],
                            BLOCK_R=block_r, BLOCK_P=block_p)  # fmt: skip
@@ -212,12 +212,14 @@ def packed_mm(
         return c.copy_(torch.zeros(m, n, device=c.device) + (bias.float() if bias is not None else 0.0))
     rs, cs = _vector(row_scale, m), _vector(col_scale, n)
     bias_v = bias.reshape(n).contiguous() if bias is not None else c
-    bm, bn, bk = (16, 16, 16) if interpreting() or a_data.device.type != "cuda" else (128, 128, 64)
+    # GPU: 8 warps. At 4 warps the 128x128 int32 accumulator plus the nibble decoding took all
+    # 255 registers and spilled to the stack on sm_90 (`benchmarks/gpu_compile_report.py`).
+    bm, bn, bk, warps = (128, 128, 64, 8) if triton_support.gpu_tiles(a_data.device) else (16, 16, 16, 4)
     grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
     _packed_mm_kernel[grid](
         a_data, b_data, c, rs, cs, bias_v, m, n, k,
         a_data.stride(0), a_data.stride(1), b_data.stride(0), b_data.stride(1), c.stride(0), c.stride(1),
         A_PACK=a_pack, A_ENC=a_enc, B_PACK=b_pack, B_ENC=b_enc, HAS_BIAS=bias is not None,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
     )  # fmt: skip
     return c

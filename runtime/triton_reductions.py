@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .triton_support import View2d
+from . import triton_support
+from .triton_support import QUANTIZE_WARPS, View2d
 
 try:
     import triton
@@ -56,10 +57,16 @@ def group_absmax_min(view: View2d) -> tuple[torch.Tensor, torch.Tensor]:
     amax = torch.empty(g, device=x.device, dtype=torch.float32)
     amin = torch.empty(g, device=x.device, dtype=torch.float32)
     if g and e:
-        block_g = 16
-        block_e = min(1024, triton.next_power_of_2(e)) if x.device.type == "cuda" else 32
+        if not triton_support.gpu_tiles(x.device):
+            block_g, block_e = 16, 32
+        elif view.axis == 1:  # groups are the contiguous axis: a wide row of groups per load
+            block_g, block_e = 128, 32
+        else:  # elements are the contiguous axis
+            block_g, block_e = 16, min(512, triton.next_power_of_2(e))
         grid = (triton.cdiv(g, block_g),)
-        _group_absmax_min_kernel[grid](x, amax, amin, g, e, s_g, s_e, BLOCK_G=block_g, BLOCK_E=block_e)
+        _group_absmax_min_kernel[grid](
+            x, amax, amin, g, e, s_g, s_e, BLOCK_G=block_g, BLOCK_E=block_e, num_warps=QUANTIZE_WARPS
+        )
     else:
         amax.zero_()
         amin.zero_()

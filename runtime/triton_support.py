@@ -42,6 +42,20 @@ def kernels_can_run_on(device: torch.device) -> bool:
     return device.type == "cuda" or (interpreting() and device.type == "cpu")
 
 
+# Warps per quantizer / reduction program. Their GPU tiles hold 4096 (quantize) or 16384 (amax)
+# elements; at 4 warps that is 32 to 128 elements per thread, and compiled for sm_90 they took
+# 222-255 registers per thread (two programs per SM). At 8 warps: 80-172 registers, no spills
+# (`benchmarks/gpu_compile_report.py`), so more warps in flight for these memory-bound kernels.
+QUANTIZE_WARPS = 8
+
+
+def gpu_tiles(device: torch.device) -> bool:
+    """Launch with GPU tile sizes (and the GEMM's autotuning) rather than the interpreter's small
+    ones: on CUDA, unless interpreting. One switch, so a check can compile every kernel as a GPU
+    run would launch it (`tests/test_triton_gpu_compile.py`)."""
+    return device.type == "cuda" and not interpreting()
+
+
 def philox_seed(generator: torch.Generator | None = None) -> int:
     """A fresh seed for `tl.rand` drawn from torch's (CPU) generator: reproducible under
     `torch.manual_seed`, fresh on every call, and no device synchronisation. The process rank is

@@ -196,6 +196,10 @@ def test_backend_routes_gemms_to_triton_and_matches_inductor_path(fuse_on_cpu, m
     assert "triton-int8" in str(plan_f)
     assert plan_p.row("2").kernels()["forward"] == "inductor (tensors on cpu)"
     assert plan_f.row("0").kernels()["forward"] == "inductor (A is not quantized)"
+    # Both paths save the packed codes; the fused backward reads them as int8 codes directly.
+    assert plan_f.memory()["saved_bytes"] == plan_p.memory()["saved_bytes"]
+    assert "X̂ int4 packed as uint8 → int8 codes" in plan_f.row("2").saved
+    assert "X̂ int4 packed as uint8 → float32" in plan_p.row("2").saved
 
 
 @pytest.mark.parametrize("interpreted", [False, True])
@@ -229,6 +233,52 @@ def test_fused_ops_pass_opcheck(interpreted, monkeypatch):
     out = q.scaled_int8_gemm(codes, clip, top, *b, None, chain, "[]", [20, 16], torch.float32)
     want = xhat.t() @ q.dequantize_codes(*b, torch.float32)
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    # The ops reading what the forward saved packed: codes equal the forward's, bit for bit.
+    xq, packed, pclip, hi = q.int_quantize_packed(x3.relu(), 4, "sawb", "auto", [1], False, "t|activation|s")
+    torch.library.opcheck(q.unpack_int4_codes.default, (packed, hi, 7))
+    assert torch.equal(q.unpack_int4_codes(packed, hi, 7).float() / hi * pclip, xq)
+    w = torch.randn(6, 9, generator=g)
+    wq, _, wclip, whi = q.int_quantize_packed(w, 4, "sawb", "signed", [], False, "t|weight|s")
+    torch.library.opcheck(q.int_requantize_codes.default, (w.t().contiguous().t(), wclip, whi, 4, "signed"))
+    assert torch.equal(q.int_requantize_codes(w, wclip, whi, 4, "signed").float() / 7.0 * wclip, wq)
+
+
+def _training_gemms_from_packed(x, w, dy, signed):
+    """The three GEMMs of a layer as the packed joint graph leaves them: the forward reads the
+    packed quantizers' values, the backward rebuilds X̂ from its codes and Ŵ from W's clip."""
+    tag = "t|{}|s"
+    xq, packed, clip, hi = q.int_quantize_packed(x, 4, "sawb", signed, [], False, tag.format("activation"))
+    wq, _, wclip, whi = q.int_quantize_packed(w, 4, "sawb", "signed", [], False, tag.format("weight"))
+    xh = q.int_dequantize_packed(
+        packed, clip, hi, x.shape[-1], 4, signed, torch.float32, tag.format("activation")
+    )
+    wh = q.int_requantize(w, wclip, whi, 4, "signed", torch.float32, tag.format("weight"))
+    g_dgrad = q.int_quantize(dy, 4, "max", "signed", [1], False, tag.format("grad_dgrad"))  # per sample
+    g_wgrad = q.int_quantize(dy, 4, "max", "signed", [0], False, tag.format("grad_wgrad"))  # per channel
+    return xq @ wq.t(), g_dgrad @ wh, g_wgrad.t() @ xh
+
+
+@pytest.mark.parametrize("signed,shift", [("auto", 0.0), ("auto", 0.3), ("signed", 0.0)])
+def test_fused_gemms_read_packed_codes_without_rebuilding_floats(fuse_on_cpu, signed, shift):
+    """A packed X̂ (signed, or unsigned under ``auto``: ReLU outputs) and a requantized Ŵ feed the
+    int8 GEMM as their codes: no float X̂/Ŵ is rebuilt and nothing is re-coded."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(33, 40, generator=g)
+    x = (x.relu() + shift) if shift else x  # shift > 0: every group unsigned with no zero code
+    w, dy = torch.randn(24, 40, generator=g), torch.randn(33, 24, generator=g)
+    ref = _training_gemms_from_packed(x, w, dy, signed)
+    gm = make_fx(lambda *a: _training_gemms_from_packed(*a, signed), tracing_mode="fake")(x, w, dy)
+    decisions = annotate_gemm_kernels(gm)
+    assert {d for d, _ in decisions.values()} == {KERNEL_TRITON}, decisions
+    fuse_triton_gemms(gm)
+    targets = [n.target for n in gm.graph.nodes]
+    assert targets.count(q.scaled_int8_gemm.default) == 3
+    assert targets.count(q.unpack_int4_codes.default) == 3  # forward X̂ and Ŵ, wgrad X̂
+    assert targets.count(q.int_requantize_codes.default) == 1  # dgrad
+    for gone in (q.int_dequantize_packed.default, q.int_requantize.default, q.recover_codes.default):
+        assert gone not in targets
+    for got, want in zip(gm(x, w, dy), ref, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow

@@ -1,0 +1,219 @@
+"""Compile every Triton kernel for a GPU that is not here, as a GPU run would launch it.
+
+    .venv/bin/python benchmarks/gpu_compile_report.py            # sm_90 (H100/H200)
+    .venv/bin/python benchmarks/gpu_compile_report.py --arch 80  # sm_80 (A100)
+
+Without a GPU the kernels can still be compiled: Triton's NVIDIA backend lowers them to PTX and
+``ptxas`` (shipped with Triton) assembles the cubin for the chosen architecture. A stand-in Triton
+driver (`CompileOnlyDriver`) makes this happen through the real launch path: the Python wrappers
+(`int8_mm`, `packed_mm`, `pack_codes`, `int_quantize_codes`, `luq_quantize_codes`,
+`group_absmax_min`) run on CPU tensors with their GPU tile sizes (`triton_support.gpu_tiles`), the
+GEMM's autotuner compiles every config, and the launches themselves do nothing.
+
+For each compiled kernel it reports what the device would be asked for: shared memory (against the
+architecture's limit), registers per thread and spills (from ``cuobjdump`` on the cubin), warps,
+pipeline stages, and whether the GEMMs use tensor cores (``wgmma`` on sm_90, ``mma`` otherwise).
+This proves the kernels build for the target and fit it; it measures no speed (`gpu_kernels.py`
+does, on a GPU). Writes ``benchmarks/results/gpu_compile_sm<arch>.json``. Must run without
+``TRITON_INTERPRET`` (the interpreter replaces the compiler).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+# Shared memory a block may use (opt-in maximum), bytes, and SM count, per architecture.
+DEVICES = {90: ("H100/H200 (sm_90)", 232448, 132), 80: ("A100 (sm_80)", 166912, 108)}
+
+
+@dataclass
+class CompiledKernel:
+    call: str  # the wrapper call that launched it
+    name: str
+    constants: str
+    num_warps: int
+    num_stages: int
+    shared_bytes: int
+    registers: int = -1
+    spill_bytes: int = -1
+    tensor_core: str = ""
+    fits: bool = True
+
+
+class CompileOnlyDriver:
+    """A Triton driver for an absent GPU: compiles for ``GPUTarget("cuda", arch, 32)``, records
+    each kernel it would load, launches nothing, and times every autotuning config as equal."""
+
+    def __init__(self, arch: int) -> None:
+        from types import SimpleNamespace
+
+        from triton.backends.compiler import GPUTarget
+
+        _, self.max_shared, sms = DEVICES[arch]
+        self.arch = arch
+        self.target = GPUTarget("cuda", arch, 32)
+        self.kernels: list[CompiledKernel] = []
+        self.call = ""  # set by the caller before each wrapper call
+        props = {"max_shared_mem": self.max_shared, "multiprocessor_count": sms, "max_num_regs": 65536,
+                 "warpSize": 32}  # fmt: skip
+        self.utils = SimpleNamespace(
+            load_binary=self._load_binary, get_device_properties=lambda device: props
+        )
+
+    # What JITFunction.run / CompiledKernel._init_handles / Autotuner ask of a driver.
+    def get_current_device(self) -> int:
+        return 0
+
+    def get_current_stream(self, device: int | None = None) -> int:
+        return 0
+
+    def get_current_target(self):
+        return self.target
+
+    def get_benchmarker(self):
+        def bench(kernel_call, quantiles=None, **_):
+            kernel_call()  # compiles the config and "launches" it
+            return [1.0] * len(quantiles) if quantiles else 1.0
+
+        return bench
+
+    def launcher_cls(self, src, metadata):
+        consts = {
+            src.fn.arg_names[k[0]]: v for k, v in src.constants.items() if src.fn.arg_names[k[0]].isupper()
+        }
+        self.kernels.append(
+            CompiledKernel(
+                self.call, src.name, ",".join(f"{k}={v}" for k, v in sorted(consts.items())), metadata.num_warps,
+                metadata.num_stages, metadata.shared, fits=metadata.shared <= self.max_shared,
+            )
+        )  # fmt: skip
+        self._pending = self.kernels[-1]
+        return lambda *args, **kwargs: None
+
+    def _load_binary(self, name, cubin, shared, device):
+        k = self._pending
+        k.registers, k.spill_bytes = _resource_usage(cubin)
+        sass = _disassemble(cubin)
+        k.tensor_core = "wgmma" if "HGMMA" in sass or "IGMMA" in sass else "mma" if "IMMA" in sass else ""
+        return "compile-only", None, k.registers, k.spill_bytes, 1024  # a module: loaded once
+
+
+def _tool(name: str) -> str:
+    import triton
+
+    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
+
+
+def _with_cubin(cubin: bytes, args: list[str]) -> str:
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([*args, f.name], capture_output=True, text=True, check=True).stdout
+
+
+def _resource_usage(cubin: bytes) -> tuple[int, int]:
+    """(registers per thread, bytes per thread spilled to the stack or local memory), from
+    ``cuobjdump``. A kernel whose registers do not fit gets a stack frame (seen: ``REG:32
+    STACK:5440``), so both count as spills."""
+    out = _with_cubin(cubin, [_tool("cuobjdump"), "--dump-resource-usage"])
+    reg = re.search(r"REG:(\d+)", out)
+    spill = sum(int(m) for m in re.findall(r"(?:STACK|LOCAL):(\d+)", out))
+    return int(reg.group(1)) if reg else -1, spill
+
+
+def _disassemble(cubin: bytes) -> str:
+    return _with_cubin(cubin, [_tool("cuobjdump"), "--dump-sass"])
+
+
+def compile_all(arch: int, n: int = 1024) -> list[CompiledKernel]:
+    """Run every kernel wrapper once on CPU tensors as if on an sm_``arch`` GPU: forward, dgrad and
+    wgrad layouts of the int8 GEMM (all autotuning configs, with and without bias), the packed GEMM,
+    the quantizers (per tensor, per row, per column; nearest and stochastic) and packing."""
+    import triton
+    from qcompile.runtime import triton_support
+    from qcompile.runtime.triton_int8_gemm import dgrad_gemm, forward_gemm, wgrad_gemm
+    from qcompile.runtime.triton_int_quantize import int_quantize_codes
+    from qcompile.runtime.triton_luq_quantize import luq_quantize_codes
+    from qcompile.runtime.triton_pack_int4 import pack_codes, packed_mm
+
+    if triton_support.interpreting():
+        raise RuntimeError("gpu_compile_report: unset TRITON_INTERPRET (the interpreter compiles nothing)")
+    drv = CompileOnlyDriver(arch)
+    previous = triton.runtime.driver._active  # None on a machine without a GPU driver
+    triton.runtime.driver.set_active(drv)
+    gpu_tiles = triton_support.gpu_tiles
+    triton_support.gpu_tiles = lambda device: True
+    try:
+        g = torch.Generator().manual_seed(0)
+        a8 = torch.randint(-64, 65, (n, n), dtype=torch.int8, generator=g)
+        w8 = torch.randint(-7, 8, (n, n), dtype=torch.int8, generator=g)
+        rs, cs, bias = torch.rand(n) + 0.5, torch.rand(n) + 0.5, torch.randn(n, dtype=torch.bfloat16)
+        x = torch.randn(n, n, generator=g)
+        calls = {
+            "forward X·Wᵀ + bias": lambda: forward_gemm(a8, w8, rs, cs, bias, out_dtype=torch.bfloat16),
+            "forward X·Wᵀ": lambda: forward_gemm(a8, w8, rs, cs, out_dtype=torch.bfloat16),
+            "dgrad dY·W": lambda: dgrad_gemm(a8, w8, rs, cs, out_dtype=torch.float32),
+            "wgrad dYᵀ·X": lambda: wgrad_gemm(a8, w8, rs, cs, out_dtype=torch.float32),
+            "pack int4": lambda: pack_codes(w8),
+            "packed X·Wᵀ": lambda: packed_mm(pack_codes(a8.clamp(-7, 7)), pack_codes(w8).t(), rs, cs,
+                                            out_dtype=torch.bfloat16),
+        }  # fmt: skip
+        for dims, axis in (([], "tensor"), ([1], "row"), ([0], "column")):
+            calls[f"int4 sawb auto per {axis}"] = lambda d=dims: int_quantize_codes(
+                x, 4, "sawb", "auto", d, False
+            )
+            calls[f"int4 stochastic bf16 per {axis}"] = lambda d=dims: int_quantize_codes(
+                x.bfloat16(), 4, "max", "signed", d, True
+            )
+            calls[f"luq4 per {axis}"] = lambda d=dims: luq_quantize_codes(x, 4, d)
+        for name, call in calls.items():
+            drv.call = name
+            call()
+    finally:
+        triton_support.gpu_tiles = gpu_tiles
+        triton.runtime.driver._active = previous
+    return drv.kernels
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--arch", type=int, default=90, choices=sorted(DEVICES))
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    from tabulate import tabulate
+
+    kernels = compile_all(args.arch)
+    print(
+        f"compiled for {DEVICES[args.arch][0]} without a GPU (shared memory limit {DEVICES[args.arch][1]} B)"
+    )
+    print(tabulate([[k.call, k.name, k.constants, k.num_warps, k.num_stages, k.shared_bytes, k.registers, k.spill_bytes,
+                     k.tensor_core or "-", "yes" if k.fits else "NO"] for k in kernels],
+                   headers=["call", "kernel", "constants", "warps", "stages", "shared B", "regs", "spill B",
+                            "tensor cores", "fits"]))  # fmt: skip
+    import triton
+
+    out = args.out or RESULTS / f"gpu_compile_sm{args.arch}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data = {"arch": args.arch, "device": DEVICES[args.arch][0], "triton": triton.__version__,
+            "torch": torch.__version__, "kernels": [asdict(k) for k in kernels]}  # fmt: skip
+    out.write_text(json.dumps(data, indent=2))
+    print(f"wrote {out}")
+    return 0 if all(k.fits and k.spill_bytes == 0 for k in kernels) else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    sys.exit(main())
