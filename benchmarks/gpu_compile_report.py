@@ -21,6 +21,7 @@ does, on a GPU). Writes ``benchmarks/results/gpu_compile_sm<arch>.json``. Must r
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import re
@@ -33,6 +34,9 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).parent / "results"
+# The stand-in driver speaks to Triton internals (driver slots, launcher and load_binary
+# signatures, the autotuner's benchmarker) as they are in this release.
+CHECKED_TRITON = "3.9"
 # Shared memory a block may use (opt-in maximum), bytes, and SM count, per architecture.
 DEVICES = {90: ("H100/H200 (sm_90)", 232448, 132), 80: ("A100 (sm_80)", 166912, 108)}
 
@@ -68,7 +72,9 @@ class CompileOnlyDriver:
         props = {"max_shared_mem": self.max_shared, "multiprocessor_count": sms, "max_num_regs": 65536,
                  "warpSize": 32}  # fmt: skip
         self.utils = SimpleNamespace(
-            load_binary=self._load_binary, get_device_properties=lambda device: props
+            load_binary=self._load_binary,
+            get_device_properties=lambda device: props,
+            unload_module=lambda m: None,
         )
 
     # What JITFunction.run / CompiledKernel._init_handles / Autotuner ask of a driver.
@@ -149,6 +155,10 @@ def compile_all(arch: int, n: int = 1024) -> list[CompiledKernel]:
 
     if triton_support.interpreting():
         raise RuntimeError("gpu_compile_report: unset TRITON_INTERPRET (the interpreter compiles nothing)")
+    if not triton.__version__.startswith(CHECKED_TRITON + "."):
+        raise RuntimeError(
+            f"gpu_compile_report: written against Triton {CHECKED_TRITON}.x internals, found {triton.__version__}"
+        )
     drv = CompileOnlyDriver(arch)
     previous = triton.runtime.driver._active  # None on a machine without a GPU driver
     triton.runtime.driver.set_active(drv)
@@ -182,8 +192,39 @@ def compile_all(arch: int, n: int = 1024) -> list[CompiledKernel]:
             call()
     finally:
         triton_support.gpu_tiles = gpu_tiles
+        _forget_compiled_kernels()  # while the stand-in is active: it unloads its kernels
+        gc.collect()
         triton.runtime.driver._active = previous
     return drv.kernels
+
+
+def _forget_compiled_kernels() -> None:
+    """Drop what the stand-in driver left in the kernels' caches (compiled-only kernels with no-op
+    launchers, the autotuners' equal timings and benchmarker), so a later launch in this process
+    compiles and tunes for the real device."""
+    from qcompile.runtime import (
+        triton_int8_gemm,
+        triton_int_quantize,
+        triton_luq_quantize,
+        triton_pack_int4,
+        triton_reductions,
+    )
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction
+
+    modules = (
+        triton_int8_gemm,
+        triton_int_quantize,
+        triton_luq_quantize,
+        triton_pack_int4,
+        triton_reductions,
+    )
+    for obj in (v for m in modules for v in vars(m).values()):
+        if isinstance(obj, Autotuner):
+            obj.cache.clear()
+            obj.__dict__.pop("do_bench", None)  # a cached_property: the stand-in's benchmarker
+        if isinstance(obj, JITFunction):
+            obj.device_caches.clear()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,20 +108,12 @@ def _codes_for(src_node: fx.Node, b: _Builder, cache: dict, saved: dict[str, Sav
     return parts
 
 
-def _output(node: fx.Node, index: int, b: _Builder) -> fx.Node:
-    """The ``getitem`` of a multi-output node's ``index``-th output (made if the graph has none)."""
-    for user in node.users:
-        if user.target is operator.getitem and user.args[1] == index:
-            return user
-    with b.graph.inserting_after(node):
-        return b.call(operator.getitem, (node, index), node)
-
-
 def _packed_quantizer_codes(node: fx.Node, b: _Builder):
-    """Forward: the codes ``int_quantize_packed`` saves, unpacked once for the forward GEMM."""
-    packed, clip, hi = (_output(node, i, b) for i in (1, 2, 3))
-    order = {n: i for i, n in enumerate(b.graph.nodes)}
-    with b.graph.inserting_after(max((packed, clip, hi), key=order.__getitem__)):
+    """Forward: the codes ``int_quantize_packed`` saves, unpacked once for the forward GEMM. Its
+    outputs are read through new ``getitem`` nodes right after it, so everything made here
+    precedes every GEMM that reads it, wherever the graph's own ``getitem`` nodes stand."""
+    with b.graph.inserting_before(node.next):  # in creation order, right after ``node``
+        packed, clip, hi = (b.call(operator.getitem, (node, i), node) for i in (1, 2, 3))
         codes = b.call(qops.unpack_int4_codes.default, (packed, hi, node.args[0].meta["val"].shape[-1]), node)
     return codes, clip, hi
 

@@ -59,9 +59,9 @@ def group_absmax_min(view: View2d) -> tuple[torch.Tensor, torch.Tensor]:
     if g and e:
         if not triton_support.gpu_tiles(x.device):
             block_g, block_e = 16, 32
-        elif view.axis == 1:  # groups are the contiguous axis: a wide row of groups per load
+        elif s_g < s_e:  # neighbouring groups are nearer in memory: load a wide row of groups
             block_g, block_e = 128, 32
-        else:  # elements are the contiguous axis
+        else:  # a group's elements are the nearer ones: load long runs of them
             block_g, block_e = 16, min(512, triton.next_power_of_2(e))
         grid = (triton.cdiv(g, block_g),)
         _group_absmax_min_kernel[grid](

@@ -42,10 +42,10 @@ def kernels_can_run_on(device: torch.device) -> bool:
     return device.type == "cuda" or (interpreting() and device.type == "cpu")
 
 
-# Warps per quantizer / reduction program. Their GPU tiles hold 4096 (quantize) or 16384 (amax)
-# elements; at 4 warps that is 32 to 128 elements per thread, and compiled for sm_90 they took
-# 222-255 registers per thread (two programs per SM). At 8 warps: 80-172 registers, no spills
-# (`benchmarks/gpu_compile_report.py`), so more warps in flight for these memory-bound kernels.
+# Warps per quantizer / reduction program. A quantizer's GPU tile holds 4096 elements: at 4 warps
+# (32 per thread) the sm_90 build took 222-241 registers per thread, two programs per SM. At 8
+# warps it takes 79-124, no spills (`benchmarks/gpu_compile_report.py`): more warps in flight for
+# these memory-bound kernels.
 QUANTIZE_WARPS = 8
 
 
