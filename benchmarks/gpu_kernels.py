@@ -15,8 +15,9 @@ Sections (Triton's `do_bench`: median of repeated runs after warm-up):
   2. A GPT-2-small-sized transformer block (d=768, 12 heads, MLP 3072, 8×1024 tokens): one full
      training step (forward, backward, SGD update) with ``backend="fqt"`` (its GEMMs routed to the
      Triton kernels; the plan's kernel column says which) over BF16 ``torch.compile``, with the
-     default packed + recomputing backend and with ``recompute="none"`` and ``pack_saved=False``,
-     and each configuration's peak CUDA memory over one step.
+     default packed + recomputing backend, with ``recompute="none"``, with ``pack_saved=False``
+     and with attention kept in high precision (SDPA fused), and each configuration's peak CUDA
+     memory over one step.
 Writes ``benchmarks/results/gpu_kernels.json``.
 """
 
@@ -129,14 +130,21 @@ class Block(torch.nn.Module):
         return x + self.out(torch.nn.functional.gelu(self.fc(self.ln2(x))))
 
 
-def block_rows(batch: int, seq: int) -> tuple[list[dict], str]:
+def block_rows(
+    batch: int, seq: int, device: str = "cuda", d: int = 768, heads: int = 12, timer=None, only=None
+) -> tuple[list[dict], str]:
+    """One training step of `Block` per configuration: milliseconds (``timer``, default `bench`),
+    GEMM TFLOP/s, peak CUDA memory over one step, and for fqt how many GEMMs the plan puts on the
+    Triton kernels. ``device``/``d``/``heads``/``timer``/``only`` (configuration names) let a CPU
+    smoke test run the same code."""
     import qcompile
-    from qcompile import Policy
+    from qcompile import Policy, Rule
 
-    x = torch.randn(batch, seq, 768, device="cuda")
+    timer = timer or bench
+    x = torch.randn(batch, seq, d, device=device)
     tokens = batch * seq
     # 4 GEMMs of the block, forward + 2 backward: 6 · tokens · params(GEMM) FLOPs.
-    gemm_flops = 6.0 * tokens * (768 * 3 * 768 + 768 * 768 + 2 * 768 * 3072)
+    gemm_flops = 6.0 * tokens * (d * 3 * d + d * d + 2 * d * 4 * d)
     rows, plan_text = [], ""
     fqt = Policy(name="luq-int4-all", keep_first_last=False)
     configs = {
@@ -146,11 +154,19 @@ def block_rows(batch: int, seq: int) -> tuple[list[dict], str]:
         "fqt luq-int4 (Triton int8 GEMMs)": ("fqt", fqt),
         "fqt luq-int4, recompute=none": ("fqt", dataclasses.replace(fqt, recompute="none")),
         "fqt luq-int4, unpacked (pack_saved=False)": ("fqt", dataclasses.replace(fqt, pack_saved=False)),
+        # Quantized attention is two explicit GEMMs around a materialised softmax; kept in high
+        # precision, SDPA stays one fused (flash) kernel, as in the BF16 baseline.
+        "fqt luq-int4, attention high precision (fused SDPA)": (
+            "fqt",
+            dataclasses.replace(fqt, rules=(Rule.high_precision(op="attention.*", reason="fused SDPA"),)),
+        ),
     }
+    configs = {k: v for k, v in configs.items() if only is None or k in only}
+    cuda = torch.device(device).type == "cuda"
     for name, (backend, policy) in configs.items():
         torch._dynamo.reset()
         torch.manual_seed(0)
-        model = Block().cuda()
+        model = Block(d, heads).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=1e-4)
         options = {"policy": policy} if policy is not None else None
         cm = (
@@ -160,7 +176,7 @@ def block_rows(batch: int, seq: int) -> tuple[list[dict], str]:
         )
 
         def step(cm=cm, opt=opt):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
                 loss = cm(x).float().square().mean()
             loss.backward()
             opt.step()
@@ -168,12 +184,14 @@ def block_rows(batch: int, seq: int) -> tuple[list[dict], str]:
 
         try:
             step()  # compile outside the timed region and the memory reading
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            step()
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated() / 2**20
-            ms = bench(step)
+            peak = None
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                step()
+                torch.cuda.synchronize()
+                peak = torch.cuda.max_memory_allocated() / 2**20
+            ms = timer(step)
         except Exception as exc:  # report, do not hide: the JSON says this config failed and why
             rows.append({"config": name, "error": f"{type(exc).__name__}: {exc}"[:500]})
             continue
@@ -214,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                    headers=["M=N=K", "kernel", "ms", "TFLOP/s", "vs bf16", "vs _int_mm", "of int8 peak"]))  # fmt: skip
     block, plan_text = block_rows(2 if args.quick else 8, 1024)
     print(tabulate([[r["config"], f"{r['ms']:.2f}" if "ms" in r else r.get("error", ""),
-                     f"{r.get('speedup_vs_bf16_compile', 0):.2f}x", f"{r.get('peak_mib', 0):.0f}",
+                     f"{r.get('speedup_vs_bf16_compile', 0):.2f}x", f"{r.get('peak_mib') or 0:.0f}",
                      r.get("gemms_on_triton", "")] for r in block],
                    headers=["GPT-2-small block step", "ms", "vs bf16 compile", "peak MiB",
                             "GEMMs on triton"]))  # fmt: skip

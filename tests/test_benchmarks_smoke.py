@@ -80,6 +80,33 @@ def test_gpu_kernels_benchmark_exits_cleanly_without_cuda():
     assert proc.stderr.strip() == "" or "Traceback" not in proc.stderr
 
 
+def test_gpu_block_step_configurations_run_on_cpu(monkeypatch):
+    """The GPU benchmark's block-step code (every configuration, the plan's kernel count) on a tiny
+    block on CPU, so a GPU session's minutes are not spent on a bug in it."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import gpu_kernels
+
+    # The baseline and the two fqt configurations that differ in what they compile (the others
+    # change options of the same graphs); each compiles in about 20 s on CPU.
+    only = (
+        "bf16 torch.compile",
+        "fqt luq-int4 (Triton int8 GEMMs)",
+        "fqt luq-int4, attention high precision (fused SDPA)",
+    )
+    rows, plan_text = gpu_kernels.block_rows(
+        2, 16, device="cpu", d=32, heads=2, timer=lambda step: step() or 1.0, only=only
+    )
+    assert [r["config"] for r in rows] == list(only)
+    assert [r.get("error") for r in rows] == [None] * 3, rows
+    assert all(r["ms"] == 1.0 and r["peak_mib"] is None and r["speedup_vs_bf16_compile"] == 1.0 for r in rows)
+    # On CPU nothing runs on the Triton kernels. The plan counts three roles of the four linear
+    # layers and of the two attention GEMMs, or of the linear layers alone with attention in SDPA.
+    assert [(r["gemms_on_triton"], r["gemms_total"]) for r in rows[1:]] == [(0, 18), (0, 12)], rows
+    attention = [line for line in plan_text.splitlines() if " attention." in line]
+    assert len(attention) == 2 and all("fused SDPA" in line for line in attention), plan_text
+    sys.modules.pop("gpu_kernels", None)
+
+
 def test_paper_presets_benchmark_writes_results(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
     import paper_presets
