@@ -110,20 +110,30 @@ def dense_order(val: torch.Tensor) -> list[int] | None:
 
 
 def _backward_uses(node: fx.Node, forward: set[fx.Node]) -> list[tuple[fx.Node, fx.Node]]:
-    """(value, user) pairs where a non-forward node reads ``node`` or a forward view chain of it."""
+    """(value, user) pairs where a non-forward node reads ``node`` or a forward chain of views and
+    dtype casts of it (autocast casts ``X̂`` to bf16 for its GEMM; backward then reads the cast)."""
     uses, stack = [], [node]
     while stack:
         n = stack.pop()
         for user in n.users:
             if user not in forward:
                 uses.append((n, user))
-            elif _is_view(user) and user.args and user.args[0] is n:
+            elif (_is_view(user) or _is_dtype_cast(user)) and user.args and user.args[0] is n:
                 stack.append(user)
     return uses
 
 
 def _is_view(node: fx.Node) -> bool:
     return isinstance(node.target, torch._ops.OpOverload) and node.target.is_view
+
+
+_DTYPE_CASTS = (torch.ops.prims.convert_element_type.default, aten._to_copy.default)
+
+
+def _is_dtype_cast(node: fx.Node) -> bool:
+    """A cast of a tensor's dtype only: replayed on the rebuilt ``X̂`` it gives, bit for bit, what
+    the forward's cast gave."""
+    return node.target in _DTYPE_CASTS and set(node.kwargs) <= {"dtype"}
 
 
 def _redirect(graph: fx.Graph, root: fx.Node, replacement: fx.Node, uses) -> None:
@@ -162,10 +172,14 @@ def _first(graph: fx.Graph, nodes) -> fx.Node:
 
 
 def _graph_input_view_chain(x: fx.Node) -> list[fx.Node] | None:
-    """``[placeholder, view, view, ...]`` when ``x`` is a graph input (a parameter) seen through
-    views only, else None."""
+    """``[placeholder, view, cast, ...]`` when ``x`` is a graph input (a parameter) seen through
+    views and dtype casts only (autocast's bf16 copy of ``W``), else None."""
     chain = [x]
-    while chain[0].op == "call_function" and _is_view(chain[0]) and isinstance(chain[0].args[0], fx.Node):
+    while (
+        chain[0].op == "call_function"
+        and (_is_view(chain[0]) or _is_dtype_cast(chain[0]))
+        and isinstance(chain[0].args[0], fx.Node)
+    ):
         chain.insert(0, chain[0].args[0])
     if chain[0].op != "placeholder" or "tangents" in str(chain[0].target):
         return None
@@ -173,7 +187,7 @@ def _graph_input_view_chain(x: fx.Node) -> list[fx.Node] | None:
 
 
 def _copy_views(graph: fx.Graph, chain: list[fx.Node]) -> fx.Node:
-    """The view chain ``chain[1:]`` replayed in backward on ``chain[0]`` (views are free)."""
+    """The chain ``chain[1:]`` (views, dtype casts) replayed in backward on ``chain[0]``."""
     out = chain[0]
     for view in chain[1:]:
         out = _new_node(

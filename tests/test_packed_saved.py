@@ -262,3 +262,36 @@ def test_packed_conv_net_and_attention_are_bit_identical():
                 assert "packed" in {t.kind for t in qcompile.plan(compiled).saved}
         for a, b in zip(*grads, strict=True):
             assert torch.equal(a, b), make.__name__
+
+
+def _autocast_run(pack: bool, recompute: str):
+    """One bf16-autocast step of a LayerNorm MLP: (output, gradients, plan)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.LayerNorm(64), nn.Linear(64, 64), nn.GELU(),
+        nn.Linear(64, 8),
+    )  # fmt: skip
+    policy = qcompile.preset("luq-int4").replace(pack_saved=pack, recompute=recompute)
+    compiled = torch.compile(model, backend="fqt", options={"policy": policy})
+    x = torch.randn(16, 32, generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = compiled(x)
+    out.float().square().sum().backward()
+    return out.detach(), [p.grad for p in model.parameters()], qcompile.plan(compiled)
+
+
+def test_packing_applies_under_bf16_autocast():
+    """Autocast casts X̂ and Ŵ to bf16 for their GEMMs and backward reads the casts: the casts are
+    replayed on the rebuilt X̂ / requantized Ŵ, so what is saved is still codes and clips, and
+    training is bit-identical to the unpacked path."""
+    torch._dynamo.reset()
+    out_p, grads_p, plan_p = _autocast_run(True, "pointwise")
+    torch._dynamo.reset()
+    out_u, grads_u, plan_u = _autocast_run(False, "none")
+    assert torch.equal(out_p, out_u)
+    for gp, gu in zip(grads_p, grads_u, strict=True):
+        assert torch.equal(gp, gu)
+    for layer in ("2", "4"):
+        saved = plan_p.row(layer).saved
+        assert "X̂ int4 packed as uint8 → bfloat16" in saved and "Ŵ int4 requantized from W" in saved, saved
+    assert plan_p.memory()["saved_bytes"] <= 0.25 * plan_u.memory()["saved_bytes"]
