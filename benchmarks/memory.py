@@ -19,7 +19,8 @@ happens there), then measures one step:
   indication of what recomputation costs; `cpu_perf.py` is the speed benchmark).
 
 Configurations: ``fp32`` (``torch.compile``), ``fqt`` (the default ``luq-int4`` policy: packed,
-``recompute="gemm"``), ``fqt-no-recompute`` (packed only) and ``fqt-unpacked``.
+``recompute="gemm"``), ``fqt-no-recompute`` (packed only) and ``fqt-unpacked``. ``--autocast bf16``
+runs every configuration's step under CPU autocast, the mode GPU training uses.
 
 Children run with glibc's mmap threshold fixed at 64 KiB (``MALLOC_MMAP_THRESHOLD_``), so every
 tensor larger than that is its own mapping, returned to the OS when freed; without it glibc
@@ -32,6 +33,7 @@ batch, and one more fresh process at that batch checks it.
 
     python benchmarks/memory.py                # full sizes (~10 min on 2 cores)
     python benchmarks/memory.py --quick        # tiny sizes (smoke test)
+    python benchmarks/memory.py --autocast bf16 --out benchmarks/results/memory_bf16.json
 """
 
 from __future__ import annotations
@@ -159,7 +161,9 @@ def _held_saved_bytes(loss, exclude: set[int]) -> int:
     return total
 
 
-def child(model: str, config: str, batch_size: int, quick: bool) -> dict:
+def child(model: str, config: str, batch_size: int, quick: bool, autocast: str = "none") -> dict:
+    import contextlib
+
     import torch
     import torch.nn.functional as F
 
@@ -178,8 +182,17 @@ def child(model: str, config: str, batch_size: int, quick: bool) -> dict:
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
     x, y = make_batch(batch_size)
 
+    def amp():
+        if autocast == "none":
+            return contextlib.nullcontext()
+        return torch.autocast("cpu", dtype=getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}[autocast]))
+
+    def forward_loss():
+        with amp():
+            return F.cross_entropy(compiled(x).float(), y)
+
     def step():
-        loss = F.cross_entropy(compiled(x), y)
+        loss = forward_loss()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -192,7 +205,7 @@ def child(model: str, config: str, batch_size: int, quick: bool) -> dict:
     exclude = {p.untyped_storage().data_ptr() for p in net.parameters()} | {x.untyped_storage().data_ptr()}
     before = _status()["VmRSS"]
     _reset_peak()
-    loss = F.cross_entropy(compiled(x), y)
+    loss = forward_loss()
     after_forward = _status()["VmRSS"]
     held = _held_saved_bytes(loss, exclude)
     loss.backward()
@@ -207,6 +220,7 @@ def child(model: str, config: str, batch_size: int, quick: bool) -> dict:
     out = {
         "model": model,
         "config": config,
+        "autocast": autocast,
         "batch": batch_size,
         "size": size,
         "rss_before_step": before,
@@ -225,7 +239,7 @@ def child(model: str, config: str, batch_size: int, quick: bool) -> dict:
 # ----------------------------------------------------------------------------- parent
 
 
-def measure(model: str, config: str, batch: int, quick: bool) -> dict:
+def measure(model: str, config: str, batch: int, quick: bool, autocast: str = "none") -> dict:
     """One measurement in a fresh process, plus the child's ``ru_maxrss`` (from ``os.wait4``)."""
     import tempfile
 
@@ -233,6 +247,7 @@ def measure(model: str, config: str, batch: int, quick: bool) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", model, config, str(batch)]
     if quick:
         cmd.append("--quick")
+    cmd += ["--autocast", autocast]
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env, text=True)
         out = proc.stdout.read()
@@ -247,13 +262,15 @@ def measure(model: str, config: str, batch: int, quick: bool) -> dict:
     return result
 
 
-def largest_batch(model: str, config: str, budget: int, batches: tuple[int, int], quick: bool) -> dict:
+def largest_batch(
+    model: str, config: str, budget: int, batches: tuple[int, int], quick: bool, autocast: str = "none"
+) -> dict:
     """Fit step memory = a + b·batch on two batches, solve for the budget, check it in a fresh run."""
-    (b1, b2), runs = batches, [measure(model, config, b, quick) for b in batches]
+    (b1, b2), runs = batches, [measure(model, config, b, quick, autocast) for b in batches]
     slope = (runs[1]["step_peak"] - runs[0]["step_peak"]) / (b2 - b1)
     fixed = runs[0]["step_peak"] - slope * b1
     predicted = int((budget - fixed) / slope) if slope > 0 else 0
-    check = measure(model, config, predicted, quick) if predicted > 0 else None
+    check = measure(model, config, predicted, quick, autocast) if predicted > 0 else None
     return {
         "model": model,
         "config": config,
@@ -288,11 +305,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", default=",".join(CONFIGS), help="fp32 and fqt are required")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--budget-mib", type=float, default=0.0, help="also find the largest batch (MLP)")
+    parser.add_argument(
+        "--autocast", choices=("none", "bf16", "fp16"), default="none",
+        help="run every configuration's step under CPU autocast (default: float32)",
+    )  # fmt: skip
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "CONFIG", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         model, config, batch = args.child
-        print(json.dumps(child(model, config, int(batch), args.quick)))
+        print(json.dumps(child(model, config, int(batch), args.quick, args.autocast)))
         return 0
 
     from tabulate import tabulate
@@ -307,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     for model, config in tqdm(jobs, desc="fresh processes"):
         batch = SIZES[model][1 if args.quick else 0]["batch"]
-        runs.append(measure(model, config, batch, args.quick))
+        runs.append(measure(model, config, batch, args.quick, args.autocast))
     table, ratios = [], []
     for model in models:
         r = {x["config"]: x for x in runs if x["model"] == model}
@@ -344,7 +365,9 @@ def main(argv: list[str] | None = None) -> int:
         budget = int(args.budget_mib * 2**20)
         base = SIZES["mlp"][1 if args.quick else 0]["batch"]
         for config in tqdm(("fp32", "fqt"), desc="largest batch"):
-            budget_runs.append(largest_batch("mlp", config, budget, (base, 2 * base), args.quick))
+            budget_runs.append(
+                largest_batch("mlp", config, budget, (base, 2 * base), args.quick, args.autocast)
+            )
         print()
         print(tabulate(
             [[b["config"], _mib(b["budget"]), f"{b['bytes_per_sample'] / 1024:.1f}", b["largest_batch"],
@@ -358,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     out = {
         "quick": args.quick,
+        "autocast": args.autocast,
         "seconds": round(time.time() - start, 1),
         "torch": __import__("torch").__version__,
         "method": "fresh process per run; step_peak = VmHWM - VmRSS before the step (peak reset via "
