@@ -86,24 +86,19 @@ def test_gpu_block_step_configurations_run_on_cpu(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
     import gpu_kernels
 
-    # The baseline and the two fqt configurations that differ in what they compile (the others
-    # change options of the same graphs); each compiles in about 20 s on CPU.
-    only = (
-        "bf16 torch.compile",
-        "fqt luq-int4 (Triton int8 GEMMs)",
-        "fqt luq-int4, attention high precision (fused SDPA)",
-    )
+    # The baseline and the default fqt configuration (each compiles in 10-30 s on CPU); the other
+    # fqt policies are built too (`only` filters after building them) but not compiled.
+    only = ("bf16 torch.compile", "fqt luq-int4 (Triton int8 GEMMs)")
     rows, plan_text = gpu_kernels.block_rows(
         2, 16, device="cpu", d=32, heads=2, timer=lambda step: step() or 1.0, only=only
     )
     assert [r["config"] for r in rows] == list(only)
-    assert [r.get("error") for r in rows] == [None] * 3, rows
+    assert [r.get("error") for r in rows] == [None] * 2, rows
     assert all(r["ms"] == 1.0 and r["peak_mib"] is None and r["speedup_vs_bf16_compile"] == 1.0 for r in rows)
     # On CPU nothing runs on the Triton kernels. The plan counts three roles of the four linear
-    # layers and of the two attention GEMMs, or of the linear layers alone with attention in SDPA.
-    assert [(r["gemms_on_triton"], r["gemms_total"]) for r in rows[1:]] == [(0, 18), (0, 12)], rows
-    attention = [line for line in plan_text.splitlines() if " attention." in line]
-    assert len(attention) == 2 and all("fused SDPA" in line for line in attention), plan_text
+    # layers and of the two attention GEMMs.
+    assert (rows[1]["gemms_on_triton"], rows[1]["gemms_total"]) == (0, 18), rows
+    assert sum(" attention." in line for line in plan_text.splitlines()) == 2, plan_text
     sys.modules.pop("gpu_kernels", None)
 
 
