@@ -20,6 +20,8 @@ import torch
 from qcompile.runtime.triton_support import triton_available
 from torch import fx
 
+from .pack_saved_tensors import is_dtype_cast
+
 aten = torch.ops.aten
 qops = torch.ops.qcompile
 
@@ -48,8 +50,6 @@ _SKIP = {qops.mark_layer.default, aten.alias.default}
 # (`int_dequantize_packed`) or a requantized Ŵ (`int_requantize`).
 _QUANTIZERS = (qops.int_quantize.default, qops.luq_quantize.default)
 _REBUILDS = (qops.int_dequantize_packed.default, qops.int_requantize.default)
-# Dtype casts (autocast): codes carry no dtype, the GEMM writes its own output dtype.
-_CASTS = {torch.ops.prims.convert_element_type.default, aten._to_copy.default}
 # GEMM-class nodes the kernels do not cover yet: they stay Inductor's, and the plan says why.
 _NOT_ROUTED = {
     aten.bmm.default: "batched or 1-D GEMM",
@@ -183,7 +183,7 @@ def find_source(node: fx.Node) -> Source:
         if node.target in _SKIP or _is_relayout(node):
             node = node.args[0]
             continue
-        if node.target in _CASTS and set(node.kwargs) <= {"dtype"}:
+        if is_dtype_cast(node):  # codes carry no dtype; the GEMM writes its own output dtype
             cast = True
             node = node.args[0]
             continue

@@ -118,7 +118,7 @@ def _backward_uses(node: fx.Node, forward: set[fx.Node]) -> list[tuple[fx.Node, 
         for user in n.users:
             if user not in forward:
                 uses.append((n, user))
-            elif (_is_view(user) or _is_dtype_cast(user)) and user.args and user.args[0] is n:
+            elif (_is_view(user) or is_dtype_cast(user)) and user.args and user.args[0] is n:
                 stack.append(user)
     return uses
 
@@ -130,9 +130,9 @@ def _is_view(node: fx.Node) -> bool:
 _DTYPE_CASTS = (torch.ops.prims.convert_element_type.default, aten._to_copy.default)
 
 
-def _is_dtype_cast(node: fx.Node) -> bool:
-    """A cast of a tensor's dtype only: replayed on the rebuilt ``X̂`` it gives, bit for bit, what
-    the forward's cast gave."""
+def is_dtype_cast(node: fx.Node) -> bool:
+    """A cast of a tensor's dtype only (autocast's): replayed on the rebuilt ``X̂`` it gives, bit
+    for bit, what the forward's cast gave; the integer codes behind it are the same."""
     return node.target in _DTYPE_CASTS and set(node.kwargs) <= {"dtype"}
 
 
@@ -177,7 +177,7 @@ def _graph_input_view_chain(x: fx.Node) -> list[fx.Node] | None:
     chain = [x]
     while (
         chain[0].op == "call_function"
-        and (_is_view(chain[0]) or _is_dtype_cast(chain[0]))
+        and (_is_view(chain[0]) or is_dtype_cast(chain[0]))
         and isinstance(chain[0].args[0], fx.Node)
     ):
         chain.insert(0, chain[0].args[0])
