@@ -340,9 +340,10 @@ def test_recover_codes_is_exact_and_reads_the_auto_grid(interpreted, monkeypatch
 
 
 def test_backend_fuses_under_autocast(fuse_on_cpu, monkeypatch):
-    """bf16 autocast puts casts between quantizers and GEMMs and saves bf16 copies of X̂/Ŵ: the
-    pass follows the casts, and the step matches the unfused one within bf16 precision. (The fused
-    ops run their PyTorch fallbacks here; the kernels are covered by the tests above.)"""
+    """bf16 autocast puts casts between quantizers and GEMMs: packing replays them on what it
+    rebuilds, the pass follows them to the saved codes, and the step matches the unfused one
+    within bf16 precision. (The fused ops run their PyTorch fallbacks here; the kernels are
+    covered by the tests above.)"""
     import qcompile
     from qcompile import Policy
 
@@ -369,6 +370,10 @@ def test_backend_fuses_under_autocast(fuse_on_cpu, monkeypatch):
         "dgrad": KERNEL_TRITON,
         "wgrad": KERNEL_TRITON,
     }
+    saved = plan_f.row("2").saved
+    assert (
+        "X̂ int4 packed as uint8 → int8 codes" in saved and "Ŵ int4 requantized from W → int8 codes" in saved
+    )
     assert out_f.dtype == out_p.dtype == torch.bfloat16
     torch.testing.assert_close(out_f.float(), out_p.float(), rtol=2e-2, atol=2e-2)
     # bf16 roundings differ between the paths (exact int8 products vs bf16 GEMMs), so a few
