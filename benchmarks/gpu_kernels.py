@@ -161,6 +161,9 @@ def block_rows(
             dataclasses.replace(fqt, rules=(Rule.high_precision(op="attention.*", reason="fused SDPA"),)),
         ),
     }
+    unknown = sorted(set(only or ()) - set(configs))
+    if unknown:
+        raise ValueError(f"unknown block configurations {unknown}; valid: {list(configs)}")
     configs = {k: v for k, v in configs.items() if only is None or k in only}
     cuda = torch.device(device).type == "cuda"
     for name, (backend, policy) in configs.items():
@@ -215,8 +218,15 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="1024³ and 2048³ GEMMs, a 2×1024-token block")
+    parser.add_argument("--sizes", default="", help="GEMM sizes M=N=K, comma-separated (overrides --quick's)")
+    parser.add_argument(
+        "--block-configs",
+        default="",
+        help="block-step configurations to run, ';'-separated names (default: all)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "gpu_kernels.json")
     args = parser.parse_args(argv)
+    only = tuple(c.strip() for c in args.block_configs.split(";") if c.strip()) or None
     problem = gpu_problem()
     if problem:
         print(
@@ -225,12 +235,14 @@ def main(argv: list[str] | None = None) -> int:
         return NO_GPU_EXIT
     from tabulate import tabulate
 
-    sizes = [1024, 2048] if args.quick else [1024, 2048, 4096, 8192]
+    sizes = [int(n) for n in args.sizes.split(",") if n] or (
+        [1024, 2048] if args.quick else [1024, 2048, 4096, 8192]
+    )
     gemms = gemm_rows(sizes)
     print(tabulate([[r["size"], r["kernel"], f"{r['ms']:.3f}", f"{r['tflops']:.1f}", f"{r['vs_bf16']:.2f}x",
                      f"{r['vs_int_mm']:.2f}x", f"{r['of_int8_peak']:.0%}"] for r in gemms],
                    headers=["M=N=K", "kernel", "ms", "TFLOP/s", "vs bf16", "vs _int_mm", "of int8 peak"]))  # fmt: skip
-    block, plan_text = block_rows(2 if args.quick else 8, 1024)
+    block, plan_text = block_rows(2 if args.quick else 8, 1024, only=only)
     print(tabulate([[r["config"], f"{r['ms']:.2f}" if "ms" in r else r.get("error", ""),
                      f"{r.get('speedup_vs_bf16_compile', 0):.2f}x", f"{r.get('peak_mib') or 0:.0f}",
                      r.get("gemms_on_triton", "")] for r in block],
@@ -246,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         "triton": triton.__version__,
         "python": platform.python_version(),
         "quick": args.quick,
+        "sizes": sizes,
         "gemms": gemms,
         "block_step": block,
         "plan": plan_text,

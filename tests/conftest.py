@@ -1,9 +1,9 @@
-import os
-
-# Triton kernels are tested on CPU through Triton's interpreter, and `@triton.jit` reads this when a
-# kernel module is imported, so it must be set before any test imports qcompile. It concerns Triton
-# kernels only; Inductor's CPU code generation does not read it.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+# Triton kernels are tested on CPU through Triton's interpreter (or on a GPU with
+# QCOMPILE_TEST_DEVICE=cuda); the choice sets TRITON_INTERPRET, which must happen before any test
+# imports qcompile (and so Triton): see tests/kernel_device.py.
+# isort: off
+import tests.kernel_device  # noqa: F401
+# isort: on
 
 import pytest
 import torch

@@ -99,6 +99,8 @@ def test_gpu_block_step_configurations_run_on_cpu(monkeypatch):
     # layers and of the two attention GEMMs.
     assert (rows[1]["gemms_on_triton"], rows[1]["gemms_total"]) == (0, 18), rows
     assert sum(" attention." in line for line in plan_text.splitlines()) == 2, plan_text
+    with pytest.raises(ValueError, match="valid: .*bf16 torch.compile"):
+        gpu_kernels.block_rows(2, 16, device="cpu", d=32, heads=2, only=("fqt luq4",))
     sys.modules.pop("gpu_kernels", None)
 
 

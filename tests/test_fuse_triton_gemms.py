@@ -13,7 +13,9 @@ import os
 
 import pytest
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+# isort: off
+import tests.kernel_device  # noqa: F401  (sets TRITON_INTERPRET before Triton is imported)
+# isort: on
 
 import torch  # noqa: E402
 

@@ -1,4 +1,5 @@
-"""The Triton kernels against their PyTorch references, on CPU under ``TRITON_INTERPRET=1``.
+"""The Triton kernels against their PyTorch references, on CPU under ``TRITON_INTERPRET=1``, or
+compiled on a GPU with ``QCOMPILE_TEST_DEVICE=cuda`` (`tests/kernel_device.py`).
 
 Quantizers must match the references bit for bit given the same noise, and be unbiased with the
 in-kernel Philox draw; the int8 GEMM must equal the exact integer product (computed in int64)
@@ -12,32 +13,39 @@ Inductor's CPU code generation does not read it.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+from tests.kernel_device import kernels_testable, on_device
+
 triton = pytest.importorskip("triton")
 
 import torch  # noqa: E402
-from qcompile.runtime import triton_support  # noqa: E402
+from qcompile.runtime import (  # noqa: E402
+    triton_int8_gemm,
+    triton_int_quantize,
+    triton_luq_quantize,
+    triton_pack_int4,
+    triton_reductions,
+    triton_support,
+)
 from qcompile.runtime.int_quantize import int_quantize_reference  # noqa: E402
 from qcompile.runtime.luq_quantize import luq_quantize_reference  # noqa: E402
-from qcompile.runtime.triton_int8_gemm import (  # noqa: E402
-    dgrad_gemm,
-    forward_gemm,
-    int8_mm,
-    int8_mm_reference,
-    wgrad_gemm,
-)
-from qcompile.runtime.triton_int_quantize import int_quantize_codes  # noqa: E402
-from qcompile.runtime.triton_luq_quantize import luq_quantize_codes  # noqa: E402
-from qcompile.runtime.triton_pack_int4 import pack_codes, pack_reference, packed_mm, unpack_reference  # noqa: E402
-from qcompile.runtime.triton_reductions import group_absmax_min  # noqa: E402
+from qcompile.runtime.triton_int8_gemm import int8_mm_reference  # noqa: E402
+from qcompile.runtime.triton_pack_int4 import pack_reference, unpack_reference  # noqa: E402
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1", reason="kernel tests run on CPU under TRITON_INTERPRET=1"
-)
+# The kernels as the tests call them: on CPU tensors, run where `tests/kernel_device.py` says.
+int8_mm = on_device(triton_int8_gemm.int8_mm)
+forward_gemm = on_device(triton_int8_gemm.forward_gemm)
+dgrad_gemm = on_device(triton_int8_gemm.dgrad_gemm)
+wgrad_gemm = on_device(triton_int8_gemm.wgrad_gemm)
+int_quantize_codes = on_device(triton_int_quantize.int_quantize_codes)
+luq_quantize_codes = on_device(triton_luq_quantize.luq_quantize_codes)
+pack_codes = on_device(triton_pack_int4.pack_codes)
+packed_mm = on_device(triton_pack_int4.packed_mm)
+group_absmax_min = on_device(triton_reductions.group_absmax_min)
+
+_ok, _why = kernels_testable()
+pytestmark = pytest.mark.skipif(not _ok, reason=_why)
 
 POISON = 99  # outside every code range (INT: -7..15, LUQ: -64..64)
 

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Issue 5's GPU checks in one prepared command, for a session lent a GPU by the device tool:
+#
+#     run(command="bash benchmarks/gpu_session.sh", timeout_s=600)
+#
+# On that machine python3 already has PyTorch and Triton (nothing can be installed from outside):
+# qcompile is installed from this tree without its dependencies. Then, each step with its own time
+# limit so a hang cannot eat the others' time:
+#   1. the Triton kernel tests compiled on the GPU (QCOMPILE_TEST_DEVICE=cuda) and the CUDA backend
+#      tests (tests/test_gpu_backend.py);
+#   2. benchmarks/gpu_kernels.py: GEMMs at 2048³-8192³ and the GPT-2-small block step (BF16
+#      torch.compile, the default fqt, attention kept in SDPA).
+# Logs, the environment and gpu_kernels.json land in $OUT (the device tool brings them back);
+# copy the JSON to benchmarks/results/ and quote it in the README.
+set -u
+OUT=${OUT:-$(mktemp -d)}
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1
+cd "$(dirname "$0")/.."
+
+{
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+    $PY -c "import sys, torch, triton; print(sys.version); print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+$PY -m pip install -q --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1 \
+    || { echo "install failed:"; tail -n 20 "$OUT/install.log"; }
+
+QCOMPILE_TEST_DEVICE=cuda timeout 180 $PY -m pytest -q -p no:cacheprovider \
+    tests/test_triton_kernels.py tests/test_gpu_backend.py > "$OUT/tests.log" 2>&1
+echo "== tests: exit $?"
+tail -n 30 "$OUT/tests.log"
+
+timeout 360 $PY benchmarks/gpu_kernels.py --sizes 2048,4096,8192 \
+    --block-configs "bf16 torch.compile;fqt luq-int4 (Triton int8 GEMMs);fqt luq-int4, attention high precision (fused SDPA)" \
+    --out "$OUT/gpu_kernels.json" > "$OUT/bench.log" 2>&1
+echo "== benchmark: exit $?"
+grep -v "it/s\]" "$OUT/bench.log" | tail -n 60
