@@ -122,12 +122,12 @@ def int_dequantize_packed_reference(
 ) -> torch.Tensor:
     """``X̂`` from `int_quantize_packed_reference`'s outputs, bit-identical to its first output:
     fixed-sign formats divide by the same Python constant ``hi`` as `int_quantize_reference`."""
-    hi_v = _fixed_or_group_top(hi, bits, signed)
+    hi_v = forward_top_code(hi, bits, signed)
     q = unpack_int4(packed, last, hi_v if signed == "auto" else int(hi_v)).float()
     return int_dequantize_reference(q, clip, hi_v, dtype)
 
 
-def _fixed_or_group_top(hi: torch.Tensor, bits: int, signed: str) -> torch.Tensor | float:
+def forward_top_code(hi: torch.Tensor, bits: int, signed: str) -> torch.Tensor | float:
     """The top code as the forward used it: the per-group tensor for ``signed="auto"``, else the
     format's Python constant (Inductor turns a division by a constant into a multiplication by
     its reciprocal, so dividing by an equal tensor would not round the same)."""
@@ -146,7 +146,7 @@ def int_requantize_reference(
     saved ``clip``/``hi``: `int_codes_for_clip` then `int_dequantize_reference`, the forward's
     own float operations after the clip, so the result is bit-identical to the forward's ``X̂``.
     Used for weights: backward holds ``W`` anyway, so only the clip needs saving."""
-    top = _fixed_or_group_top(hi, bits, signed)
+    top = forward_top_code(hi, bits, signed)
     q = int_codes_for_clip(x.float(), clip, top, bits, signed)
     return int_dequantize_reference(q, clip, top, dtype)
 

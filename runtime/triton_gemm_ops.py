@@ -22,7 +22,7 @@ import torch
 
 from .int_quantize import int_clip, int_codes_for_clip, int_quantize_reference
 from .luq_quantize import luq_levels, luq_quantize_reference
-from .packed_codes import _fixed_or_group_top, unpack_int4
+from .packed_codes import forward_top_code, unpack_int4
 from .scaling_groups import group_amax, group_amin, normalize_dims
 from .triton_support import kernels_can_run_on
 
@@ -146,7 +146,7 @@ def unpack_int4_codes_reference(packed: torch.Tensor, hi: torch.Tensor, last: in
 def int_requantize_codes_reference(
     x: torch.Tensor, clip: torch.Tensor, hi: torch.Tensor, bits: int, signed: str
 ) -> torch.Tensor:
-    top = _fixed_or_group_top(hi, bits, signed)
+    top = forward_top_code(hi, bits, signed)
     return int_codes_for_clip(x.float(), clip, top, bits, signed).to(torch.int8)
 
 
