@@ -7,7 +7,7 @@ Without a GPU the kernels can still be compiled: Triton's NVIDIA backend lowers 
 ``ptxas`` (shipped with Triton) assembles the cubin for the chosen architecture. A stand-in Triton
 driver (`CompileOnlyDriver`) makes this happen through the real launch path: the Python wrappers
 (`int8_mm`, `packed_mm`, `pack_codes`, `int_quantize_codes`, `luq_quantize_codes`,
-`group_absmax_min`) run on CPU tensors with their GPU tile sizes (`triton_support.gpu_tiles`), the
+`group_stats`) run on CPU tensors with their GPU tile sizes (`triton_support.gpu_tiles`), the
 GEMM's autotuner compiles every config, and the launches themselves do nothing.
 
 For each compiled kernel it reports what the device would be asked for: shared memory (against the

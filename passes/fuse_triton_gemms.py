@@ -14,7 +14,8 @@ quantizer and its GEMM are followed):
   ``qcompile::recover_codes``;
 * the GEMM becomes ``qcompile::scaled_int8_gemm``, which applies the recorded views to the codes
   (strides, no transposed copies) and the scales in its epilogue; a bias ``add`` right after a
-  forward GEMM moves into the epilogue.
+  forward GEMM moves into the epilogue (a bias computed after the GEMM from earlier values,
+  such as autocast's bf16 cast of the bias parameter, is moved before it first).
 
 Everything else, and every GEMM on CPU or without Triton, stays on the Inductor path.
 """
@@ -155,6 +156,23 @@ def _bias_user(node: fx.Node) -> tuple[fx.Node, fx.Node] | None:
     return add, bias
 
 
+def _defined_before(bias: fx.Node, gemm: fx.Node, depth: int = 3) -> bool:
+    """Make ``bias`` available at ``gemm``: True if it already is; else, if it is a pure op
+    (a cast, a view) of values that are or can be made available there, move it (and such
+    producers, up to ``depth`` deep) right before ``gemm``. Autocast casts the bias parameter
+    where its first use is, which is after the GEMM that now needs it in its epilogue."""
+    order = {n: i for i, n in enumerate(gemm.graph.nodes)}
+    if order[bias] < order[gemm]:
+        return True
+    if depth == 0 or bias.op != "call_function" or bias.is_impure():
+        return False
+    inputs = bias.all_input_nodes
+    if not all(_defined_before(i, gemm, depth - 1) for i in inputs):
+        return False
+    gemm.prepend(bias)
+    return True
+
+
 def fuse_triton_gemms(gm: fx.GraphModule, saved: dict[str, SavedQuantized] | None = None) -> fx.GraphModule:
     """In place: GEMMs annotated ``triton-int8`` (by `annotate_gemm_kernels`) become
     ``scaled_int8_gemm`` on codes. Returns ``gm``; graphs without such GEMMs are untouched."""
@@ -175,10 +193,8 @@ def fuse_triton_gemms(gm: fx.GraphModule, saved: dict[str, SavedQuantized] | Non
         out = node.meta["val"]
         with gm.graph.inserting_before(node):
             bias_arg = fused_bias[1] if fused_bias else None
-            if bias_arg is not None and list(gm.graph.nodes).index(bias_arg) > list(gm.graph.nodes).index(
-                node
-            ):
-                fused_bias, bias_arg = None, None  # bias computed later: keep the separate add
+            if bias_arg is not None and not _defined_before(bias_arg, node):
+                fused_bias, bias_arg = None, None  # bias depends on later values: keep the add
             args = (*parts[0], *parts[1], bias_arg, json.dumps(chains[0]), json.dumps(chains[1]),
                     list(out.shape), out.dtype)  # fmt: skip
             fused = builder.call(qops.scaled_int8_gemm.default, args, node)

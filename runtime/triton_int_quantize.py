@@ -6,9 +6,10 @@ Same math as the reference (ALGORITHMS.md "Forward quantizers", LUQ paper §4 fo
 integer codes ``q`` (−7..7 signed, 0..15 unsigned: exact in int8) and the per-group ``clip`` and
 ``qmax``, so a GEMM can run on the codes and apply ``clip/qmax`` in its epilogue.
 
-The clip: ``scaling="max"`` comes from the Triton reduction pass (`group_absmax_min`, exact);
-SAWB's float64 statistics come from the reference's `int_clip` (one extra PyTorch pass), so the
-clip is bit-identical to the reference's. A ``clip`` may also be given.
+The clip comes from one Triton reduction pass over ``x`` (`group_stats`): max|x| (and min x for
+the ``auto`` grid), plus ``Σ|x|`` and ``Σx²`` in float64 for SAWB (`sawb_clip`), so a quantizer
+reads ``x`` twice in all. max is exact; SAWB's float64 sums differ from the reference's only in
+summation order, far below the float32 clip's rounding. A ``clip`` may also be given.
 
 Random bits: ``noise`` (same shape as ``x``, in [0, 1)) is the test hook that makes the kernel
 reproduce the reference exactly; without it the kernel draws ``tl.rand`` (Philox) with a seed
@@ -23,9 +24,8 @@ from dataclasses import dataclass
 import torch
 
 from . import triton_support
-from .int_quantize import int_clip
-from .scaling_groups import normalize_dims
-from .triton_reductions import group_absmax_min
+from .int_quantize import SAWB_C1, SAWB_C2
+from .triton_reductions import GroupStats, group_stats
 from .triton_support import QUANTIZE_WARPS, as_2d, philox_seed
 
 try:
@@ -107,6 +107,15 @@ class Codes:
         return (self.codes.float() / self.top * self.clip).to(dtype)
 
 
+def sawb_clip(stats: GroupStats) -> torch.Tensor:
+    """SAWB's clip from a group's float64 moments, as `int_quantize.int_clip` computes it
+    (ALGORITHMS.md, INT4 SAWB step 1: ``c1·sqrt(E[x²]) − c2·E|x|``, max|x| where that is <= 0
+    or above max|x|)."""
+    n = float(max(stats.count, 1))
+    sawb = (SAWB_C1 * (stats.sum_sq / n).sqrt() - SAWB_C2 * (stats.sum_abs / n)).float()
+    return torch.where((sawb <= 0) | (sawb > stats.amax), stats.amax, sawb)
+
+
 def _launch_quantize(view, scale, lo, hi, noise, stochastic: bool, seed: int | None) -> torch.Tensor:
     x = view.x
     rows, cols = x.shape
@@ -151,19 +160,20 @@ def int_quantize_codes(
     overrides the computed clip. ``bits`` <= 7 so the codes fit int8."""
     if bits > 7:
         raise ValueError(f"int_quantize_codes: codes must fit int8, got bits={bits} (valid: 1..7)")
+    if scaling not in ("max", "sawb"):
+        raise ValueError(f"int_quantize_codes: unknown scaling {scaling!r}; valid: max, sawb")
     view = as_2d(x, reduce_dims)
-    dims = normalize_dims(reduce_dims, x.ndim)
-    if clip is None:
-        if scaling == "max" or signed == "auto":
-            amax, amin = group_absmax_min(view)
-        if scaling == "max":
-            clip_vec = amax
-        else:
-            clip_vec = int_clip(x.float(), scaling, dims).reshape(-1)
-    else:
+    stats = None
+    if clip is None or signed == "auto":
+        stats = group_stats(view, moments=clip is None and scaling == "sawb")
+    if clip is not None:
         clip_vec = clip.float().reshape(-1)
+    elif scaling == "max":
+        clip_vec = stats.amax
+    else:
+        clip_vec = sawb_clip(stats)
     if signed == "auto":
-        unsigned = amin >= 0
+        unsigned = stats.amin >= 0
         hi = torch.where(unsigned, float(2**bits - 1), float(2 ** (bits - 1) - 1))
         lo = torch.where(unsigned, 0.0, -hi)
     else:

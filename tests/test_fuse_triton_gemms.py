@@ -18,6 +18,7 @@ import tests.kernel_device  # noqa: F401  (sets TRITON_INTERPRET before Triton i
 # isort: on
 
 import torch  # noqa: E402
+from torch import fx  # noqa: E402
 
 # The modules themselves (the package re-exports functions of the same names).
 ftg = importlib.import_module("qcompile.passes.fuse_triton_gemms")
@@ -157,6 +158,25 @@ def test_fused_graph_runs_the_kernels_and_matches_the_unfused_graph(fuse_on_cpu)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def _spy_fused_gemms(monkeypatch) -> list[fx.Node]:
+    """Record every ``scaled_int8_gemm`` node the backend's fusion pass leaves in a graph."""
+    backend = importlib.import_module("qcompile.backend")
+    found: list[fx.Node] = []
+
+    def spy(gm, *args, **kwargs):
+        out = fuse_triton_gemms(gm, *args, **kwargs)
+        found.extend(n for n in gm.graph.nodes if n.target is q.scaled_int8_gemm.default)
+        return out
+
+    monkeypatch.setattr(backend, "fuse_triton_gemms", spy)
+    return found
+
+
+def _forward_biases_in_epilogue(fused: list[fx.Node]) -> list[bool]:
+    """For each fused forward GEMM (the ones writing [batch, seq, out]): is its bias in the epilogue?"""
+    return [n.args[6] is not None for n in fused if len(n.args[9]) == 3]
+
+
 def _mlp():
     torch.manual_seed(0)
     return torch.nn.Sequential(
@@ -185,7 +205,12 @@ def test_backend_routes_gemms_to_triton_and_matches_inductor_path(fuse_on_cpu, m
 
     fused_model = _mlp()
     plain_model = copy.deepcopy(fused_model)
+    fused = _spy_fused_gemms(monkeypatch)
     out_f, grads_f, plan_f = step(fused_model)
+    # Layers 2 and 4 (layer 0's input is not quantized): both forward GEMMs add their bias in
+    # the epilogue; dgrad and wgrad have none.
+    assert _forward_biases_in_epilogue(fused) == [True, True]
+    assert sum(n.args[6] is not None for n in fused) == 2
     monkeypatch.setattr(choice, "FUSE_ON_DEVICES", ("cuda",))
     torch._dynamo.reset()
     out_p, grads_p, plan_p = step(plain_model)
@@ -363,7 +388,11 @@ def test_backend_fuses_under_autocast(fuse_on_cpu, monkeypatch):
 
     fused_model = _mlp()
     plain_model = copy.deepcopy(fused_model)
+    fused = _spy_fused_gemms(monkeypatch)
     out_f, grads_f, plan_f = step(fused_model)
+    # Autocast casts each bias to bf16 after the GEMM that needs it; the pass moves that cast
+    # before the GEMM so the bias still joins the epilogue.
+    assert _forward_biases_in_epilogue(fused) == [True, True]
     monkeypatch.setattr(choice, "FUSE_ON_DEVICES", ("cuda",))
     torch._dynamo.reset()
     out_p, grads_p, _ = step(plain_model)

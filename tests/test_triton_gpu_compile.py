@@ -23,7 +23,7 @@ KERNELS = {
     "_pack_kernel",
     "_int_quantize_kernel",
     "_luq_quantize_kernel",
-    "_group_absmax_min_kernel",
+    "_group_stats_kernel",
 }
 GEMM_LAYOUTS = {"forward X·Wᵀ + bias", "forward X·Wᵀ", "dgrad dY·W", "wgrad dYᵀ·X"}
 

@@ -43,6 +43,7 @@ luq_quantize_codes = on_device(triton_luq_quantize.luq_quantize_codes)
 pack_codes = on_device(triton_pack_int4.pack_codes)
 packed_mm = on_device(triton_pack_int4.packed_mm)
 group_absmax_min = on_device(triton_reductions.group_absmax_min)
+group_stats = on_device(triton_reductions.group_stats)
 
 _ok, _why = kernels_testable()
 pytestmark = pytest.mark.skipif(not _ok, reason=_why)
@@ -170,6 +171,30 @@ def test_group_reduction_matches_torch_and_propagates_nan():
     x[4, 6] = float("nan")
     amax, _ = group_absmax_min(triton_support.as_2d(x, [1]))
     assert amax[4].isnan() and not amax[[0, 1, 2, 3, 5]].isnan().any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sawb_moments_in_one_pass_give_the_references_clip(dtype):
+    """Σ|x| and Σx² come out of the same read as max|x|, in float64: the sums agree with torch's
+    to float64 rounding, and SAWB's clip (`sawb_clip`) equals `int_clip`'s bit for bit, in
+    every grouping, over groups longer than one tile (several loop steps) and on a constant
+    group (SAWB's estimate is negative there, so max|x| is the clip)."""
+    from qcompile.runtime.int_quantize import int_clip
+
+    x = _input((37, 301), seed=3, dtype=dtype)
+    x[5] = 0.25  # a constant row
+    for dims, transpose in (([1], False), ([0], False), ([], False), ([0], True), ([1], True)):
+        xv = x.t() if transpose else x
+        view = triton_support.as_2d(xv, dims)
+        s = group_stats(view, moments=True)
+        red = [0, 1] if not dims else dims
+        xd = xv.double()
+        assert torch.allclose(s.sum_abs, xd.abs().sum(red).reshape(-1), rtol=1e-12, atol=0)
+        assert torch.allclose(s.sum_sq, (xd * xd).sum(red).reshape(-1), rtol=1e-12, atol=0)
+        ref = int_clip(xv.float(), "sawb", dims).reshape(-1)
+        assert torch.equal(triton_int_quantize.sawb_clip(s), ref)
+    row_clip = triton_int_quantize.sawb_clip(group_stats(triton_support.as_2d(x, [1]), moments=True))
+    assert row_clip[5] == 0.25  # fell back to max|x|
 
 
 def _codes(shape, lo, hi, seed):
