@@ -10,9 +10,14 @@ Sections (Triton's `do_bench`: median of repeated runs after warm-up):
   1. GEMMs M = N = K from 1024 to 8192: ``torch.mm`` in BF16 (cuBLAS), ``torch._int_mm``
      (cuBLAS int8 → int32), the Triton int8 GEMM with its scale epilogue in the forward
      (X·Wᵀ), dgrad (dY·W) and wgrad (dYᵀ·X) layouts, and the fused path (quantize both operands to
-     codes + GEMM) and the GEMM reading 4-bit codes packed two per byte: TFLOP/s (TOP/s for int8), ratio over BF16 and over ``_int_mm``, and the
-     fraction of the measured int8 peak (the best int8 rate seen in this run).
-  2. A GPT-2-small-sized transformer block (d=768, 12 heads, MLP 3072, 8×1024 tokens): one full
+     codes + GEMM) and the GEMM reading 4-bit codes packed two per byte: TFLOP/s (TOP/s for
+     int8), ratio over BF16 and over ``_int_mm``, and the fraction of the device's measured int8
+     peak (`int8_peak`: ``torch._int_mm`` at large square shapes, or any faster int8 row).
+  2. The quantizer kernels (INT4 SAWB per tensor, INT4 max per row, stochastic INT4, LUQ per row
+     and per column, the reduction pass, nibble packing) on a bf16 activation-sized tensor:
+     milliseconds, effective GB/s (one read of the input plus the codes written) and the ratio
+     over the PyTorch reference of the same codes, eager and compiled by Inductor.
+  3. A GPT-2-small-sized transformer block (d=768, 12 heads, MLP 3072, 8×1024 tokens): one full
      training step (forward, backward, SGD update) with ``backend="fqt"`` (its GEMMs routed to the
      Triton kernels; the plan's kernel column says which) over BF16 ``torch.compile``, with the
      default packed + recomputing backend, with ``recompute="none"``, with ``pack_saved=False``
@@ -94,7 +99,25 @@ def gemm_times(n: int) -> dict[str, float]:
     }
 
 
-def gemm_rows(sizes: list[int]) -> list[dict]:
+PEAK_SHAPES = ((8192, 8192, 8192), (16384, 8192, 16384))
+
+
+def int8_peak(timer=None, shapes=PEAK_SHAPES, device: str = "cuda") -> dict:
+    """The device's int8 tensor-core rate as measured here: ``torch._int_mm`` (cuBLAS) at large
+    shapes, where it is compute-bound. TOP/s, and the shape that gave it."""
+    timer = timer or bench
+    best = {"tops": 0.0, "shape": None}
+    for m, k, n in shapes:
+        a = torch.randint(-64, 65, (m, k), device=device, dtype=torch.int8)
+        b = torch.randint(-7, 8, (n, k), device=device, dtype=torch.int8)
+        tops = tflops(2.0 * m * n * k, timer(lambda a=a, b=b: torch._int_mm(a, b.t())))
+        if tops > best["tops"]:
+            best = {"tops": tops, "shape": [m, k, n]}
+        del a, b
+    return best
+
+
+def gemm_rows(sizes: list[int], peak: dict) -> list[dict]:
     from tqdm import tqdm
 
     rows = []
@@ -102,13 +125,66 @@ def gemm_rows(sizes: list[int]) -> list[dict]:
         for name, ms in gemm_times(n).items():
             rows.append({"size": n, "kernel": name, "ms": ms, "tflops": tflops(2.0 * n**3, ms)})
         torch.cuda.empty_cache()
-    int8_peak = max(r["tflops"] for r in rows if not r["kernel"].startswith("bf16"))
+    # A faster int8 row than the probe means the probe missed the peak: use that row's rate.
+    int8_peak = max([peak["tops"]] + [r["tflops"] for r in rows if not r["kernel"].startswith("bf16")])
     for r in rows:
         same = {x["kernel"]: x for x in rows if x["size"] == r["size"]}
         r["vs_bf16"] = r["tflops"] / same["bf16 torch.mm"]["tflops"]
         r["vs_int_mm"] = r["tflops"] / same["int8 torch._int_mm"]["tflops"]
         r["of_int8_peak"] = r["tflops"] / int8_peak
     return rows
+
+
+def quantizer_rows(
+    rows: int = 8192, cols: int = 3072, device: str = "cuda", timer=None, compiled: bool = True
+) -> list[dict]:
+    """Each Triton quantizer kernel beside the PyTorch reference of the same result (eager, and
+    compiled by Inductor), on a bf16 ``rows × cols`` tensor (a GPT-2-small MLP activation at
+    8×1024 tokens by default). ``device``/``timer``/``compiled`` let a CPU smoke test run it."""
+    from qcompile.runtime import triton_gemm_ops as ops
+    from qcompile.runtime.triton_int_quantize import int_quantize_codes
+    from qcompile.runtime.triton_luq_quantize import luq_quantize_codes
+    from qcompile.runtime.triton_pack_int4 import pack_codes, pack_reference
+    from qcompile.runtime.triton_reductions import group_stats
+    from qcompile.runtime.triton_support import as_2d
+
+    timer = timer or bench
+    x = torch.randn(rows, cols, device=device, dtype=torch.bfloat16)
+    codes = torch.randint(-7, 8, (rows, cols), device=device, dtype=torch.int8)
+
+    def ref(kind, scaling, signed, dims, stochastic):
+        return lambda t: ops._codes_reference(t, kind, 4, scaling, signed, dims, stochastic)
+
+    # name: (Triton kernel, PyTorch reference of the same output, bytes written per element)
+    cases = {
+        "INT4 SAWB per tensor (W, X)": (
+            lambda: int_quantize_codes(x, 4, "sawb", "signed", []), ref("int", "sawb", "signed", [], False), 1),
+        "INT4 max per row": (
+            lambda: int_quantize_codes(x, 4, "max", "signed", [1]), ref("int", "max", "signed", [1], False), 1),
+        "INT4 stochastic per row": (
+            lambda: int_quantize_codes(x, 4, "max", "signed", [1], stochastic=True),
+            ref("int", "max", "signed", [1], True), 1),
+        "LUQ per row (dgrad dY)": (lambda: luq_quantize_codes(x, 4, [1]), ref("luq", "max", "", [1], True), 1),
+        "LUQ per column (wgrad dY)": (lambda: luq_quantize_codes(x, 4, [0]), ref("luq", "max", "", [0], True), 1),
+        "reduction max|x|, min, Σ|x|, Σx² per row": (
+            lambda: group_stats(as_2d(x, [1]), moments=True),
+            lambda t: (t.abs().amax(1), t.amin(1), t.double().abs().sum(1), t.double().square().sum(1)), 0),
+        "pack int4 codes, two per byte": (lambda: pack_codes(codes), lambda t: pack_reference(codes), 0.5),
+    }  # fmt: skip
+    out = []
+    for name, (kernel, reference, written) in cases.items():
+        moved = rows * cols * ((1 if name.startswith("pack") else x.element_size()) + written)
+        row = {"kernel": name, "shape": [rows, cols], "ms": timer(kernel)}
+        row["gb_per_s"] = moved / (row["ms"] * 1e-3) / 1e9
+        row["eager_ms"] = timer(lambda reference=reference: reference(x))
+        row["vs_eager"] = row["eager_ms"] / row["ms"]
+        if compiled:
+            torch._dynamo.reset()
+            fn = torch.compile(reference)
+            row["inductor_ms"] = timer(lambda fn=fn: fn(x))
+            row["vs_inductor"] = row["inductor_ms"] / row["ms"]
+        out.append(row)
+    return out
 
 
 class Block(torch.nn.Module):
@@ -224,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="block-step configurations to run, ';'-separated names (default: all)",
     )
+    parser.add_argument("--no-quantizers", action="store_true", help="skip the quantizer-kernel section")
     parser.add_argument("--out", type=Path, default=RESULTS / "gpu_kernels.json")
     args = parser.parse_args(argv)
     only = tuple(c.strip() for c in args.block_configs.split(";") if c.strip()) or None
@@ -238,18 +315,6 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(n) for n in args.sizes.split(",") if n] or (
         [1024, 2048] if args.quick else [1024, 2048, 4096, 8192]
     )
-    gemms = gemm_rows(sizes)
-    print(tabulate([[r["size"], r["kernel"], f"{r['ms']:.3f}", f"{r['tflops']:.1f}", f"{r['vs_bf16']:.2f}x",
-                     f"{r['vs_int_mm']:.2f}x", f"{r['of_int8_peak']:.0%}"] for r in gemms],
-                   headers=["M=N=K", "kernel", "ms", "TFLOP/s", "vs bf16", "vs _int_mm", "of int8 peak"]))  # fmt: skip
-    block, plan_text = block_rows(2 if args.quick else 8, 1024, only=only)
-    print(tabulate([[r["config"], f"{r['ms']:.2f}" if "ms" in r else r.get("error", ""),
-                     f"{r.get('speedup_vs_bf16_compile', 0):.2f}x", f"{r.get('peak_mib') or 0:.0f}",
-                     r.get("gemms_on_triton", "")] for r in block],
-                   headers=["GPT-2-small block step", "ms", "vs bf16 compile", "peak MiB",
-                            "GEMMs on triton"]))  # fmt: skip
-    if plan_text:
-        print(plan_text)
     import triton
 
     data = {
@@ -259,12 +324,37 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "quick": args.quick,
         "sizes": sizes,
-        "gemms": gemms,
-        "block_step": block,
-        "plan": plan_text,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(data, indent=2))
+
+    def save(**section) -> None:
+        """Write what is measured so far: a time limit that cuts the run short keeps it."""
+        data.update(section)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(data, indent=2))
+
+    peak = int8_peak()
+    print(f"measured int8 peak: {peak['tops']:.0f} TOP/s (torch._int_mm, M,K,N = {peak['shape']})")
+    gemms = gemm_rows(sizes, peak)
+    save(int8_peak=peak, gemms=gemms)
+    print(tabulate([[r["size"], r["kernel"], f"{r['ms']:.3f}", f"{r['tflops']:.1f}", f"{r['vs_bf16']:.2f}x",
+                     f"{r['vs_int_mm']:.2f}x", f"{r['of_int8_peak']:.0%}"] for r in gemms],
+                   headers=["M=N=K", "kernel", "ms", "TFLOP/s", "vs bf16", "vs _int_mm", "of int8 peak"]))  # fmt: skip
+    if not args.no_quantizers:
+        quantizers = quantizer_rows()
+        save(quantizers=quantizers)
+        print(tabulate([[r["kernel"], f"{r['ms']:.3f}", f"{r['gb_per_s']:.0f}", f"{r['vs_eager']:.1f}x",
+                         f"{r['vs_inductor']:.2f}x"] for r in quantizers],
+                       headers=["quantizer kernel (8192×3072 bf16)", "ms", "GB/s", "vs eager ref",
+                                "vs Inductor ref"]))  # fmt: skip
+    block, plan_text = block_rows(2 if args.quick else 8, 1024, only=only)
+    save(block_step=block, plan=plan_text)
+    print(tabulate([[r["config"], f"{r['ms']:.2f}" if "ms" in r else r.get("error", ""),
+                     f"{r.get('speedup_vs_bf16_compile', 0):.2f}x", f"{r.get('peak_mib') or 0:.0f}",
+                     r.get("gemms_on_triton", "")] for r in block],
+                   headers=["GPT-2-small block step", "ms", "vs bf16 compile", "peak MiB",
+                            "GEMMs on triton"]))  # fmt: skip
+    if plan_text:
+        print(plan_text)
     print(f"wrote {args.out}")
     return 0
 

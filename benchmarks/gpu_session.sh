@@ -8,8 +8,9 @@
 # limit so a hang cannot eat the others' time:
 #   1. the Triton kernel tests compiled on the GPU (QCOMPILE_TEST_DEVICE=cuda) and the CUDA backend
 #      tests (tests/test_gpu_backend.py);
-#   2. benchmarks/gpu_kernels.py: GEMMs at 2048³-8192³ and the GPT-2-small block step (BF16
-#      torch.compile, the default fqt, attention kept in SDPA).
+#   2. benchmarks/gpu_kernels.py: the int8 peak, GEMMs at 2048³-8192³, the quantizer kernels and
+#      the GPT-2-small block step (BF16 torch.compile, the default fqt, attention kept in SDPA);
+#      it writes its JSON after each section, so a cut-short run keeps what it measured.
 # Logs, the environment and gpu_kernels.json land in $OUT (the device tool brings them back);
 # copy the JSON to benchmarks/results/ and quote it in the README.
 set -u
@@ -27,12 +28,12 @@ cat "$OUT/env.txt"
 $PY -m pip install -q --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1 \
     || { echo "install failed:"; tail -n 20 "$OUT/install.log"; }
 
-QCOMPILE_TEST_DEVICE=cuda timeout 180 $PY -m pytest -q -p no:cacheprovider \
+QCOMPILE_TEST_DEVICE=cuda timeout 150 $PY -m pytest -q -p no:cacheprovider \
     tests/test_triton_kernels.py tests/test_gpu_backend.py > "$OUT/tests.log" 2>&1
 echo "== tests: exit $?"
 tail -n 30 "$OUT/tests.log"
 
-timeout 360 $PY benchmarks/gpu_kernels.py --sizes 2048,4096,8192 \
+timeout 400 $PY benchmarks/gpu_kernels.py --sizes 2048,4096,8192 \
     --block-configs "bf16 torch.compile;fqt luq-int4 (Triton int8 GEMMs);fqt luq-int4, attention high precision (fused SDPA)" \
     --out "$OUT/gpu_kernels.json" > "$OUT/bench.log" 2>&1
 echo "== benchmark: exit $?"

@@ -12,8 +12,8 @@ reads ``x`` twice in all. max is exact; SAWB's float64 sums differ from the refe
 summation order, far below the float32 clip's rounding. A ``clip`` may also be given.
 
 Random bits: ``noise`` (same shape as ``x``, in [0, 1)) is the test hook that makes the kernel
-reproduce the reference exactly; without it the kernel draws ``tl.rand`` (Philox) with a seed
-from torch's generator (`philox_seed`).
+reproduce the reference exactly; without it the kernel draws ``tl.rand`` (Philox) keyed by a
+``(seed, offset)`` pair drawn on the device from torch's generator (`philox_key`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import torch
 from . import triton_support
 from .int_quantize import SAWB_C1, SAWB_C2
 from .triton_reductions import GroupStats, group_stats
-from .triton_support import QUANTIZE_WARPS, as_2d, philox_seed
+from .triton_support import QUANTIZE_WARPS, as_2d, philox_key
+from .triton_tiles import tile_grid, tile_of_program
 
 try:
     import triton
@@ -58,13 +59,12 @@ if triton is not None:
 
     @triton.jit
     def _int_quantize_kernel(
-        x_ptr, codes_ptr, scale_ptr, lo_ptr, hi_ptr, noise_ptr, seed,
+        x_ptr, codes_ptr, scale_ptr, lo_ptr, hi_ptr, noise_ptr, key_ptr,
         R, C, s_r, s_c, n_r, n_c,
         SCALE_AXIS: tl.constexpr, STOCHASTIC: tl.constexpr, USE_NOISE: tl.constexpr,
         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
     ):  # fmt: skip
-        pid_r = tl.program_id(0)
-        pid_c = tl.program_id(1)
+        pid_r, pid_c = tile_of_program(C, BLOCK_C)
         offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
         offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
         mask = (offs_r < R)[:, None] & (offs_c < C)[None, :]
@@ -80,7 +80,8 @@ if triton is not None:
             if USE_NOISE:
                 u = tl.load(noise_ptr + r64 * n_r + c64 * n_c, mask=mask, other=0.0).to(tl.float32)
             else:
-                u = tl.rand(seed, (r64 * C + c64).to(tl.int32))
+                seed = tl.load(key_ptr)
+                u = tl.rand(seed, (r64 * C + c64 + tl.load(key_ptr + 1)).to(tl.int32))
             q = tl.floor(y + u)
         else:
             q = round_half_even(y)
@@ -116,7 +117,7 @@ def sawb_clip(stats: GroupStats) -> torch.Tensor:
     return torch.where((sawb <= 0) | (sawb > stats.amax), stats.amax, sawb)
 
 
-def _launch_quantize(view, scale, lo, hi, noise, stochastic: bool, seed: int | None) -> torch.Tensor:
+def _launch_quantize(view, scale, lo, hi, noise, stochastic: bool, key: torch.Tensor | None) -> torch.Tensor:
     x = view.x
     rows, cols = x.shape
     codes = triton_support.alloc_codes(rows, cols, x.device)
@@ -126,9 +127,9 @@ def _launch_quantize(view, scale, lo, hi, noise, stochastic: bool, seed: int | N
     use_noise = noise is not None
     n2 = noise if use_noise else x
     block_r, block_c = (32, 128) if triton_support.gpu_tiles(x.device) else (16, 32)
-    grid = (triton.cdiv(rows, block_r), triton.cdiv(cols, block_c))
+    grid = tile_grid(rows, cols, block_r, block_c)
     _int_quantize_kernel[grid](
-        x, codes, scale, lo, hi, n2, 0 if seed is None else seed,
+        x, codes, scale, lo, hi, n2, scale if key is None else key,
         rows, cols, x.stride(0), x.stride(1), n2.stride(0), n2.stride(1),
         SCALE_AXIS=axis, STOCHASTIC=stochastic, USE_NOISE=use_noise, BLOCK_R=block_r, BLOCK_C=block_c,
         num_warps=QUANTIZE_WARPS,
@@ -152,12 +153,13 @@ def int_quantize_codes(
     noise: torch.Tensor | None = None,
     clip: torch.Tensor | None = None,
     seed: int | None = None,
+    offset: int = 0,
 ) -> Codes:
     """INT quantization of ``x`` to int8 codes with the Triton kernel (CUDA, or CPU under
     ``TRITON_INTERPRET=1``). ``Codes.dequantize()`` equals `int_quantize_reference` bit for bit
-    given the same ``noise``; with ``noise=None`` stochastic rounding draws Philox bits
-    (``seed``, default a fresh one from torch's generator). ``clip`` (group keepdim shape)
-    overrides the computed clip. ``bits`` <= 7 so the codes fit int8."""
+    given the same ``noise``; with ``noise=None`` stochastic rounding draws Philox bits keyed by
+    ``seed`` and ``offset`` (by default both drawn from torch's generator, `philox_key`).
+    ``clip`` (group keepdim shape) overrides the computed clip. ``bits`` <= 7 so the codes fit int8."""
     if bits > 7:
         raise ValueError(f"int_quantize_codes: codes must fit int8, got bits={bits} (valid: 1..7)")
     if scaling not in ("max", "sawb"):
@@ -184,7 +186,6 @@ def int_quantize_codes(
     lo = lo.expand_as(clip_vec).contiguous()
     scale = clip_vec / hi
     scale = torch.where(scale == 0, torch.ones_like(scale), scale).contiguous()
-    if stochastic and noise is None and seed is None:
-        seed = philox_seed()
-    codes = _launch_quantize(view, scale, lo, hi, _noise_2d(noise, x, reduce_dims), stochastic, seed)
+    key = philox_key(x.device, seed, offset) if stochastic and noise is None else None
+    codes = _launch_quantize(view, scale, lo, hi, _noise_2d(noise, x, reduce_dims), stochastic, key)
     return Codes(view.back(codes), clip_vec.reshape(view.group_shape), hi.reshape(view.group_shape))

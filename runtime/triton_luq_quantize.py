@@ -7,8 +7,8 @@ probability ``x`` below 1, else ``f·α`` or ``2f·α`` (``f = 2^⌊log2 x⌋``)
 exact in int8; ``code · α`` is exactly the reference's value. One uniform ``u`` per element.
 
 ``noise`` (shape of ``g``, in [0, 1)) is the test hook that reproduces the reference bit for bit;
-without it the kernel draws ``tl.rand`` (Philox) keyed by ``seed`` (from torch's generator) and
-the element's flat index plus ``offset``.
+without it the kernel draws ``tl.rand`` (Philox) at counter ``offset + flat index`` under
+``seed``, the pair drawn on the device from torch's generator (`philox_key`) unless given.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from . import triton_support
 from .luq_quantize import luq_levels
 from .triton_int_quantize import SCALE_PER_COL, SCALE_PER_ROW, SCALE_PER_TENSOR, Codes, _group_index
 from .triton_reductions import group_absmax_min
-from .triton_support import QUANTIZE_WARPS, as_2d, philox_seed
+from .triton_support import QUANTIZE_WARPS, as_2d, philox_key
+from .triton_tiles import tile_grid, tile_of_program
 
 try:
     import triton
@@ -33,12 +34,11 @@ if triton is not None:
 
     @triton.jit
     def _luq_quantize_kernel(
-        g_ptr, codes_ptr, alpha_ptr, noise_ptr, seed, offset,
+        g_ptr, codes_ptr, alpha_ptr, noise_ptr, key_ptr,
         R, C, s_r, s_c, n_r, n_c,
         SCALE_AXIS: tl.constexpr, USE_NOISE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
     ):  # fmt: skip
-        pid_r = tl.program_id(0)
-        pid_c = tl.program_id(1)
+        pid_r, pid_c = tile_of_program(C, BLOCK_C)
         offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
         offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
         mask = (offs_r < R)[:, None] & (offs_c < C)[None, :]
@@ -50,7 +50,8 @@ if triton is not None:
         if USE_NOISE:
             u = tl.load(noise_ptr + r64 * n_r + c64 * n_c, mask=mask, other=0.0).to(tl.float32)
         else:
-            u = tl.rand(seed, (r64 * C + c64 + offset).to(tl.int32))
+            seed = tl.load(key_ptr)
+            u = tl.rand(seed, (r64 * C + c64 + tl.load(key_ptr + 1)).to(tl.int32))
         # f = 2^floor(log2 x) for x >= 1: keep only the exponent bits of the float (as the reference).
         f = (tl.maximum(x, 1.0).to(tl.int32, bitcast=True) & 0x7F800000).to(tl.float32, bitcast=True)
         log_rounded = tl.where(u * f < x - f, 2.0 * f, f)
@@ -71,8 +72,9 @@ def luq_quantize_codes(
 ) -> Codes:
     """LUQ of ``g`` to int8 codes with the Triton kernel (CUDA, or CPU under
     ``TRITON_INTERPRET=1``). ``Codes.dequantize()`` equals `luq_quantize_reference` bit for bit
-    given the same ``noise`` (``top`` is 1, ``clip`` is α). ``bits`` <= 4 so ``2^(levels-1)``
-    fits int8."""
+    given the same ``noise`` (``top`` is 1, ``clip`` is α); otherwise Philox bits keyed by
+    ``seed`` and ``offset`` (by default both drawn from torch's generator, `philox_key`).
+    ``bits`` <= 4 so ``2^(levels-1)`` fits int8."""
     if bits > 4:
         raise ValueError(
             f"luq_quantize_codes: codes 2^(2^(bits-1)-2) must fit int8, got bits={bits} (valid: 2..4)"
@@ -85,13 +87,12 @@ def luq_quantize_codes(
     codes = triton_support.alloc_codes(rows, cols, g.device)
     if rows * cols:
         n2 = as_2d(noise.float(), reduce_dims).x if noise is not None else view.x
-        if noise is None and seed is None:
-            seed = philox_seed()
+        key = philox_key(g.device, seed, offset) if noise is None else alpha  # alpha: unused pointer
         block_r, block_c = (32, 128) if triton_support.gpu_tiles(g.device) else (16, 32)
-        grid = (triton.cdiv(rows, block_r), triton.cdiv(cols, block_c))
+        grid = tile_grid(rows, cols, block_r, block_c)
         axis = {0: SCALE_PER_ROW, 1: SCALE_PER_COL, None: SCALE_PER_TENSOR}[view.axis]
         _luq_quantize_kernel[grid](
-            view.x, codes, alpha, n2, 0 if seed is None else seed, offset,
+            view.x, codes, alpha, n2, key,
             rows, cols, view.x.stride(0), view.x.stride(1), n2.stride(0), n2.stride(1),
             SCALE_AXIS=axis, USE_NOISE=noise is not None, BLOCK_R=block_r, BLOCK_C=block_c,
             num_warps=QUANTIZE_WARPS,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from . import triton_support
+from .triton_tiles import tile_grid, tile_of_program
 
 try:
     import triton
@@ -110,8 +111,9 @@ if triton is not None:
     @triton.jit
     def _pack_kernel(c_ptr, p_ptr, R, C, s_r, s_c, P, ENC: tl.constexpr, BLOCK_R: tl.constexpr,
                      BLOCK_P: tl.constexpr):  # fmt: skip
-        offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-        offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+        pid_r, pid_p = tile_of_program(P, BLOCK_P)
+        offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+        offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
         r_ok = (offs_r < R)[:, None]
         base = c_ptr + offs_r[:, None].to(tl.int64) * s_r
         lo_col = 2 * offs_p[None, :]
@@ -176,7 +178,7 @@ def pack_codes(codes: torch.Tensor, encoding: str = "int", out: torch.Tensor | N
     data = torch.empty((rows, p), device=codes.device, dtype=torch.uint8) if out is None else out
     if rows and cols:
         block_r, block_p = (32, 64) if triton_support.gpu_tiles(codes.device) else (16, 16)
-        grid = (triton.cdiv(rows, block_r), triton.cdiv(p, block_p))
+        grid = tile_grid(rows, p, block_r, block_p)
         _pack_kernel[grid](codes, data, rows, cols, codes.stride(0), codes.stride(1), p, ENC=ENCODINGS[encoding],
                            BLOCK_R=block_r, BLOCK_P=block_p)  # fmt: skip
     return Packed(data, (rows, cols), 1, encoding)

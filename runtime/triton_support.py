@@ -1,5 +1,5 @@
 """Shared helpers of the Triton kernels: is Triton usable, is it interpreting, the 2-D view a
-quantizer kernel walks, and the seed of its in-kernel Philox draw.
+quantizer kernel walks, and the key (seed, offset) of its in-kernel Philox draw.
 
 Every kernel works on a 2-D (rows × columns) strided view with one scale per row, per column or
 per tensor; `as_2d` finds that view for an N-d tensor and a scaling group (``reduce_dims``), so
@@ -56,14 +56,29 @@ def gpu_tiles(device: torch.device) -> bool:
     return device.type == "cuda" and not interpreting()
 
 
-def philox_seed(generator: torch.Generator | None = None) -> int:
-    """A fresh seed for `tl.rand` drawn from torch's (CPU) generator: reproducible under
-    `torch.manual_seed`, fresh on every call, and no device synchronisation. The process rank is
-    mixed in (as `random_bits.draw_seed` does) so data-parallel ranks draw independent noise."""
+def philox_key(
+    device: torch.device, seed: int | None = None, offset: int = 0, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The ``(seed, offset)`` of a kernel's `tl.rand` draw as an int64 ``[2]`` tensor on
+    ``device``; the kernel loads it and draws element ``i``'s uniform at Philox counter
+    ``offset + i``.
+
+    Without ``seed`` both come from torch's generator of ``device`` by a ``randint`` on the
+    device itself: reproducible under `torch.manual_seed`, fresh on every call, no host
+    synchronisation, and safe under CUDA graphs (``mode="reduce-overhead"``), which replay the
+    ``randint`` (advancing the generator) rather than a seed frozen at capture. The process rank
+    is mixed into the seed (as `random_bits.draw_seed` does) so data-parallel ranks draw
+    independent noise. An explicit ``seed``/``offset`` (tests, or splitting one stream) is used
+    as given."""
     from .random_bits import _RANK_MIX, process_rank
 
-    seed = int(torch.randint(0, 2**31 - 1, (), generator=generator).item())
-    return (seed + process_rank() * _RANK_MIX) % (2**31 - 1)
+    if seed is not None:
+        return torch.tensor([seed, offset], dtype=torch.int64, device=device)
+    key = torch.randint(0, 2**31 - 1, (2,), device=device, dtype=torch.int64, generator=generator)
+    rank = process_rank()
+    if rank:
+        key = key + torch.tensor([rank * _RANK_MIX, 0], dtype=torch.int64, device=device)
+    return key % (2**31 - 1)
 
 
 def alloc_codes(rows: int, cols: int, device: torch.device) -> torch.Tensor:

@@ -80,6 +80,20 @@ def test_gpu_kernels_benchmark_exits_cleanly_without_cuda():
     assert proc.stderr.strip() == "" or "Traceback" not in proc.stderr
 
 
+def test_gpu_quantizer_and_peak_sections_run_on_cpu(monkeypatch):
+    """The GPU benchmark's quantizer-kernel rows and its int8 peak probe, run on CPU (kernels in
+    Triton's interpreter) at tiny shapes with a unit timer: every case runs and reports."""
+    pytest.importorskip("triton")
+    monkeypatch.syspath_prepend(str(BENCH))
+    import gpu_kernels
+
+    rows = gpu_kernels.quantizer_rows(24, 40, device="cpu", timer=lambda fn: fn() is None or 1.0, compiled=False)
+    assert len(rows) == 7 and all(r["ms"] == 1.0 and r["vs_eager"] == 1.0 and r["gb_per_s"] > 0 for r in rows)
+    peak = gpu_kernels.int8_peak(timer=lambda fn: fn() is None or 1.0, shapes=((16, 32, 8),), device="cpu")
+    assert peak["shape"] == [16, 32, 8] and peak["tops"] > 0
+    sys.modules.pop("gpu_kernels", None)
+
+
 def test_gpu_block_step_configurations_run_on_cpu(monkeypatch):
     """The GPU benchmark's block-step code (every configuration, the plan's kernel count) on a tiny
     block on CPU, so a GPU session's minutes are not spent on a bug in it."""

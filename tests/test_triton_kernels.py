@@ -151,6 +151,30 @@ def test_luq_kernel_philox_is_unbiased_reproducible_and_fresh():
     assert ((mag == lower) | (mag == torch.where(x < 1, torch.ones_like(x), 2 * lower))).all()
 
 
+def test_philox_key_comes_from_torchs_generator_and_offset_shifts_the_stream():
+    """Without an explicit seed the (seed, offset) pair is drawn from torch's generator: the same
+    `torch.manual_seed` gives the same codes, the next call fresh ones. The offset is the Philox
+    counter of element 0, so offset k reads the stream k elements further on."""
+    g = torch.full((1, 300), 30.0)  # |g|/α = 30 rounds to 16 or 32 (p = 7/8): codes show the bits
+    g[0, -1] = 64.0  # fixes α = 1
+    torch.manual_seed(11)
+    a = luq_quantize_codes(g, 4, [])
+    b = luq_quantize_codes(g, 4, [])
+    torch.manual_seed(11)
+    a2 = luq_quantize_codes(g, 4, [])
+    assert torch.equal(a.codes, a2.codes) and not torch.equal(a.codes, b.codes)
+    assert set(a.codes[0, :-1].tolist()) == {16, 32}
+    base = luq_quantize_codes(g, 4, [], seed=5, offset=0).codes[0]
+    shifted = luq_quantize_codes(g, 4, [], seed=5, offset=7).codes[0]
+    assert torch.equal(shifted[: 300 - 8], base[7:-1])
+    torch.manual_seed(11)
+    x = torch.linspace(-2.9, 3.1, 64).repeat(8, 1)
+    i1 = int_quantize_codes(x, 4, "max", "signed", [], stochastic=True)
+    torch.manual_seed(11)
+    assert torch.equal(int_quantize_codes(x, 4, "max", "signed", [], stochastic=True).codes, i1.codes)
+    assert not torch.equal(int_quantize_codes(x, 4, "max", "signed", [], stochastic=True).codes, i1.codes)
+
+
 def test_int_kernel_philox_rounds_to_a_neighbour_unbiasedly():
     col = torch.linspace(-2.9, 3.1, 40)
     x = col.repeat(200, 1)
@@ -226,6 +250,10 @@ def test_int8_gemm_training_layouts_use_strides_and_exact_epilogue():
     dw = wgrad_gemm(dy, x, s_dyc, s_xk)  # dYᵀ·X without materialising dYᵀ
     assert dw.shape == (n, k) and torch.equal(dw, int8_mm_reference(dy.t(), x, s_dyc, s_xk))
     assert not dw.isnan().any() and not dx.isnan().any()
+    # Per-tensor scales given as one-element tensors (0-d and [1]) broadcast over the axis.
+    s_x, s_w = torch.tensor(0.23), torch.tensor([1.7])
+    y1 = forward_gemm(x, w, s_x, s_w)
+    assert torch.equal(y1, int8_mm_reference(x, w.t(), s_x.expand(m), s_w.expand(n)))
 
 
 def test_int8_gemm_poisoned_float_output_and_low_precision_cast():
