@@ -145,7 +145,8 @@ def _disassemble(cubin: bytes) -> str:
 def compile_all(arch: int, n: int = 1024) -> list[CompiledKernel]:
     """Run every kernel wrapper once on CPU tensors as if on an sm_``arch`` GPU: forward, dgrad and
     wgrad layouts of the int8 GEMM (all autotuning configs, with and without bias), the packed GEMM,
-    the quantizers (per tensor, per row, per column; nearest and stochastic) and packing."""
+    the quantizers (per tensor, per row, per column; nearest and stochastic; writing packed codes
+    too) and packing."""
     import triton
     from qcompile.runtime import triton_support
     from qcompile.runtime.triton_int8_gemm import dgrad_gemm, forward_gemm, wgrad_gemm
@@ -180,13 +181,15 @@ def compile_all(arch: int, n: int = 1024) -> list[CompiledKernel]:
                                             out_dtype=torch.bfloat16),
         }  # fmt: skip
         for dims, axis in (([], "tensor"), ([1], "row"), ([0], "column")):
-            calls[f"int4 sawb auto per {axis}"] = lambda d=dims: int_quantize_codes(
-                x, 4, "sawb", "auto", d, False
+            # The fused forward's quantizer writes codes and saved nibbles together (pack=True).
+            calls[f"int4 sawb auto packed per {axis}"] = lambda d=dims: int_quantize_codes(
+                x, 4, "sawb", "auto", d, False, pack=True
             )
             calls[f"int4 stochastic bf16 per {axis}"] = lambda d=dims: int_quantize_codes(
                 x.bfloat16(), 4, "max", "signed", d, True
             )
             calls[f"luq4 per {axis}"] = lambda d=dims: luq_quantize_codes(x, 4, d)
+        calls["luq4 packed per row"] = lambda: luq_quantize_codes(x, 4, [1], pack=True)
         for name, call in calls.items():
             drv.call = name
             call()

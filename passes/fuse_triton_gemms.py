@@ -6,10 +6,12 @@ quantizer and its GEMM are followed):
 
 * each operand's quantizer becomes ``qcompile::quantize_codes``; its other users read
   ``dequantize_codes``, the same values bit for bit;
-* an operand the forward saved packed (`pack_saved_tensors`) is read as its codes: the forward's
-  ``int_quantize_packed`` and the backward's ``int_dequantize_packed`` give ``unpack_int4_codes``
-  of the packed nibbles, a requantized ``Ŵ`` (``int_requantize``) gives ``int_requantize_codes``;
-  the scale is the saved ``clip / hi``, so no float ``X̂`` is rebuilt for a fused GEMM;
+* an operand the forward saves packed (`pack_saved_tensors`) is read as its codes: the forward's
+  ``int_quantize_packed`` becomes ``int_quantize_packed_codes`` (one Triton pass writing the
+  int8 codes and the saved nibbles), the backward's ``int_dequantize_packed`` gives
+  ``unpack_int4_codes`` of the saved nibbles, a requantized ``Ŵ`` (``int_requantize``) gives
+  ``int_requantize_codes``; the scale is the saved ``clip / hi``, so no float ``X̂`` is rebuilt
+  for a fused GEMM;
 * an operand saved by the forward as a float (X̂, Ŵ) is turned back into codes with
   ``qcompile::recover_codes``;
 * the GEMM becomes ``qcompile::scaled_int8_gemm``, which applies the recorded views to the codes
@@ -110,12 +112,27 @@ def _codes_for(src_node: fx.Node, b: _Builder, cache: dict, saved: dict[str, Sav
 
 
 def _packed_quantizer_codes(node: fx.Node, b: _Builder):
-    """Forward: the codes ``int_quantize_packed`` saves, unpacked once for the forward GEMM. Its
-    outputs are read through new ``getitem`` nodes right after it, so everything made here
-    precedes every GEMM that reads it, wherever the graph's own ``getitem`` nodes stand."""
-    with b.graph.inserting_before(node.next):  # in creation order, right after ``node``
-        packed, clip, hi = (b.call(operator.getitem, (node, i), node) for i in (1, 2, 3))
-        codes = b.call(qops.unpack_int4_codes.default, (packed, hi, node.args[0].meta["val"].shape[-1]), node)
+    """Forward: a quantizer whose output backward keeps packed (``int_quantize_packed``) becomes
+    ``int_quantize_packed_codes``, one Triton pass giving the int8 codes the GEMM reads and the
+    packed codes, clip and hi the forward saves (same shapes and format, so backward is
+    unchanged). Its float ``X̂``, where something else reads it, is ``dequantize_codes`` of the
+    codes. The new nodes go where the quantizer was, so they precede every GEMM reading them."""
+    x, bits, scaling, signed, dims, stochastic = node.args[:6]
+    with b.graph.inserting_before(node):
+        qp = b.call(qops.int_quantize_packed_codes.default, (x, bits, scaling, signed, list(dims), stochastic),
+                    node)  # fmt: skip
+        codes, packed, clip, hi = (b.call(operator.getitem, (qp, i), node) for i in range(4))
+        xhat = None
+        for user in list(node.users):  # getitem nodes of the old quantizer's outputs
+            index = user.args[1]
+            if index == 0 and user.users and xhat is None:
+                xhat = b.call(
+                    qops.dequantize_codes.default, (codes, clip, hi, node.meta["val"][0].dtype), user
+                )
+                xhat.meta.update({k: v for k, v in user.meta.items() if k != "val"})
+            user.replace_all_uses_with(xhat if index == 0 else (packed, clip, hi)[index - 1])
+            b.graph.erase_node(user)
+    b.graph.erase_node(node)
     return codes, clip, hi
 
 

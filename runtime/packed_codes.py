@@ -168,14 +168,22 @@ def int_quantize_packed(
     return int_quantize_packed_reference(x, bits, scaling, signed, reduce_dims, stochastic)
 
 
-@int_quantize_packed.register_fake
-def _int_quantize_packed_fake(x, bits, scaling, signed, reduce_dims, stochastic, tag):
+def empty_saved_codes(
+    x: torch.Tensor, signed: str, reduce_dims: list[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Empty (packed, clip, hi) shaped as `int_quantize_packed` saves them for ``x`` (fake
+    kernels of every op that produces them)."""
     shape = list(x.shape)
     groups = group_shape(shape, reduce_dims)
     packed = x.new_empty([*shape[:-1], packed_last(shape[-1], 2)], dtype=torch.uint8)
     clip = x.new_empty(groups, dtype=torch.float32)
     hi = x.new_empty(groups if signed == "auto" else [], dtype=torch.float32)
-    return torch.empty_like(x), packed, clip, hi
+    return packed, clip, hi
+
+
+@int_quantize_packed.register_fake
+def _int_quantize_packed_fake(x, bits, scaling, signed, reduce_dims, stochastic, tag):
+    return torch.empty_like(x), *empty_saved_codes(x, signed, reduce_dims)
 
 
 @torch.library.custom_op("qcompile::int_dequantize_packed", mutates_args=())

@@ -1,6 +1,8 @@
 """Graph ops of the fused quantize → int8 GEMM path that `passes.fuse_triton_gemms` inserts.
 
     qcompile::quantize_codes(x, ...)      -> (codes int8, clip, top)   a quantizer, as codes
+    qcompile::int_quantize_packed_codes(x, ...) -> (codes, packed, clip, hi) `int_quantize_packed`'s
+                                             saved outputs plus the codes, in one quantizer pass
     qcompile::recover_codes(x̂, ...)       -> (codes int8, clip, top)   codes of a saved x̂
     qcompile::unpack_int4_codes(packed, hi, last) -> codes int8        codes a packed x̂ was saved as
     qcompile::int_requantize_codes(w, clip, hi, ...) -> codes int8     codes of a requantized ŵ
@@ -20,9 +22,9 @@ import json
 
 import torch
 
-from .int_quantize import int_clip, int_codes_for_clip, int_quantize_reference
+from .int_quantize import int_clip, int_codes_for_clip, int_quantize_codes_reference, int_quantize_reference
 from .luq_quantize import luq_levels, luq_quantize_reference
-from .packed_codes import forward_top_code, unpack_int4
+from .packed_codes import empty_saved_codes, forward_top_code, group_shape, pack_int4, unpack_int4
 from .scaling_groups import group_amax, group_amin, normalize_dims
 from .triton_support import kernels_can_run_on
 
@@ -99,6 +101,46 @@ def _quantize_codes_fake(x, kind, bits, scaling, signed, reduce_dims, stochastic
         x.new_empty(shape, dtype=torch.float32),
         x.new_empty(shape, dtype=torch.float32),
     )
+
+
+@torch.library.custom_op(
+    "qcompile::int_quantize_packed_codes", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,)
+)
+def int_quantize_packed_codes(
+    x: torch.Tensor,
+    bits: int,
+    scaling: str,
+    signed: str,
+    reduce_dims: list[int],
+    stochastic: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward of a packed-and-fused operand: `int_quantize_packed`'s saved outputs (packed
+    codes, clip, hi; same shapes and format) plus the int8 codes the fused GEMM reads, from one
+    Triton quantizer pass that writes codes and nibbles together (``pack=True``). It replaces
+    the packed quantizer and the unpacking of its nibbles that the GEMM would otherwise read."""
+    shape = list(x.shape)
+    groups = group_shape(shape, reduce_dims)
+    if kernels_can_run_on(x.device):
+        from .triton_int_quantize import int_quantize_codes
+
+        c = int_quantize_codes(x, bits, scaling, signed, reduce_dims, stochastic, pack=True)
+        codes, packed, clip = c.codes, c.packed, c.clip.reshape(groups)
+        hi = c.top.reshape(groups) if signed == "auto" else c.top.reshape(-1)[0]
+    else:
+        q, clip, hi = int_quantize_codes_reference(x, bits, scaling, signed, reduce_dims, stochastic)
+        codes, packed = q.to(torch.int8), pack_int4(q)
+        hi = hi if isinstance(hi, torch.Tensor) else torch.full((), hi, dtype=torch.float32, device=x.device)
+    return (
+        codes.contiguous(),
+        packed.contiguous(),
+        clip.float().contiguous().clone(),
+        hi.float().contiguous().clone(),
+    )
+
+
+@int_quantize_packed_codes.register_fake
+def _int_quantize_packed_codes_fake(x, bits, scaling, signed, reduce_dims, stochastic):
+    return torch.empty(x.shape, dtype=torch.int8, device=x.device), *empty_saved_codes(x, signed, reduce_dims)
 
 
 @torch.library.custom_op("qcompile::recover_codes", mutates_args=())

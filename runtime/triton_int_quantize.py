@@ -25,13 +25,17 @@ import torch
 
 from . import triton_support
 from .int_quantize import SAWB_C1, SAWB_C2
+from .scaling_groups import normalize_dims
+from .triton_pack_int4 import Packed
 from .triton_reductions import GroupStats, group_stats
-from .triton_support import QUANTIZE_WARPS, as_2d, philox_key
+from .triton_support import QUANTIZE_WARPS, View2d, as_2d, philox_key
 from .triton_tiles import tile_grid, tile_of_program
 
 try:
     import triton
     import triton.language as tl
+
+    from .triton_pack_int4 import store_packed_tile
 except ImportError:  # pragma: no cover
     triton = None
 
@@ -59,9 +63,9 @@ if triton is not None:
 
     @triton.jit
     def _int_quantize_kernel(
-        x_ptr, codes_ptr, scale_ptr, lo_ptr, hi_ptr, noise_ptr, key_ptr,
-        R, C, s_r, s_c, n_r, n_c,
-        SCALE_AXIS: tl.constexpr, STOCHASTIC: tl.constexpr, USE_NOISE: tl.constexpr,
+        x_ptr, codes_ptr, packed_ptr, scale_ptr, lo_ptr, hi_ptr, noise_ptr, key_ptr,
+        R, C, P, s_r, s_c, n_r, n_c,
+        SCALE_AXIS: tl.constexpr, STOCHASTIC: tl.constexpr, USE_NOISE: tl.constexpr, PACK: tl.constexpr,
         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
     ):  # fmt: skip
         pid_r, pid_c = tile_of_program(C, BLOCK_C)
@@ -88,16 +92,38 @@ if triton is not None:
         q = tl.minimum(tl.maximum(q, lo), hi)
         q = tl.where(q != q, 0.0, q)  # NaN input: code 0 (its group's NaN scale carries the NaN)
         tl.store(codes_ptr + r64 * C + c64, q.to(tl.int8), mask=mask)
+        if PACK:  # nibble = code & 0xF, the saved format (`packed_codes.pack_int4`) for every grid
+            store_packed_tile(packed_ptr, q.to(tl.int32), offs_r, pid_c, R, P, 0, BLOCK_R, BLOCK_C)
 
 
 @dataclass(frozen=True)
 class Codes:
     """Integer codes of a quantized tensor and its scales, dequantized as ``codes / top * clip``
-    (exactly the reference's value). ``clip`` and ``top`` have the group's keepdim shape."""
+    (exactly the reference's value). ``clip`` and ``top`` have the group's keepdim shape.
+
+    With ``pack=True`` the quantizer also returns ``packed``: the codes two per byte along the
+    last dimension (uint8 ``[..., ceil(last/2)]``, element ``2j`` in the low nibble), the format
+    backward saves (`packed_codes.pack_int4`: nibble ``code & 0xF``; LUQ: sign + exponent index,
+    `triton_pack_int4`). ``encoding`` says how to read the nibbles back: ``"int"``, ``"uint"``,
+    ``"luq"``, or ``"auto"`` (per group, with ``top``: `packed_codes.unpack_int4`)."""
 
     codes: torch.Tensor
     clip: torch.Tensor
     top: torch.Tensor
+    packed: torch.Tensor | None = None
+    encoding: str | None = None
+
+    def packed_operand(self) -> Packed:
+        """``packed`` of a 2-D tensor as a `Packed` GEMM operand for `packed_mm` (which decodes
+        one fixed encoding: not ``"auto"``)."""
+        if self.packed is None or self.codes.ndim != 2:
+            raise ValueError("packed_operand: needs 2-D codes quantized with pack=True")
+        if self.encoding not in ("int", "uint", "luq"):
+            raise ValueError(
+                f"packed_operand: encoding {self.encoding!r} has no fixed nibble decoding; "
+                "valid: int, uint, luq (signed / unsigned INT, LUQ)"
+            )
+        return Packed(self.packed, tuple(self.codes.shape), 1, self.encoding)
 
     @property
     def scale(self) -> torch.Tensor:
@@ -117,24 +143,57 @@ def sawb_clip(stats: GroupStats) -> torch.Tensor:
     return torch.where((sawb <= 0) | (sawb > stats.amax), stats.amax, sawb)
 
 
-def _launch_quantize(view, scale, lo, hi, noise, stochastic: bool, key: torch.Tensor | None) -> torch.Tensor:
+def packs_in_kernel(x: torch.Tensor, reduce_dims: Sequence[int], view: View2d) -> bool:
+    """Whether a quantizer kernel's 2-D view packs pairs along ``x``'s last dimension, so its
+    packed output is ``x``'s packed codes row for row: the view's rows are ``x``'s rows (its
+    columns are the last dim), or rows of several last-dim rows of even length (a per-sample
+    view of a contiguous N-d tensor), and not the permuted view of other groupings."""
+    if x.ndim <= 2 or view.x.shape[1] == x.shape[-1]:
+        return x.ndim >= 1
+    dims = normalize_dims(reduce_dims, x.ndim)
+    kept = [d for d in range(x.ndim) if d not in dims] if dims else []
+    return kept == list(range(len(kept))) and x.shape[-1] % 2 == 0
+
+
+def packed_of(
+    codes2d: torch.Tensor, packed2d: torch.Tensor | None, x: torch.Tensor, encoding: str
+) -> torch.Tensor:
+    """The codes of ``x`` packed along its last dim: the kernel's own packed output when it
+    packed along that dim (`packs_in_kernel`), else one pass of `pack_codes` over the codes."""
+    from .triton_pack_int4 import pack_codes
+
+    last = x.shape[-1]
+    if packed2d is None:
+        packed2d = pack_codes(codes2d.reshape(-1, last), "int" if encoding != "luq" else "luq").data
+    return packed2d.reshape(*x.shape[:-1], (last + 1) // 2)
+
+
+def alloc_packed(rows: int, cols: int, device: torch.device) -> torch.Tensor:
+    """The uint8 buffer a quantizer kernel packs ``rows × cols`` codes into (tests poison it)."""
+    return triton_support.alloc_packed(rows, (cols + 1) // 2, device)
+
+
+def _launch_quantize(
+    view, scale, lo, hi, noise, stochastic: bool, key: torch.Tensor | None, pack: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     x = view.x
     rows, cols = x.shape
     codes = triton_support.alloc_codes(rows, cols, x.device)
+    packed = alloc_packed(rows, cols, x.device) if pack else None
     if rows * cols == 0:
-        return codes
+        return codes, packed
     axis = {0: SCALE_PER_ROW, 1: SCALE_PER_COL, None: SCALE_PER_TENSOR}[view.axis]
     use_noise = noise is not None
     n2 = noise if use_noise else x
     block_r, block_c = (32, 128) if triton_support.gpu_tiles(x.device) else (16, 32)
     grid = tile_grid(rows, cols, block_r, block_c)
     _int_quantize_kernel[grid](
-        x, codes, scale, lo, hi, n2, scale if key is None else key,
-        rows, cols, x.stride(0), x.stride(1), n2.stride(0), n2.stride(1),
-        SCALE_AXIS=axis, STOCHASTIC=stochastic, USE_NOISE=use_noise, BLOCK_R=block_r, BLOCK_C=block_c,
-        num_warps=QUANTIZE_WARPS,
+        x, codes, codes if packed is None else packed, scale, lo, hi, n2, scale if key is None else key,
+        rows, cols, (cols + 1) // 2, x.stride(0), x.stride(1), n2.stride(0), n2.stride(1),
+        SCALE_AXIS=axis, STOCHASTIC=stochastic, USE_NOISE=use_noise, PACK=pack, BLOCK_R=block_r,
+        BLOCK_C=block_c, num_warps=QUANTIZE_WARPS,
     )  # fmt: skip
-    return codes
+    return codes, packed
 
 
 def _noise_2d(noise: torch.Tensor | None, x: torch.Tensor, reduce_dims: Sequence[int]) -> torch.Tensor | None:
@@ -154,12 +213,17 @@ def int_quantize_codes(
     clip: torch.Tensor | None = None,
     seed: int | None = None,
     offset: int = 0,
+    pack: bool = False,
 ) -> Codes:
     """INT quantization of ``x`` to int8 codes with the Triton kernel (CUDA, or CPU under
     ``TRITON_INTERPRET=1``). ``Codes.dequantize()`` equals `int_quantize_reference` bit for bit
     given the same ``noise``; with ``noise=None`` stochastic rounding draws Philox bits keyed by
     ``seed`` and ``offset`` (by default both drawn from torch's generator, `philox_key`).
-    ``clip`` (group keepdim shape) overrides the computed clip. ``bits`` <= 7 so the codes fit int8."""
+    ``clip`` (group keepdim shape) overrides the computed clip. ``bits`` <= 7 so the codes fit int8.
+    ``pack=True`` (4 bits) also returns the codes packed two per byte (`Codes.packed`), written
+    by the same kernel when its view allows (`packs_in_kernel`)."""
+    if pack and bits > 4:
+        raise ValueError(f"int_quantize_codes: pack=True packs 4-bit codes, got bits={bits} (valid: 2..4)")
     if bits > 7:
         raise ValueError(f"int_quantize_codes: codes must fit int8, got bits={bits} (valid: 1..7)")
     if scaling not in ("max", "sawb"):
@@ -187,5 +251,16 @@ def int_quantize_codes(
     scale = clip_vec / hi
     scale = torch.where(scale == 0, torch.ones_like(scale), scale).contiguous()
     key = philox_key(x.device, seed, offset) if stochastic and noise is None else None
-    codes = _launch_quantize(view, scale, lo, hi, _noise_2d(noise, x, reduce_dims), stochastic, key)
-    return Codes(view.back(codes), clip_vec.reshape(view.group_shape), hi.reshape(view.group_shape))
+    in_kernel = pack and packs_in_kernel(x, reduce_dims, view)
+    codes, packed = _launch_quantize(
+        view, scale, lo, hi, _noise_2d(noise, x, reduce_dims), stochastic, key, in_kernel
+    )
+    codes = view.back(codes)
+    encoding = {"signed": "int", "unsigned": "uint"}.get(signed, "auto")
+    return Codes(
+        codes,
+        clip_vec.reshape(view.group_shape),
+        hi.reshape(view.group_shape),
+        packed_of(codes, packed, x, encoding) if pack else None,
+        encoding if pack else None,
+    )

@@ -19,7 +19,16 @@ import torch
 
 from . import triton_support
 from .luq_quantize import luq_levels
-from .triton_int_quantize import SCALE_PER_COL, SCALE_PER_ROW, SCALE_PER_TENSOR, Codes, _group_index
+from .triton_int_quantize import (
+    SCALE_PER_COL,
+    SCALE_PER_ROW,
+    SCALE_PER_TENSOR,
+    Codes,
+    _group_index,
+    alloc_packed,
+    packed_of,
+    packs_in_kernel,
+)
 from .triton_reductions import group_absmax_min
 from .triton_support import QUANTIZE_WARPS, as_2d, philox_key
 from .triton_tiles import tile_grid, tile_of_program
@@ -27,6 +36,8 @@ from .triton_tiles import tile_grid, tile_of_program
 try:
     import triton
     import triton.language as tl
+
+    from .triton_pack_int4 import store_packed_tile
 except ImportError:  # pragma: no cover
     triton = None
 
@@ -34,9 +45,10 @@ if triton is not None:
 
     @triton.jit
     def _luq_quantize_kernel(
-        g_ptr, codes_ptr, alpha_ptr, noise_ptr, key_ptr,
-        R, C, s_r, s_c, n_r, n_c,
-        SCALE_AXIS: tl.constexpr, USE_NOISE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+        g_ptr, codes_ptr, packed_ptr, alpha_ptr, noise_ptr, key_ptr,
+        R, C, P, s_r, s_c, n_r, n_c,
+        SCALE_AXIS: tl.constexpr, USE_NOISE: tl.constexpr, PACK: tl.constexpr,
+        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
     ):  # fmt: skip
         pid_r, pid_c = tile_of_program(C, BLOCK_C)
         offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -60,6 +72,8 @@ if triton is not None:
         q = tl.where(x != x, 0.0, q)  # non-finite group: code 0, its NaN α carries the NaN
         code = tl.where(g > 0, q, tl.where(g < 0, -q, 0.0))
         tl.store(codes_ptr + r64 * C + c64, code.to(tl.int8), mask=mask)
+        if PACK:  # LUQ's 4-bit code: sign + exponent index (`triton_pack_int4`, "luq")
+            store_packed_tile(packed_ptr, code.to(tl.int32), offs_r, pid_c, R, P, 2, BLOCK_R, BLOCK_C)
 
 
 def luq_quantize_codes(
@@ -69,12 +83,16 @@ def luq_quantize_codes(
     noise: torch.Tensor | None = None,
     seed: int | None = None,
     offset: int = 0,
+    pack: bool = False,
 ) -> Codes:
     """LUQ of ``g`` to int8 codes with the Triton kernel (CUDA, or CPU under
     ``TRITON_INTERPRET=1``). ``Codes.dequantize()`` equals `luq_quantize_reference` bit for bit
     given the same ``noise`` (``top`` is 1, ``clip`` is α); otherwise Philox bits keyed by
     ``seed`` and ``offset`` (by default both drawn from torch's generator, `philox_key`).
-    ``bits`` <= 4 so ``2^(levels-1)`` fits int8."""
+    ``bits`` <= 4 so ``2^(levels-1)`` fits int8. ``pack=True`` (4 bits) also returns the codes
+    packed two per byte in LUQ's sign + exponent encoding (`Codes.packed`)."""
+    if pack and bits != 4:
+        raise ValueError(f"luq_quantize_codes: pack=True packs 4-bit codes, got bits={bits} (valid: 4)")
     if bits > 4:
         raise ValueError(
             f"luq_quantize_codes: codes 2^(2^(bits-1)-2) must fit int8, got bits={bits} (valid: 2..4)"
@@ -85,6 +103,8 @@ def luq_quantize_codes(
     alpha = torch.where(alpha == 0, torch.ones_like(alpha), alpha).contiguous()
     rows, cols = view.x.shape
     codes = triton_support.alloc_codes(rows, cols, g.device)
+    in_kernel = pack and packs_in_kernel(g, reduce_dims, view)
+    packed = alloc_packed(rows, cols, g.device) if in_kernel else None
     if rows * cols:
         n2 = as_2d(noise.float(), reduce_dims).x if noise is not None else view.x
         key = philox_key(g.device, seed, offset) if noise is None else alpha  # alpha: unused pointer
@@ -92,10 +112,17 @@ def luq_quantize_codes(
         grid = tile_grid(rows, cols, block_r, block_c)
         axis = {0: SCALE_PER_ROW, 1: SCALE_PER_COL, None: SCALE_PER_TENSOR}[view.axis]
         _luq_quantize_kernel[grid](
-            view.x, codes, alpha, n2, key,
-            rows, cols, view.x.stride(0), view.x.stride(1), n2.stride(0), n2.stride(1),
-            SCALE_AXIS=axis, USE_NOISE=noise is not None, BLOCK_R=block_r, BLOCK_C=block_c,
+            view.x, codes, codes if packed is None else packed, alpha, n2, key,
+            rows, cols, (cols + 1) // 2, view.x.stride(0), view.x.stride(1), n2.stride(0), n2.stride(1),
+            SCALE_AXIS=axis, USE_NOISE=noise is not None, PACK=in_kernel, BLOCK_R=block_r, BLOCK_C=block_c,
             num_warps=QUANTIZE_WARPS,
         )  # fmt: skip
     shape = view.group_shape
-    return Codes(view.back(codes), alpha.reshape(shape), torch.ones_like(alpha).reshape(shape))
+    codes = view.back(codes)
+    return Codes(
+        codes,
+        alpha.reshape(shape),
+        torch.ones_like(alpha).reshape(shape),
+        packed_of(codes, packed, g, "luq") if pack else None,
+        "luq" if pack else None,
+    )

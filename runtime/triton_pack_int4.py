@@ -109,6 +109,19 @@ if triton is not None:
         return code.to(tl.int8)
 
     @triton.jit
+    def store_packed_tile(p_ptr, codes, offs_r, pid_c, R, P, ENC: tl.constexpr, BLOCK_R: tl.constexpr,
+                          BLOCK_C: tl.constexpr):  # fmt: skip
+        """Store a quantizer's ``BLOCK_R × BLOCK_C`` tile of codes (column tile ``pid_c``) packed
+        two per byte along its columns into the row-major ``R × P`` bytes at ``p_ptr``, so a
+        quantizer writes its packed codes in the same pass. Columns past the tensor's end hold
+        code 0 (masked loads), so an odd last column leaves a zero high nibble."""
+        lo, hi = tl.split(tl.reshape(codes.to(tl.int32), (BLOCK_R, BLOCK_C // 2, 2)))
+        byte = _encode(lo, ENC) | (_encode(hi, ENC) << 4)
+        offs_p = pid_c * (BLOCK_C // 2) + tl.arange(0, BLOCK_C // 2)
+        mask = (offs_r < R)[:, None] & (offs_p < P)[None, :]
+        tl.store(p_ptr + offs_r[:, None].to(tl.int64) * P + offs_p[None, :], byte.to(tl.uint8), mask=mask)
+
+    @triton.jit
     def _pack_kernel(c_ptr, p_ptr, R, C, s_r, s_c, P, ENC: tl.constexpr, BLOCK_R: tl.constexpr,
                      BLOCK_P: tl.constexpr):  # fmt: skip
         pid_r, pid_p = tile_of_program(P, BLOCK_P)

@@ -87,6 +87,12 @@ def alloc_codes(rows: int, cols: int, device: torch.device) -> torch.Tensor:
     return torch.empty((rows, cols), device=device, dtype=torch.int8)
 
 
+def alloc_packed(rows: int, cols: int, device: torch.device) -> torch.Tensor:
+    """The uint8 buffer a quantizer kernel packs its codes into, ``cols`` bytes per row (tests
+    replace it by a poisoned one)."""
+    return torch.empty((rows, cols), device=device, dtype=torch.uint8)
+
+
 @dataclass(frozen=True)
 class View2d:
     """``x`` as a 2-D strided view: one scale per row (``axis=0``), per column (``axis=1``) or

@@ -288,6 +288,14 @@ def test_fused_ops_pass_opcheck(interpreted, monkeypatch):
     xq, packed, pclip, hi = q.int_quantize_packed(x3.relu(), 4, "sawb", "auto", [1], False, "t|activation|s")
     torch.library.opcheck(q.unpack_int4_codes.default, (packed, hi, 7))
     assert torch.equal(q.unpack_int4_codes(packed, hi, 7).float() / hi * pclip, xq)
+    # One pass giving the codes and exactly what `int_quantize_packed` saves (per-sample, per-tensor).
+    for xs, signed, dims in ((x3.relu(), "auto", [1]), (x3, "signed", []), (x3.relu(), "auto", [])):
+        torch.library.opcheck(q.int_quantize_packed_codes.default, (xs, 4, "sawb", signed, dims, False))
+        codes, *saved = q.int_quantize_packed_codes(xs, 4, "sawb", signed, dims, False)
+        want = q.int_quantize_packed(xs, 4, "sawb", signed, dims, False, "t|activation|s")
+        for got_t, want_t in zip(saved, want[1:], strict=True):
+            assert got_t.shape == want_t.shape and torch.equal(got_t, want_t)
+        assert torch.equal(q.dequantize_codes(codes, saved[1], saved[2], xs.dtype), want[0])
     w = torch.randn(6, 9, generator=g)
     wq, _, wclip, whi = q.int_quantize_packed(w, 4, "sawb", "signed", [], False, "t|weight|s")
     torch.library.opcheck(q.int_requantize_codes.default, (w.t().contiguous().t(), wclip, whi, 4, "signed"))
@@ -324,9 +332,12 @@ def test_fused_gemms_read_packed_codes_without_rebuilding_floats(fuse_on_cpu, si
     fuse_triton_gemms(gm)
     targets = [n.target for n in gm.graph.nodes]
     assert targets.count(q.scaled_int8_gemm.default) == 3
-    assert targets.count(q.unpack_int4_codes.default) == 3  # forward X̂ and Ŵ, wgrad X̂
+    # Forward: X and W quantized once, to codes and saved nibbles together; nothing unpacked there.
+    assert targets.count(q.int_quantize_packed_codes.default) == 2
+    assert targets.count(q.unpack_int4_codes.default) == 1  # wgrad's X̂ from the saved nibbles
     assert targets.count(q.int_requantize_codes.default) == 1  # dgrad
-    for gone in (q.int_dequantize_packed.default, q.int_requantize.default, q.recover_codes.default):
+    for gone in (q.int_quantize_packed.default, q.int_dequantize_packed.default, q.int_requantize.default,
+                 q.recover_codes.default, q.dequantize_codes.default):  # fmt: skip
         assert gone not in targets
     for got, want in zip(gm(x, w, dy), ref, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -51,12 +51,19 @@ pytestmark = pytest.mark.skipif(not _ok, reason=_why)
 POISON = 99  # outside every code range (INT: -7..15, LUQ: -64..64)
 
 
+PACKED_POISON = 0x5A  # a byte no test tensor packs to at the positions checked: nibbles 10 and 5
+
+
 @pytest.fixture(autouse=True)
 def _poisoned_code_buffers(monkeypatch):
     def poisoned(rows, cols, device):
         return torch.full((rows, cols), POISON, device=device, dtype=torch.int8)
 
+    def poisoned_packed(rows, cols, device):
+        return torch.full((rows, cols), PACKED_POISON, device=device, dtype=torch.uint8)
+
     monkeypatch.setattr(triton_support, "alloc_codes", poisoned)
+    monkeypatch.setattr(triton_support, "alloc_packed", poisoned_packed)
 
 
 def _input(shape, seed=0, dtype=torch.float32):
@@ -97,6 +104,54 @@ def test_int_quantize_kernel_matches_reference_exactly(shape, dims, transpose, s
     assert (c.codes != POISON).all()
     assert c.codes.abs().max() <= 15 and c.codes.dtype == torch.int8
     assert torch.equal(c.dequantize(), ref)
+
+
+PACKED_LAYOUTS = LAYOUTS + [
+    ((3, 5, 12), [1, 2], False),  # per-sample over two dims, even last dim: packed in the kernel
+    ((3, 5, 11), [1, 2], False),  # the same with an odd last dim: packed by a second pass
+    ((57,), [], False),  # 1-D, odd length
+]
+
+
+@pytest.mark.parametrize("shape,dims,transpose", PACKED_LAYOUTS)
+@pytest.mark.parametrize("kind", ["signed", "unsigned", "auto", "luq"])
+def test_quantizers_output_packed_codes(shape, dims, transpose, kind):
+    """``pack=True``: the quantizer also writes its codes two per byte along the last dim, in the
+    format backward saves (`packed_codes.pack_int4` for INT, LUQ's sign + exponent nibbles),
+    for every grouping, odd lengths included, into poisoned buffers."""
+    from qcompile.runtime.packed_codes import pack_int4, unpack_int4
+
+    x = _make(shape, transpose)
+    if kind == "luq":
+        c = luq_quantize_codes(x, 4, dims, pack=True)
+        want = pack_reference(c.codes.reshape(-1, shape[-1]), "luq")
+        want = want.reshape(c.packed.shape)
+    else:
+        x = x.abs() if kind == "unsigned" else x
+        c = int_quantize_codes(x, 4, "sawb", kind, dims, pack=True)
+        want = pack_int4(c.codes)
+        assert torch.equal(unpack_int4(c.packed, c.codes.shape[-1], c.top), c.codes)
+    assert c.packed.dtype == torch.uint8 and c.packed.shape == want.shape
+    assert torch.equal(c.packed, want)
+    assert c.encoding == {"signed": "int", "unsigned": "uint"}.get(kind, kind)
+
+
+@pytest.mark.parametrize("kind", ["signed", "unsigned", "luq"])
+def test_packed_quantizer_output_feeds_the_packed_gemm(kind):
+    """Quantize to packed codes, then `packed_mm` reads the nibbles: the same result as the int8
+    GEMM on the unpacked codes (both exact integer products, same epilogue)."""
+    a = _make((23, 37), False, seed=5)
+    w = _make((19, 37), False, seed=6)
+    if kind == "luq":
+        ca = luq_quantize_codes(a, 4, [1], pack=True)
+    else:
+        ca = int_quantize_codes(a.abs() if kind == "unsigned" else a, 4, "max", kind, [1], pack=True)
+    cw = int_quantize_codes(w, 4, "sawb", "signed", [1], pack=True)
+    got = packed_mm(ca.packed_operand(), cw.packed_operand().t(), ca.scale.reshape(-1), cw.scale.reshape(-1))
+    want = forward_gemm(ca.codes, cw.codes, ca.scale.reshape(-1), cw.scale.reshape(-1))
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="valid: int, uint, luq"):
+        int_quantize_codes(a, 4, "sawb", "auto", [1], pack=True).packed_operand()
 
 
 def test_int_quantize_kernel_bf16_input_and_given_clip():
