@@ -13,8 +13,9 @@ Sections (Triton's `do_bench`: median of repeated runs after warm-up):
      codes + GEMM) and the GEMM reading 4-bit codes packed two per byte: TFLOP/s (TOP/s for
      int8), ratio over BF16 and over ``_int_mm``, and the fraction of the device's measured int8
      peak (`int8_peak`: ``torch._int_mm`` at large square shapes, or any faster int8 row).
-  2. The quantizer kernels (INT4 SAWB per tensor, INT4 max per row, stochastic INT4, LUQ per row
-     and per column, the reduction pass, nibble packing) on a bf16 activation-sized tensor:
+  2. The quantizer kernels (INT4 SAWB per tensor, the fused forward's INT4 SAWB writing codes and
+     saved nibbles, INT4 max per row, stochastic INT4, LUQ per row and per column, the reduction
+     pass, nibble packing) on a bf16 activation-sized tensor:
      milliseconds, effective GB/s (one read of the input plus the codes written) and the ratio
      over the PyTorch reference of the same codes, eager and compiled by Inductor.
   3. A GPT-2-small-sized transformer block (d=768, 12 heads, MLP 3072, 8×1024 tokens): one full
@@ -142,6 +143,7 @@ def quantizer_rows(
     compiled by Inductor), on a bf16 ``rows × cols`` tensor (a GPT-2-small MLP activation at
     8×1024 tokens by default). ``device``/``timer``/``compiled`` let a CPU smoke test run it."""
     from qcompile.runtime import triton_gemm_ops as ops
+    from qcompile.runtime.packed_codes import int_quantize_packed_reference
     from qcompile.runtime.triton_int_quantize import int_quantize_codes
     from qcompile.runtime.triton_luq_quantize import luq_quantize_codes
     from qcompile.runtime.triton_pack_int4 import pack_codes, pack_reference
@@ -159,6 +161,9 @@ def quantizer_rows(
     cases = {
         "INT4 SAWB per tensor (W, X)": (
             lambda: int_quantize_codes(x, 4, "sawb", "signed", []), ref("int", "sawb", "signed", [], False), 1),
+        "INT4 SAWB auto + packed (fused forward)": (
+            lambda: int_quantize_codes(x, 4, "sawb", "auto", [], pack=True),
+            lambda t: int_quantize_packed_reference(t, 4, "sawb", "auto", [], False), 1.5),
         "INT4 max per row": (
             lambda: int_quantize_codes(x, 4, "max", "signed", [1]), ref("int", "max", "signed", [1], False), 1),
         "INT4 stochastic per row": (

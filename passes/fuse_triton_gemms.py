@@ -59,9 +59,12 @@ def _fake_mode(gm: fx.GraphModule):
 class _Builder:
     """Creates nodes with their ``meta["val"]`` computed on the graph's fake tensors."""
 
-    def __init__(self, gm: fx.GraphModule):
+    def __init__(self, gm: fx.GraphModule, kernel_quantized: set[str]):
         self.graph = gm.graph
         self.mode = _fake_mode(gm)
+        # Tags of the forward quantizers this pass moved onto the Triton quantizer (shared by a
+        # model's forward and backward compile): their requantization in backward must run there too.
+        self.kernel_quantized = kernel_quantized
 
     def call(self, target, args: tuple, like: fx.Node) -> fx.Node:
         node = self.graph.call_function(target, args)
@@ -99,6 +102,7 @@ def _codes_for(src_node: fx.Node, b: _Builder, cache: dict, saved: dict[str, Sav
     kind, bits, signed, stochastic, dims = _quantizer_facts(src_node)
     scaling = "max" if kind == "luq" else src_node.args[2]
     x = src_node.args[0]
+    b.kernel_quantized.add(src_node.args[-1])
     with b.graph.inserting_before(src_node):
         qc = b.call(qops.quantize_codes.default, (x, kind, bits, scaling, signed, dims, stochastic), src_node)
         parts = b.unpack(qc, src_node)
@@ -118,9 +122,12 @@ def _packed_quantizer_codes(node: fx.Node, b: _Builder):
     unchanged). Its float ``X̂``, where something else reads it, is ``dequantize_codes`` of the
     codes. The new nodes go where the quantizer was, so they precede every GEMM reading them."""
     x, bits, scaling, signed, dims, stochastic = node.args[:6]
+    b.kernel_quantized.add(node.args[6])
+    # A weight's nibbles are not saved (backward requantizes W): do not write them.
+    pack = any(u.args[1] == 1 and u.users for u in node.users)
     with b.graph.inserting_before(node):
-        qp = b.call(qops.int_quantize_packed_codes.default, (x, bits, scaling, signed, list(dims), stochastic),
-                    node)  # fmt: skip
+        qp = b.call(qops.int_quantize_packed_codes.default,
+                    (x, bits, scaling, signed, list(dims), stochastic, pack), node)  # fmt: skip
         codes, packed, clip, hi = (b.call(operator.getitem, (qp, i), node) for i in range(4))
         xhat = None
         for user in list(node.users):  # getitem nodes of the old quantizer's outputs
@@ -145,11 +152,31 @@ def _dequantized_codes(node: fx.Node, b: _Builder):
 
 
 def _requantized_codes(node: fx.Node, b: _Builder):
-    """Backward: the codes ``int_requantize`` would rebuild ``Ŵ`` from (``W`` and its clip)."""
+    """Backward: the codes ``int_requantize`` would rebuild ``Ŵ`` from (``W`` and its clip), with
+    the arithmetic its forward quantizer used: the Triton quantizer's if this pass put that
+    quantizer there (`kernel_requantize_codes`), else Inductor's (`int_requantize_codes`)."""
     x, clip, hi, bits, signed = node.args[:5]
+    op = qops.kernel_requantize_codes if node.args[6] in b.kernel_quantized else qops.int_requantize_codes
     with b.graph.inserting_before(node):
-        codes = b.call(qops.int_requantize_codes.default, (x, clip, hi, bits, signed), node)
+        codes = b.call(op.default, (x, clip, hi, bits, signed), node)
     return codes, clip, hi
+
+
+def _requantize_as_forward(gm: fx.GraphModule, b: _Builder, cache: dict) -> None:
+    """An ``int_requantize`` left for an unfused GEMM (dgrad with a per-channel ``Ŵ``) whose
+    forward quantizer now runs on the Triton quantizer: rebuild ``Ŵ`` from that quantizer's
+    codes (`kernel_requantize_codes`), so backward reads the forward's ``Ŵ`` bit for bit."""
+    for node in list(gm.graph.nodes):
+        if node.target is not qops.int_requantize.default or node.args[6] not in b.kernel_quantized:
+            continue
+        if not node.users:  # only fused GEMMs read it: they have its codes already
+            continue
+        codes, clip, hi = cache[node] if node in cache else _requantized_codes(node, b)
+        with b.graph.inserting_before(node):
+            w = b.call(qops.dequantize_codes.default, (codes, clip, hi, node.args[5]), node)
+        w.meta.update({k: v for k, v in node.meta.items() if k != "val"})
+        node.replace_all_uses_with(w)
+        gm.graph.erase_node(node)
 
 
 _FROM_SAVED_CODES = {
@@ -190,14 +217,24 @@ def _defined_before(bias: fx.Node, gemm: fx.Node, depth: int = 3) -> bool:
     return True
 
 
-def fuse_triton_gemms(gm: fx.GraphModule, saved: dict[str, SavedQuantized] | None = None) -> fx.GraphModule:
+def fuse_triton_gemms(
+    gm: fx.GraphModule,
+    saved: dict[str, SavedQuantized] | None = None,
+    kernel_quantized: set[str] | None = None,
+) -> fx.GraphModule:
     """In place: GEMMs annotated ``triton-int8`` (by `annotate_gemm_kernels`) become
-    ``scaled_int8_gemm`` on codes. Returns ``gm``; graphs without such GEMMs are untouched."""
+    ``scaled_int8_gemm`` on codes. Returns ``gm``; graphs without such GEMMs are untouched.
+
+    ``kernel_quantized`` collects the tags of forward quantizers moved onto the Triton quantizer;
+    pass the same set for a model's forward and backward graphs, so backward rebuilds those
+    operands with the same arithmetic (one call with both, as in the tests, needs none)."""
     saved = saved or {}
+    kernel_quantized = set() if kernel_quantized is None else kernel_quantized
     targets = [n for n in gm.graph.nodes if n.meta.get(KERNEL_META, ("",))[0] == KERNEL_TRITON]
-    if not targets:
+    requantized = [n for n in gm.graph.nodes if n.target is qops.int_requantize.default]
+    if not targets and not any(n.args[6] in kernel_quantized for n in requantized):
         return gm
-    builder, cache = _Builder(gm), {}
+    builder, cache = _Builder(gm, kernel_quantized), {}
     # Follow every operand first: rewriting a quantizer changes the paths of later GEMMs.
     plans = []
     for node in targets:
@@ -222,6 +259,7 @@ def fuse_triton_gemms(gm: fx.GraphModule, saved: dict[str, SavedQuantized] | Non
             gm.graph.erase_node(add)
         node.replace_all_uses_with(fused)
         gm.graph.erase_node(node)
+    _requantize_as_forward(gm, builder, cache)
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.recompile()

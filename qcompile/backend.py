@@ -89,7 +89,7 @@ def _inner_compile(
     try:
         facts = read_graph(gm, kind)
         strip_layer_markers(gm)
-        fuse_triton_gemms(gm, record.saved_quantized)
+        fuse_triton_gemms(gm, record.saved_quantized, record.kernel_quantized)
     except Exception as exc:  # never fail a compile over the fast path: fall back, and say so in the plan
         gm.graph = backup
         demote_triton_gemms(gm, f"fusion failed ({type(exc).__name__})")

@@ -32,6 +32,8 @@ class CompiledGraph:
         default_factory=set
     )  # tags of quantizers of graph inputs  # what the forward saves for backward
     forward_channels_last: bool = False  # Inductor's layout choice for the forward's conv operands
+    # Tags of forward quantizers the fusion pass put on the Triton quantizer (backward follows).
+    kernel_quantized: set[str] = field(default_factory=set)
 
     def add_facts(self, graph: str, facts: dict[tuple[str, str], OperandFact]) -> None:
         with _LOCK:

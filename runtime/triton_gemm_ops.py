@@ -6,6 +6,8 @@
     qcompile::recover_codes(x̂, ...)       -> (codes int8, clip, top)   codes of a saved x̂
     qcompile::unpack_int4_codes(packed, hi, last) -> codes int8        codes a packed x̂ was saved as
     qcompile::int_requantize_codes(w, clip, hi, ...) -> codes int8     codes of a requantized ŵ
+    qcompile::kernel_requantize_codes(w, clip, hi, ...) -> codes int8  the same, by the Triton
+                                             quantizer (for a ŵ its forward quantized there)
     qcompile::dequantize_codes(c, clip, top, dtype) -> codes / top · clip (the quantizer's value)
     qcompile::scaled_int8_gemm(A codes, B codes, scales, views, bias) -> the GEMM's output
 
@@ -113,22 +115,27 @@ def int_quantize_packed_codes(
     signed: str,
     reduce_dims: list[int],
     stochastic: bool,
+    pack: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The forward of a packed-and-fused operand: `int_quantize_packed`'s saved outputs (packed
     codes, clip, hi; same shapes and format) plus the int8 codes the fused GEMM reads, from one
-    Triton quantizer pass that writes codes and nibbles together (``pack=True``). It replaces
-    the packed quantizer and the unpacking of its nibbles that the GEMM would otherwise read."""
+    Triton quantizer pass that writes codes and nibbles together. It replaces the packed
+    quantizer and the unpacking of its nibbles that the GEMM would otherwise read. With
+    ``pack=False`` (a weight, which backward requantizes from itself) no nibbles are written
+    and ``packed`` is empty (last dim 0)."""
     shape = list(x.shape)
     groups = group_shape(shape, reduce_dims)
     if kernels_can_run_on(x.device):
         from .triton_int_quantize import int_quantize_codes
 
-        c = int_quantize_codes(x, bits, scaling, signed, reduce_dims, stochastic, pack=True)
-        codes, packed, clip = c.codes, c.packed, c.clip.reshape(groups)
+        c = int_quantize_codes(x, bits, scaling, signed, reduce_dims, stochastic, pack=pack)
+        codes, clip = c.codes, c.clip.reshape(groups)
+        packed = c.packed if pack else x.new_empty([*shape[:-1], 0], dtype=torch.uint8)
         hi = c.top.reshape(groups) if signed == "auto" else c.top.reshape(-1)[0]
     else:
         q, clip, hi = int_quantize_codes_reference(x, bits, scaling, signed, reduce_dims, stochastic)
-        codes, packed = q.to(torch.int8), pack_int4(q)
+        codes = q.to(torch.int8)
+        packed = pack_int4(q) if pack else x.new_empty([*shape[:-1], 0], dtype=torch.uint8)
         hi = hi if isinstance(hi, torch.Tensor) else torch.full((), hi, dtype=torch.float32, device=x.device)
     return (
         codes.contiguous(),
@@ -139,8 +146,11 @@ def int_quantize_packed_codes(
 
 
 @int_quantize_packed_codes.register_fake
-def _int_quantize_packed_codes_fake(x, bits, scaling, signed, reduce_dims, stochastic):
-    return torch.empty(x.shape, dtype=torch.int8, device=x.device), *empty_saved_codes(x, signed, reduce_dims)
+def _int_quantize_packed_codes_fake(x, bits, scaling, signed, reduce_dims, stochastic, pack):
+    packed, clip, hi = empty_saved_codes(x, signed, reduce_dims)
+    if not pack:
+        packed = packed.new_empty([*packed.shape[:-1], 0])
+    return torch.empty(x.shape, dtype=torch.int8, device=x.device), packed, clip, hi
 
 
 @torch.library.custom_op("qcompile::recover_codes", mutates_args=())
@@ -217,6 +227,28 @@ def int_requantize_codes(
 
 @int_requantize_codes.register_fake
 def _int_requantize_codes_fake(x, clip, hi, bits, signed):
+    return torch.empty(x.shape, dtype=torch.int8, device=x.device)
+
+
+@torch.library.custom_op("qcompile::kernel_requantize_codes", mutates_args=())
+def kernel_requantize_codes(
+    x: torch.Tensor, clip: torch.Tensor, hi: torch.Tensor, bits: int, signed: str
+) -> torch.Tensor:
+    """`int_requantize_codes` computed by the Triton quantizer with the saved clip: the very
+    arithmetic of the forward's Triton quantizer (same scale, same ``div_rn``), so the backward's
+    ``Ŵ`` codes equal the forward's bit for bit. The Inductor form of the same math can differ on
+    a GPU, where Inductor divides approximately and by constants through a reciprocal. The
+    groups are read from ``clip``'s keepdim shape (0-d: per tensor)."""
+    if kernels_can_run_on(x.device):
+        from .triton_int_quantize import int_quantize_codes
+
+        dims = [d for d in range(x.ndim) if clip.shape[d] == 1] if clip.ndim else []
+        return int_quantize_codes(x, bits, "max", signed, dims, clip=clip).codes.contiguous()
+    return int_requantize_codes_reference(x, clip, hi, bits, signed).contiguous()
+
+
+@kernel_requantize_codes.register_fake
+def _kernel_requantize_codes_fake(x, clip, hi, bits, signed):
     return torch.empty(x.shape, dtype=torch.int8, device=x.device)
 
 

@@ -144,15 +144,22 @@ def sawb_clip(stats: GroupStats) -> torch.Tensor:
 
 
 def packs_in_kernel(x: torch.Tensor, reduce_dims: Sequence[int], view: View2d) -> bool:
-    """Whether a quantizer kernel's 2-D view packs pairs along ``x``'s last dimension, so its
-    packed output is ``x``'s packed codes row for row: the view's rows are ``x``'s rows (its
-    columns are the last dim), or rows of several last-dim rows of even length (a per-sample
-    view of a contiguous N-d tensor), and not the permuted view of other groupings."""
-    if x.ndim <= 2 or view.x.shape[1] == x.shape[-1]:
+    """Whether a quantizer kernel's 2-D view (`as_2d`) packs pairs along ``x``'s last dimension,
+    so its packed output is ``x``'s packed codes row for row. Decided by the view's layout, not
+    its sizes: a 1-D or 2-D ``x`` (the view is ``x``), per tensor and per channel of the last dim
+    (rows of one last-dim row each), and per sample (kept dims leading) when the view's rows
+    hold one last-dim row or several of even length (no pair straddles two). A permuted view
+    (other groupings) packs along another dim."""
+    del view  # the layout follows from the grouping, as in `as_2d`
+    if x.ndim <= 2:
         return x.ndim >= 1
     dims = normalize_dims(reduce_dims, x.ndim)
     kept = [d for d in range(x.ndim) if d not in dims] if dims else []
-    return kept == list(range(len(kept))) and x.shape[-1] % 2 == 0
+    if not dims or kept == [x.ndim - 1]:
+        return True
+    if kept == list(range(len(kept))):
+        return len(kept) == x.ndim - 1 or x.shape[-1] % 2 == 0
+    return False
 
 
 def packed_of(

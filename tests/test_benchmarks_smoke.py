@@ -92,7 +92,7 @@ def test_gpu_quantizer_and_peak_sections_run_on_cpu(monkeypatch):
         return 1.0
 
     rows = gpu_kernels.quantizer_rows(24, 40, device="cpu", timer=one_ms, compiled=False)
-    assert len(rows) == 7 and all(r["ms"] == 1.0 and r["vs_eager"] == 1.0 and r["gb_per_s"] > 0 for r in rows)
+    assert len(rows) == 8 and all(r["ms"] == 1.0 and r["vs_eager"] == 1.0 and r["gb_per_s"] > 0 for r in rows)
     peak = gpu_kernels.int8_peak(timer=one_ms, shapes=((16, 32, 8),), device="cpu")
     assert peak["shape"] == [16, 32, 8] and peak["tops"] > 0
     sys.modules.pop("gpu_kernels", None)

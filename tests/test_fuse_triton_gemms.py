@@ -165,7 +165,8 @@ def _spy_fused_gemms(monkeypatch) -> list[fx.Node]:
 
     def spy(gm, *args, **kwargs):
         out = fuse_triton_gemms(gm, *args, **kwargs)
-        found.extend(n for n in gm.graph.nodes if n.target is q.scaled_int8_gemm.default)
+        found.extend(n for n in gm.graph.nodes if n.target in (q.scaled_int8_gemm.default,
+                                                               q.kernel_requantize_codes.default))  # fmt: skip
         return out
 
     monkeypatch.setattr(backend, "fuse_triton_gemms", spy)
@@ -174,7 +175,11 @@ def _spy_fused_gemms(monkeypatch) -> list[fx.Node]:
 
 def _forward_biases_in_epilogue(fused: list[fx.Node]) -> list[bool]:
     """For each fused forward GEMM (the ones writing [batch, seq, out]): is its bias in the epilogue?"""
-    return [n.args[6] is not None for n in fused if len(n.args[9]) == 3]
+    return [n.args[6] is not None for n in _gemms(fused) if len(n.args[9]) == 3]
+
+
+def _gemms(nodes: list[fx.Node]) -> list[fx.Node]:
+    return [n for n in nodes if n.target is q.scaled_int8_gemm.default]
 
 
 def _mlp():
@@ -207,10 +212,14 @@ def test_backend_routes_gemms_to_triton_and_matches_inductor_path(fuse_on_cpu, m
     plain_model = copy.deepcopy(fused_model)
     fused = _spy_fused_gemms(monkeypatch)
     out_f, grads_f, plan_f = step(fused_model)
-    # Layers 2 and 4 (layer 0's input is not quantized): both forward GEMMs add their bias in
-    # the epilogue; dgrad and wgrad have none.
+    # Layer 2 (0 and 4 stay high precision): its forward GEMM and the replay of it in backward
+    # (recomputation) add their bias in the epilogue; dgrad and wgrad have none.
     assert _forward_biases_in_epilogue(fused) == [True, True]
-    assert sum(n.args[6] is not None for n in fused) == 2
+    assert sum(n.args[6] is not None for n in _gemms(fused)) == 2
+    # The backward (compiled separately) rebuilds Ŵ's codes, for dgrad and the replayed GEMM,
+    # once and with the forward's Triton quantizer: which quantizers run there is carried from
+    # the forward compile to the backward's.
+    assert sum(n.target is q.kernel_requantize_codes.default for n in fused) == 1
     monkeypatch.setattr(choice, "FUSE_ON_DEVICES", ("cuda",))
     torch._dynamo.reset()
     out_p, grads_p, plan_p = step(plain_model)
@@ -290,13 +299,25 @@ def test_fused_ops_pass_opcheck(interpreted, monkeypatch):
     assert torch.equal(q.unpack_int4_codes(packed, hi, 7).float() / hi * pclip, xq)
     # One pass giving the codes and exactly what `int_quantize_packed` saves (per-sample, per-tensor).
     for xs, signed, dims in ((x3.relu(), "auto", [1]), (x3, "signed", []), (x3.relu(), "auto", [])):
-        torch.library.opcheck(q.int_quantize_packed_codes.default, (xs, 4, "sawb", signed, dims, False))
-        codes, *saved = q.int_quantize_packed_codes(xs, 4, "sawb", signed, dims, False)
+        torch.library.opcheck(q.int_quantize_packed_codes.default, (xs, 4, "sawb", signed, dims, False, True))
+        torch.library.opcheck(
+            q.int_quantize_packed_codes.default, (xs, 4, "sawb", signed, dims, False, False)
+        )
+        codes, *saved = q.int_quantize_packed_codes(xs, 4, "sawb", signed, dims, False, True)
         want = q.int_quantize_packed(xs, 4, "sawb", signed, dims, False, "t|activation|s")
         for got_t, want_t in zip(saved, want[1:], strict=True):
             assert got_t.shape == want_t.shape and torch.equal(got_t, want_t)
         assert torch.equal(q.dequantize_codes(codes, saved[1], saved[2], xs.dtype), want[0])
     w = torch.randn(6, 9, generator=g)
+    # The backward's Ŵ codes by the forward's quantizer arithmetic (per tensor, per channel, auto).
+    for signed, dims in (("signed", []), ("signed", [1]), ("auto", [1])):
+        ws = w.abs() if signed == "auto" and dims == [] else w
+        fwd_codes, nothing, fclip, fhi = q.int_quantize_packed_codes(
+            ws, 4, "sawb", signed, dims, False, False
+        )
+        assert nothing.numel() == 0  # pack=False: no nibbles written
+        torch.library.opcheck(q.kernel_requantize_codes.default, (ws, fclip, fhi, 4, signed))
+        assert torch.equal(q.kernel_requantize_codes(ws, fclip, fhi, 4, signed), fwd_codes)
     wq, _, wclip, whi = q.int_quantize_packed(w, 4, "sawb", "signed", [], False, "t|weight|s")
     torch.library.opcheck(q.int_requantize_codes.default, (w.t().contiguous().t(), wclip, whi, 4, "signed"))
     assert torch.equal(q.int_requantize_codes(w, wclip, whi, 4, "signed").float() / 7.0 * wclip, wq)
@@ -334,11 +355,46 @@ def test_fused_gemms_read_packed_codes_without_rebuilding_floats(fuse_on_cpu, si
     assert targets.count(q.scaled_int8_gemm.default) == 3
     # Forward: X and W quantized once, to codes and saved nibbles together; nothing unpacked there.
     assert targets.count(q.int_quantize_packed_codes.default) == 2
+    # X's nibbles are saved; W's are not (backward requantizes W), so none are written for it.
+    packs = [n.args[6] for n in gm.graph.nodes if n.target is q.int_quantize_packed_codes.default]
+    assert sorted(packs) == [False, True]
     assert targets.count(q.unpack_int4_codes.default) == 1  # wgrad's X̂ from the saved nibbles
-    assert targets.count(q.int_requantize_codes.default) == 1  # dgrad
+    # dgrad's Ŵ from W and its clip, by the Triton quantizer the forward quantized W with.
+    assert targets.count(q.kernel_requantize_codes.default) == 1
+    assert q.int_requantize_codes.default not in targets
     for gone in (q.int_quantize_packed.default, q.int_dequantize_packed.default, q.int_requantize.default,
                  q.recover_codes.default, q.dequantize_codes.default):  # fmt: skip
         assert gone not in targets
+    for got, want in zip(gm(x, w, dy), ref, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _layer_with_per_channel_weight(x, w, dy):
+    """A packed layer whose Ŵ is per output channel: dgrad contracts that axis, so it stays
+    unfused and reads the float ``Ŵ`` that ``int_requantize`` rebuilds."""
+    tag = "t|{}|s"
+    xq, packed, clip, hi = q.int_quantize_packed(x, 4, "sawb", "signed", [], False, tag.format("activation"))
+    wq, _, wclip, whi = q.int_quantize_packed(w, 4, "sawb", "signed", [1], False, tag.format("weight"))
+    wh = q.int_requantize(w, wclip, whi, 4, "signed", torch.float32, tag.format("weight"))
+    g = q.int_quantize(dy, 4, "max", "signed", [1], False, tag.format("grad_dgrad"))
+    return xq @ wq.t(), g @ wh
+
+
+def test_unfused_dgrad_rebuilds_the_weight_the_forward_kernel_quantized(fuse_on_cpu):
+    g = torch.Generator().manual_seed(4)
+    x, w, dy = (
+        torch.randn(33, 40, generator=g),
+        torch.randn(24, 40, generator=g),
+        torch.randn(33, 24, generator=g),
+    )
+    ref = _layer_with_per_channel_weight(x, w, dy)
+    gm = make_fx(_layer_with_per_channel_weight, tracing_mode="fake")(x, w, dy)
+    decisions = sorted(d for d, _ in annotate_gemm_kernels(gm).values())
+    assert decisions[0].startswith("inductor") and decisions[1] == KERNEL_TRITON, decisions
+    fuse_triton_gemms(gm)
+    targets = [n.target for n in gm.graph.nodes]
+    assert q.int_requantize.default not in targets
+    assert targets.count(q.kernel_requantize_codes.default) == 1
     for got, want in zip(gm(x, w, dy), ref, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 

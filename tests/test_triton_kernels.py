@@ -110,6 +110,8 @@ PACKED_LAYOUTS = LAYOUTS + [
     ((3, 5, 12), [1, 2], False),  # per-sample over two dims, even last dim: packed in the kernel
     ((3, 5, 11), [1, 2], False),  # the same with an odd last dim: packed by a second pass
     ((57,), [], False),  # 1-D, odd length
+    ((4, 3, 4), [0], False),  # permuted, its view's row length equal to the last dim by chance
+    ((2, 6, 6), [1], False),  # the same with a square trailing pair
 ]
 
 
