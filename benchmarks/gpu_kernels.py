@@ -13,17 +13,17 @@ Sections (Triton's `do_bench`: median of repeated runs after warm-up):
      codes + GEMM) and the GEMM reading 4-bit codes packed two per byte: TFLOP/s (TOP/s for
      int8), ratio over BF16 and over ``_int_mm``, and the fraction of the device's measured int8
      peak (`int8_peak`: ``torch._int_mm`` at large square shapes, or any faster int8 row).
-  2. The quantizer kernels (INT4 SAWB per tensor, the fused forward's INT4 SAWB writing codes and
-     saved nibbles, INT4 max per row, stochastic INT4, LUQ per row and per column, the reduction
-     pass, nibble packing) on a bf16 activation-sized tensor:
-     milliseconds, effective GB/s (one read of the input plus the codes written) and the ratio
-     over the PyTorch reference of the same codes, eager and compiled by Inductor.
-  3. A GPT-2-small-sized transformer block (d=768, 12 heads, MLP 3072, 8×1024 tokens): one full
+  2. A GPT-2-small-sized transformer block (d=768, 12 heads, MLP 3072, 8×1024 tokens): one full
      training step (forward, backward, SGD update) with ``backend="fqt"`` (its GEMMs routed to the
      Triton kernels; the plan's kernel column says which) over BF16 ``torch.compile``, with the
      default packed + recomputing backend, with ``recompute="none"``, with ``pack_saved=False``
      and with attention kept in high precision (SDPA fused), and each configuration's peak CUDA
      memory over one step.
+  3. The quantizer kernels (INT4 SAWB per tensor, the fused forward's INT4 SAWB writing codes and
+     saved nibbles, INT4 max per row, stochastic INT4, LUQ per row and per column, the reduction
+     pass, nibble packing) on a bf16 activation-sized tensor:
+     milliseconds, effective GB/s (one read of the input plus the codes written) and the ratio
+     over the PyTorch reference of the same codes, eager and compiled by Inductor.
 Writes ``benchmarks/results/gpu_kernels.json``.
 """
 
@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -332,10 +333,13 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     def save(**section) -> None:
-        """Write what is measured so far: a time limit that cuts the run short keeps it."""
+        """Write what is measured so far (whole, by a rename): a time limit that cuts the run
+        short keeps it."""
         data.update(section)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(data, indent=2))
+        partial = args.out.with_suffix(".json.partial")
+        partial.write_text(json.dumps(data, indent=2))
+        os.replace(partial, args.out)
 
     peak = int8_peak()
     print(f"measured int8 peak: {peak['tops']:.0f} TOP/s (torch._int_mm, M,K,N = {peak['shape']})")
@@ -344,13 +348,6 @@ def main(argv: list[str] | None = None) -> int:
     print(tabulate([[r["size"], r["kernel"], f"{r['ms']:.3f}", f"{r['tflops']:.1f}", f"{r['vs_bf16']:.2f}x",
                      f"{r['vs_int_mm']:.2f}x", f"{r['of_int8_peak']:.0%}"] for r in gemms],
                    headers=["M=N=K", "kernel", "ms", "TFLOP/s", "vs bf16", "vs _int_mm", "of int8 peak"]))  # fmt: skip
-    if not args.no_quantizers:
-        quantizers = quantizer_rows()
-        save(quantizers=quantizers)
-        print(tabulate([[r["kernel"], f"{r['ms']:.3f}", f"{r['gb_per_s']:.0f}", f"{r['vs_eager']:.1f}x",
-                         f"{r['vs_inductor']:.2f}x"] for r in quantizers],
-                       headers=["quantizer kernel (8192×3072 bf16)", "ms", "GB/s", "vs eager ref",
-                                "vs Inductor ref"]))  # fmt: skip
     block, plan_text = block_rows(2 if args.quick else 8, 1024, only=only)
     save(block_step=block, plan=plan_text)
     print(tabulate([[r["config"], f"{r['ms']:.2f}" if "ms" in r else r.get("error", ""),
@@ -360,6 +357,13 @@ def main(argv: list[str] | None = None) -> int:
                             "GEMMs on triton"]))  # fmt: skip
     if plan_text:
         print(plan_text)
+    if not args.no_quantizers:
+        quantizers = quantizer_rows()
+        save(quantizers=quantizers)
+        print(tabulate([[r["kernel"], f"{r['ms']:.3f}", f"{r['gb_per_s']:.0f}", f"{r['vs_eager']:.1f}x",
+                         f"{r['vs_inductor']:.2f}x"] for r in quantizers],
+                       headers=["quantizer kernel (8192×3072 bf16)", "ms", "GB/s", "vs eager ref",
+                                "vs Inductor ref"]))  # fmt: skip
     print(f"wrote {args.out}")
     return 0
 
