@@ -15,6 +15,7 @@ import pytest
 
 # isort: off
 import tests.kernel_device  # noqa: F401  (sets TRITON_INTERPRET before Triton is imported)
+from tests.models.training_loop import train_steps
 # isort: on
 
 import torch  # noqa: E402
@@ -142,13 +143,18 @@ def fuse_on_cpu(monkeypatch):
     monkeypatch.setattr(choice, "FUSE_ON_DEVICES", ("cuda", "cpu"))
 
 
-def test_fused_graph_runs_the_kernels_and_matches_the_unfused_graph(fuse_on_cpu):
-    g = torch.Generator().manual_seed(0)
-    x, w, dy = (
+def _layer_inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """X [33, 40], W [24, 40] and dY [33, 24] of one linear layer: no dimension a block multiple."""
+    g = torch.Generator().manual_seed(seed)
+    return (
         torch.randn(33, 40, generator=g),
         torch.randn(24, 40, generator=g),
         torch.randn(33, 24, generator=g),
     )
+
+
+def test_fused_graph_runs_the_kernels_and_matches_the_unfused_graph(fuse_on_cpu):
+    x, w, dy = _layer_inputs(seed=0)
     ref = _training_gemms(x, w, dy, [], [])
     gm = make_fx(lambda *a: _training_gemms(*a, [], []), tracing_mode="fake")(x, w, dy)
     annotate_gemm_kernels(gm)
@@ -249,14 +255,7 @@ def test_default_luq_policy_trains_on_the_fused_kernels(fuse_on_cpu):
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(2)
     x = torch.randn(64, 16, generator=g)
-    y = x * 0.5
-    losses = []
-    for _ in range(15):
-        loss = torch.nn.functional.mse_loss(cm(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_steps(cm, opt, x, x * 0.5, 15, torch.nn.functional.mse_loss)
     assert qcompile.plan(cm).row("2").kernels() == {"forward": KERNEL_TRITON, "dgrad": KERNEL_TRITON,
                                                     "wgrad": KERNEL_TRITON}  # fmt: skip
     assert losses[-1] < 0.4 * losses[0], losses  # 0.25 measured
@@ -381,12 +380,7 @@ def _layer_with_per_channel_weight(x, w, dy):
 
 
 def test_unfused_dgrad_rebuilds_the_weight_the_forward_kernel_quantized(fuse_on_cpu):
-    g = torch.Generator().manual_seed(4)
-    x, w, dy = (
-        torch.randn(33, 40, generator=g),
-        torch.randn(24, 40, generator=g),
-        torch.randn(33, 24, generator=g),
-    )
+    x, w, dy = _layer_inputs(seed=4)
     ref = _layer_with_per_channel_weight(x, w, dy)
     gm = make_fx(_layer_with_per_channel_weight, tracing_mode="fake")(x, w, dy)
     decisions = sorted(d for d, _ in annotate_gemm_kernels(gm).values())

@@ -15,6 +15,7 @@ import torch
 
 import qcompile
 from qcompile import Policy
+from tests.models.training_loop import train_steps
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 choice = importlib.import_module("qcompile.passes.gemm_kernel_choice")
@@ -71,13 +72,6 @@ def test_default_policy_trains_with_the_kernels():
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     g = torch.Generator("cuda").manual_seed(2)
     x = torch.randn(256, 64, device="cuda", generator=g)
-    y = x[:, :32] * 0.5
-    losses = []
-    for _ in range(30):
-        loss = torch.nn.functional.mse_loss(cm(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_steps(cm, opt, x, x[:, :32] * 0.5, 30, torch.nn.functional.mse_loss)
     assert all(k == TRITON for k in qcompile.plan(cm).row("2").kernels().values())
     assert losses[-1] < 0.25 * losses[0], losses

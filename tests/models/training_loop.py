@@ -1,4 +1,4 @@
-"""The few-step cross-entropy training loop several tests share."""
+"""The few-step training loop several tests share (cross-entropy unless told otherwise)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,17 @@ import torch.nn.functional as F
 
 
 def train_steps(
-    compiled, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, steps: int
+    compiled,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    loss_fn=F.cross_entropy,
 ) -> list[float]:
     """Run ``steps`` SGD-style steps of ``compiled`` on one batch; the losses, as floats."""
     losses = []
     for _ in range(steps):
-        loss = F.cross_entropy(compiled(x), y)
+        loss = loss_fn(compiled(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
