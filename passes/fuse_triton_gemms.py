@@ -5,13 +5,14 @@ the GEMMs annotated ``triton-int8`` are rewritten (views and autocast's dtype ca
 quantizer and its GEMM are followed):
 
 * each operand's quantizer becomes ``qcompile::quantize_codes``; its other users read
-  ``dequantize_codes``, the same values bit for bit;
+  ``dequantize_codes`` of the same codes (the quantizer's value);
 * an operand the forward saves packed (`pack_saved_tensors`) is read as its codes: the forward's
   ``int_quantize_packed`` becomes ``int_quantize_packed_codes`` (one Triton pass writing the
   int8 codes and the saved nibbles), the backward's ``int_dequantize_packed`` gives
   ``unpack_int4_codes`` of the saved nibbles, a requantized ``Ŵ`` (``int_requantize``) gives
-  ``int_requantize_codes``; the scale is the saved ``clip / hi``, so no float ``X̂`` is rebuilt
-  for a fused GEMM;
+  ``kernel_requantize_codes`` when its forward quantizer was moved onto the Triton quantizer
+  (the same arithmetic, also for an unfused GEMM's ``Ŵ``), else ``int_requantize_codes``; the
+  scale is the saved ``clip / hi``, so no float ``X̂`` is rebuilt for a fused GEMM;
 * an operand saved by the forward as a float (X̂, Ŵ) is turned back into codes with
   ``qcompile::recover_codes``;
 * the GEMM becomes ``qcompile::scaled_int8_gemm``, which applies the recorded views to the codes
