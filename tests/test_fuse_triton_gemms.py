@@ -261,6 +261,41 @@ def test_default_luq_policy_trains_on_the_fused_kernels(fuse_on_cpu):
     assert losses[-1] < 0.4 * losses[0], losses  # 0.25 measured
 
 
+def test_transformer_layer_fused_step_matches_the_inductor_step(fuse_on_cpu, monkeypatch):
+    """Real model code (`nn.TransformerEncoderLayer`: 3-D activations, a packed input projection,
+    attention around it, post-norm, GEMMs replayed for recomputation) with every quantized linear
+    GEMM on the kernels in the interpreter: output and every gradient equal the Inductor step's
+    to float rounding (deterministic INT4 gradients, so both quantize the same values). The
+    loss is a fixed projection of the output: a sum of squares after LayerNorm has ~0 gradient."""
+    import qcompile
+    from qcompile import Policy
+
+    policy = Policy(name="int4-grads", grad_dgrad="int4", grad_wgrad="int4", keep_first_last=False)
+    x = torch.randn(2, 8, 32, generator=torch.Generator().manual_seed(1))
+    proj = torch.randn(2, 8, 32, generator=torch.Generator().manual_seed(5))
+
+    def step(model):
+        cm = torch.compile(model, backend="fqt", options={"policy": policy})
+        out = cm(x)
+        (out * proj).sum().backward()
+        return out, [p.grad for p in model.parameters()], qcompile.plan(cm)
+
+    torch.manual_seed(0)
+    fused_model = torch.nn.TransformerEncoderLayer(32, 2, 64, dropout=0.0, batch_first=True)
+    plain_model = copy.deepcopy(fused_model)
+    out_f, grads_f, plan_f = step(fused_model)
+    monkeypatch.setattr(choice, "FUSE_ON_DEVICES", ("cuda",))
+    torch._dynamo.reset()
+    out_p, grads_p, _ = step(plain_model)
+    every = {"forward": KERNEL_TRITON, "dgrad": KERNEL_TRITON, "wgrad": KERNEL_TRITON}
+    for layer in ("self_attn.out_proj", "linear1", "linear2"):
+        assert plan_f.row(layer).kernels() == every, layer
+    assert plan_f.row("self_attn.in_proj").kernels()["wgrad"] == KERNEL_TRITON
+    torch.testing.assert_close(out_f, out_p, rtol=1e-5, atol=1e-5)
+    for gf, gp in zip(grads_f, grads_p, strict=True):
+        assert (gf - gp).norm() <= 1e-5 * gp.norm()
+
+
 @pytest.mark.parametrize("interpreted", [False, True])
 def test_fused_ops_pass_opcheck(interpreted, monkeypatch):
     """Fake kernels agree with both implementations (PyTorch fallback and Triton interpreter) on
