@@ -156,7 +156,7 @@ def quantizer_rows(
     codes = torch.randint(-7, 8, (rows, cols), device=device, dtype=torch.int8)
 
     def ref(kind, scaling, signed, dims, stochastic):
-        return lambda t: ops._codes_reference(t, kind, 4, scaling, signed, dims, stochastic)
+        return lambda t: ops.codes_reference(t, kind, 4, scaling, signed, dims, stochastic)
 
     # name: (Triton kernel, PyTorch reference of the same output, bytes written per element)
     cases = {

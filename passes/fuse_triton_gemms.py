@@ -80,6 +80,13 @@ class _Builder:
                 node.meta[key] = like.meta[key]
         return node
 
+    def dequantize(self, parts: tuple, dtype: torch.dtype, like: fx.Node) -> fx.Node:
+        """``dequantize_codes`` of (codes, clip, top) standing in for ``like``: the quantizer's
+        value, with ``like``'s metadata (all but its fake value)."""
+        node = self.call(qops.dequantize_codes.default, (*parts, dtype), like)
+        node.meta.update({k: v for k, v in like.meta.items() if k != "val"})
+        return node
+
     def unpack(self, node: fx.Node, like: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node]:
         return tuple(self.call(operator.getitem, (node, i), like) for i in range(3))
 
@@ -107,10 +114,8 @@ def _codes_for(src_node: fx.Node, b: _Builder, cache: dict, saved: dict[str, Sav
     with b.graph.inserting_before(src_node):
         qc = b.call(qops.quantize_codes.default, (x, kind, bits, scaling, signed, dims, stochastic), src_node)
         parts = b.unpack(qc, src_node)
-        dtype = src_node.meta["val"].dtype
-        deq = b.call(qops.dequantize_codes.default, (*parts, dtype), src_node)
+        deq = b.dequantize(parts, src_node.meta["val"].dtype, src_node)
     src_node.replace_all_uses_with(deq)
-    deq.meta.update({k: v for k, v in src_node.meta.items() if k != "val"})
     b.graph.erase_node(src_node)
     cache[src_node] = parts
     return parts
@@ -134,10 +139,7 @@ def _packed_quantizer_codes(node: fx.Node, b: _Builder):
         for user in list(node.users):  # getitem nodes of the old quantizer's outputs
             index = user.args[1]
             if index == 0 and user.users and xhat is None:
-                xhat = b.call(
-                    qops.dequantize_codes.default, (codes, clip, hi, node.meta["val"][0].dtype), user
-                )
-                xhat.meta.update({k: v for k, v in user.meta.items() if k != "val"})
+                xhat = b.dequantize((codes, clip, hi), node.meta["val"][0].dtype, user)
             user.replace_all_uses_with(xhat if index == 0 else (packed, clip, hi)[index - 1])
             b.graph.erase_node(user)
     b.graph.erase_node(node)
@@ -172,10 +174,9 @@ def _requantize_as_forward(gm: fx.GraphModule, b: _Builder, cache: dict) -> None
             continue
         if not node.users:  # only fused GEMMs read it: they have its codes already
             continue
-        codes, clip, hi = cache[node] if node in cache else _requantized_codes(node, b)
+        parts = cache[node] if node in cache else _requantized_codes(node, b)
         with b.graph.inserting_before(node):
-            w = b.call(qops.dequantize_codes.default, (codes, clip, hi, node.args[5]), node)
-        w.meta.update({k: v for k, v in node.meta.items() if k != "val"})
+            w = b.dequantize(parts, node.args[5], node)
         node.replace_all_uses_with(w)
         gm.graph.erase_node(node)
 

@@ -37,9 +37,14 @@ def int_clip(x: torch.Tensor, scaling: str, reduce_dims: Sequence[int]) -> torch
     if scaling == "max":
         return amax
     xd = x.double()
-    sawb = (
-        SAWB_C1 * group_mean(xd * xd, reduce_dims).sqrt() - SAWB_C2 * group_mean(xd.abs(), reduce_dims)
-    ).float()
+    return sawb_clip_from_moments(group_mean(xd * xd, reduce_dims), group_mean(xd.abs(), reduce_dims), amax)
+
+
+def sawb_clip_from_moments(mean_sq: torch.Tensor, mean_abs: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
+    """SAWB's clip from a group's float64 ``E[x²]`` and ``E|x|`` (ALGORITHMS.md, INT4 SAWB step 1:
+    ``c1·sqrt(E[x²]) − c2·E|x|``), falling back to ``max|x|`` where that estimate is <= 0 or above
+    it. Shared by the reference (`int_clip`) and the Triton reduction's moments (`sawb_clip`)."""
+    sawb = (SAWB_C1 * mean_sq.sqrt() - SAWB_C2 * mean_abs).float()
     return torch.where((sawb <= 0) | (sawb > amax), amax, sawb)
 
 
@@ -128,6 +133,12 @@ def int_codes_for_clip(
     else:
         y = torch.round(y)
     return torch.clamp(y, lo, hi) if isinstance(lo, float) else torch.maximum(torch.minimum(y, hi), lo)
+
+
+def top_code_tensor(hi: torch.Tensor | float, device: torch.device) -> torch.Tensor:
+    """``hi`` of `int_quantize_codes_reference` as a tensor (a 0-d float32 one for a fixed grid),
+    the form the packed ops save and return."""
+    return hi if isinstance(hi, torch.Tensor) else torch.full((), hi, dtype=torch.float32, device=device)
 
 
 def int_dequantize_reference(

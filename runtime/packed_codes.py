@@ -29,6 +29,7 @@ from .int_quantize import (
     int_dequantize_reference,
     int_levels,
     int_quantize_codes_reference,
+    top_code_tensor,
 )
 from .scaling_groups import normalize_dims
 
@@ -107,8 +108,7 @@ def int_quantize_packed_reference(
     holding the format's top code otherwise."""
     q, clip, hi = int_quantize_codes_reference(x, bits, scaling, signed, reduce_dims, stochastic, noise)
     xq = int_dequantize_reference(q, clip, hi, x.dtype)
-    hi_t = hi if isinstance(hi, torch.Tensor) else torch.full((), hi, dtype=torch.float32, device=x.device)
-    return xq, pack_int4(q), clip, hi_t
+    return xq, pack_int4(q), clip, top_code_tensor(hi, x.device)
 
 
 def int_dequantize_packed_reference(

@@ -24,7 +24,13 @@ import json
 
 import torch
 
-from .int_quantize import int_clip, int_codes_for_clip, int_quantize_codes_reference, int_quantize_reference
+from .int_quantize import (
+    int_clip,
+    int_codes_for_clip,
+    int_quantize_codes_reference,
+    int_quantize_reference,
+    top_code_tensor,
+)
 from .luq_quantize import luq_levels, luq_quantize_reference
 from .packed_codes import empty_saved_codes, forward_top_code, group_shape, pack_int4, unpack_int4
 from .scaling_groups import group_amax, group_amin, normalize_dims
@@ -33,7 +39,7 @@ from .triton_support import kernels_can_run_on
 INT, LUQ = "int", "luq"
 
 
-def _codes_reference(x, kind, bits, scaling, signed, reduce_dims, stochastic):
+def codes_reference(x, kind, bits, scaling, signed, reduce_dims, stochastic):
     """PyTorch codes of the references: same draws as `int/luq_quantize_reference`."""
     dims = normalize_dims(reduce_dims, x.ndim)
     xf = x.float()
@@ -80,7 +86,7 @@ def quantize_codes(
             c = int_quantize_codes(x, bits, scaling, signed, reduce_dims, stochastic)
         codes, clip, top = c.codes, c.clip, c.top
     else:
-        codes, clip, top = _codes_reference(x, kind, bits, scaling, signed, reduce_dims, stochastic)
+        codes, clip, top = codes_reference(x, kind, bits, scaling, signed, reduce_dims, stochastic)
     # Contiguous outputs whatever the input's strides, as the fake kernel promises.
     shape = _group_shape(x, reduce_dims)
     return (
@@ -136,7 +142,7 @@ def int_quantize_packed_codes(
         q, clip, hi = int_quantize_codes_reference(x, bits, scaling, signed, reduce_dims, stochastic)
         codes = q.to(torch.int8)
         packed = pack_int4(q) if pack else x.new_empty([*shape[:-1], 0], dtype=torch.uint8)
-        hi = hi if isinstance(hi, torch.Tensor) else torch.full((), hi, dtype=torch.float32, device=x.device)
+        hi = top_code_tensor(hi, x.device)
     return (
         codes.contiguous(),
         packed.contiguous(),

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from . import triton_support
-from .int_quantize import SAWB_C1, SAWB_C2
+from .int_quantize import sawb_clip_from_moments
 from .scaling_groups import normalize_dims
 from .triton_pack_int4 import Packed
 from .triton_reductions import GroupStats, group_stats
@@ -135,12 +135,10 @@ class Codes:
 
 
 def sawb_clip(stats: GroupStats) -> torch.Tensor:
-    """SAWB's clip from a group's float64 moments, as `int_quantize.int_clip` computes it
-    (ALGORITHMS.md, INT4 SAWB step 1: ``c1·sqrt(E[x²]) − c2·E|x|``, max|x| where that is <= 0
-    or above max|x|)."""
+    """SAWB's clip from the reduction's float64 moments, as `int_quantize.int_clip` computes it
+    from the reference's means (`sawb_clip_from_moments`)."""
     n = float(max(stats.count, 1))
-    sawb = (SAWB_C1 * (stats.sum_sq / n).sqrt() - SAWB_C2 * (stats.sum_abs / n)).float()
-    return torch.where((sawb <= 0) | (sawb > stats.amax), stats.amax, sawb)
+    return sawb_clip_from_moments(stats.sum_sq / n, stats.sum_abs / n, stats.amax)
 
 
 def packs_in_kernel(x: torch.Tensor, reduce_dims: Sequence[int], view: View2d) -> bool:

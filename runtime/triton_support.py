@@ -76,9 +76,9 @@ def philox_key(
         return torch.tensor([seed, offset], dtype=torch.int64, device=device)
     key = torch.randint(0, 2**31 - 1, (2,), device=device, dtype=torch.int64, generator=generator)
     rank = process_rank()
-    if rank:
-        key[:1] += rank * _RANK_MIX  # a scalar add on the device: no copy from the host
-    return key % (2**31 - 1)
+    if rank:  # a scalar add on the device (no copy from the host), kept below 2^31 - 1
+        key[:1] = (key[:1] + rank * _RANK_MIX) % (2**31 - 1)
+    return key
 
 
 def alloc_codes(rows: int, cols: int, device: torch.device) -> torch.Tensor:
