@@ -8,12 +8,13 @@ On AOTAutograd's joint graph, after Inductor's joint-graph patterns and before p
 After AOTAutograd, per forward/backward ATen graph, before Inductor:
     `annotate_gemm_kernels` (which kernel each GEMM runs), `read_graph` and `read_saved_tensors`
     (what the plan reports), `match_forward_layout`, `strip_layer_markers`, `fuse_triton_gemms`
-    (CUDA + Triton only), `decompose_quantizers`.
+    (int8 GEMMs: Triton on CUDA, the integer kernel on the CPU), `decompose_quantizers`.
 """
 
 from .decompose_quantizers import decompose_quantizers
 from .fuse_triton_gemms import fuse_triton_gemms
 from .gemm_kernel_choice import (
+    KERNEL_MODES,
     SavedQuantized,
     annotate_gemm_kernels,
     choose_gemm_kernel,
@@ -42,6 +43,7 @@ from .saved_tensors import SavedTensor, read_saved_tensors
 from .strip_layer_markers import strip_layer_markers
 
 __all__ = [
+    "KERNEL_MODES",
     "GemmSite",
     "SavedQuantized",
     "OperandFact",

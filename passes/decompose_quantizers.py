@@ -12,7 +12,7 @@ import contextlib
 import itertools
 
 import torch
-from qcompile.runtime import QUANTIZER_DECOMPOSITIONS
+from qcompile.runtime import CPU_INT8_DECOMPOSITIONS, QUANTIZER_DECOMPOSITIONS
 from torch import fx
 from torch._subclasses.fake_tensor import FakeTensor
 from torch.fx.experimental.proxy_tensor import make_fx
@@ -64,9 +64,20 @@ def _trace(fn, consts: list, tensor_pos: list[int], fakes: list, decompositions)
         )(*fakes)
 
 
+def uses_cpu_int8(gm: fx.GraphModule) -> bool:
+    """The graph runs GEMMs on the CPU integer kernel (`fuse_triton_gemms` put them there)."""
+    return any(n.target is torch.ops.qcompile.scaled_int8_gemm_cpu.default for n in gm.graph.nodes)
+
+
 def decompose_quantizers(gm: fx.GraphModule) -> fx.GraphModule:
-    """In place; returns ``gm``. Graphs without qcompile ops are returned unchanged."""
-    targets = [n for n in gm.graph.nodes if n.op == "call_function" and n.target in QUANTIZER_DECOMPOSITIONS]
+    """In place; returns ``gm``. Graphs without qcompile ops are returned unchanged.
+
+    In a graph on the CPU integer path (`uses_cpu_int8`) the codes ops are inlined too, so the
+    quantizers write their int8 codes in Inductor's loops; elsewhere they stay opaque (Triton)."""
+    table = dict(QUANTIZER_DECOMPOSITIONS)
+    if uses_cpu_int8(gm):
+        table.update(CPU_INT8_DECOMPOSITIONS)
+    targets = [n for n in gm.graph.nodes if n.op == "call_function" and n.target in table]
     if not targets:
         return gm
     # Trace into the ATen subset Inductor lowers (its own decomposition table), as AOTAutograd does.
@@ -76,7 +87,7 @@ def decompose_quantizers(gm: fx.GraphModule) -> fx.GraphModule:
     traced: dict[tuple, fx.GraphModule] = {}  # identical ops on identical metadata trace once
     const_ids = itertools.count(len(list(gm.named_buffers())))
     for node in targets:
-        fn = QUANTIZER_DECOMPOSITIONS[node.target]
+        fn = table[node.target]
         tensor_pos = [i for i, a in enumerate(node.args) if isinstance(a, fx.Node)]
         fakes = _distinct([node.args[i].meta["val"] for i in tensor_pos])
         key = (

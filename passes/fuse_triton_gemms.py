@@ -1,7 +1,8 @@
-"""Route quantized GEMMs of the AOT forward/backward graphs to the Triton int8 kernels.
+"""Route quantized GEMMs of the AOT forward/backward graphs to the int8 kernels: Triton (CUDA) or
+the CPU integer GEMM.
 
 Runs after `gemm_kernel_choice.annotate_gemm_kernels` (and after the plan has read the graph):
-the GEMMs annotated ``triton-int8`` are rewritten (views and autocast's dtype casts between a
+the GEMMs annotated ``triton-int8`` or ``cpu-int8`` are rewritten (views and autocast's dtype casts between a
 quantizer and its GEMM are followed):
 
 * each operand's quantizer becomes ``qcompile::quantize_codes``; its other users read
@@ -15,12 +16,15 @@ quantizer and its GEMM are followed):
   scale is the saved ``clip / hi``, so no float ``X̂`` is rebuilt for a fused GEMM;
 * an operand saved by the forward as a float (X̂, Ŵ) is turned back into codes with
   ``qcompile::recover_codes``;
-* the GEMM becomes ``qcompile::scaled_int8_gemm``, which applies the recorded views to the codes
+* the GEMM becomes ``qcompile::scaled_int8_gemm`` (``scaled_int8_gemm_cpu`` for ``cpu-int8``,
+  which also carries the codes' bounds), which applies the recorded views to the codes
   (strides, no transposed copies) and the scales in its epilogue; a bias ``add`` right after a
   forward GEMM moves into the epilogue (a bias computed after the GEMM from earlier values,
   such as autocast's bf16 cast of the bias parameter, is moved before it first).
 
-Everything else, and every GEMM on CPU or without Triton, stays on the Inductor path.
+The codes ops are the same on both devices (one representation); on CUDA they run Triton
+kernels, on the CPU path `decompose_quantizers` inlines them as ATen loops. Everything else stays
+on the Inductor path.
 """
 
 from __future__ import annotations
@@ -29,12 +33,14 @@ import json
 import operator
 
 import torch
-from qcompile.runtime import triton_gemm_ops  # noqa: F401  (registers the ops)
+from qcompile.runtime import cpu_int8_gemm, triton_gemm_ops  # noqa: F401  (registers the ops)
 from torch import fx
 
 from .gemm_kernel_choice import (
+    BOUNDS_META,
+    INT8_KERNELS,
+    KERNEL_CPU,
     KERNEL_META,
-    KERNEL_TRITON,
     SavedQuantized,
     _quantizer_facts,
     find_source,
@@ -224,15 +230,15 @@ def fuse_triton_gemms(
     saved: dict[str, SavedQuantized] | None = None,
     kernel_quantized: set[str] | None = None,
 ) -> fx.GraphModule:
-    """In place: GEMMs annotated ``triton-int8`` (by `annotate_gemm_kernels`) become
-    ``scaled_int8_gemm`` on codes. Returns ``gm``; graphs without such GEMMs are untouched.
+    """In place: GEMMs annotated ``triton-int8`` / ``cpu-int8`` (by `annotate_gemm_kernels`)
+    become ``scaled_int8_gemm`` / ``scaled_int8_gemm_cpu`` on codes. Returns ``gm``; graphs without such GEMMs are untouched.
 
     ``kernel_quantized`` collects the tags of forward quantizers moved onto the Triton quantizer;
     pass the same set for a model's forward and backward graphs, so backward rebuilds those
     operands with the same arithmetic (one call with both, as in the tests, needs none)."""
     saved = saved or {}
     kernel_quantized = set() if kernel_quantized is None else kernel_quantized
-    targets = [n for n in gm.graph.nodes if n.meta.get(KERNEL_META, ("",))[0] == KERNEL_TRITON]
+    targets = [n for n in gm.graph.nodes if n.meta.get(KERNEL_META, ("",))[0] in INT8_KERNELS]
     requantized = [n for n in gm.graph.nodes if n.target is qops.int_requantize.default]
     if not targets and not any(n.args[6] in kernel_quantized for n in requantized):
         return gm
@@ -253,7 +259,10 @@ def fuse_triton_gemms(
                 fused_bias, bias_arg = None, None  # bias depends on later values: keep the add
             args = (*parts[0], *parts[1], bias_arg, json.dumps(chains[0]), json.dumps(chains[1]),
                     list(out.shape), out.dtype)  # fmt: skip
-            fused = builder.call(qops.scaled_int8_gemm.default, args, node)
+            if node.meta[KERNEL_META][0] == KERNEL_CPU:
+                fused = builder.call(qops.scaled_int8_gemm_cpu.default, (*args, *node.meta[BOUNDS_META]), node)
+            else:
+                fused = builder.call(qops.scaled_int8_gemm.default, args, node)
         fused.meta[KERNEL_META] = node.meta[KERNEL_META]
         if fused_bias:
             add = fused_bias[0]

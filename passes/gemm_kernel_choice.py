@@ -1,4 +1,5 @@
-"""Which kernel runs each GEMM of an AOT forward/backward graph: Inductor, or the Triton int8 GEMM.
+"""Which kernel runs each GEMM of an AOT forward/backward graph: Inductor (float), the Triton int8
+GEMM (CUDA) or the CPU int8 GEMM.
 
 `annotate_gemm_kernels` decides, for every GEMM node (``aten.mm``, ``qcompile::qmatmul``), which
 kernel runs it and why, and writes it to ``node.meta["qcompile_kernel"]`` (the plan reads it back
@@ -26,9 +27,20 @@ aten = torch.ops.aten
 qops = torch.ops.qcompile
 
 KERNEL_TRITON = "triton-int8"
+KERNEL_CPU = "cpu-int8"
 KERNEL_INDUCTOR = "inductor"
+INT8_KERNELS = (KERNEL_TRITON, KERNEL_CPU)
+# The backend's ``kernels`` option: "auto" runs integer GEMMs where the hardware has them and the
+# GEMM is large enough to gain; "int8" wherever the codes allow (any size: tests, and users who
+# want every qualifying GEMM in integers); "reference" keeps every GEMM a float simulation.
+KERNEL_MODES = ("auto", "int8", "reference")
+# Below this many multiply-adds a CPU int8 GEMM does not pay for its packing and call (measured
+# on AMD EPYC Zen 3, AVX2, 2 threads: 0.4x float32 at 64^3, 0.9x at 256^3, 1.1-1.7x from
+# 256x1024x1024; `benchmarks/cpu_perf.py` section "GEMMs").
+CPU_MIN_MACS = 256 * 512 * 512
 MIN_DIM = 16  # int8 tl.dot needs tiles of at least 16 along every axis
 KERNEL_META = "qcompile_kernel"
+BOUNDS_META = "qcompile_code_bounds"  # (max |A code|, max |B code|) of a cpu-int8 GEMM
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Device types whose GEMMs may be routed to the kernels. Tests add "cpu" to run the whole fused
 # path through Triton's interpreter (TRITON_INTERPRET=1); in real use only CUDA qualifies.
@@ -92,6 +104,37 @@ def operand_problem(op: OperandCheck, name: str) -> str:
     return ""
 
 
+def code_bound(op: OperandCheck) -> int:
+    """The largest ``|code|`` an operand's quantizer can produce (LUQ: ``2^(levels-1)``; INT:
+    its top code, unsigned ``2^bits - 1`` for ``"auto"`` groups)."""
+    if op.kind == "luq":
+        return 2 ** (2 ** (op.bits - 1) - 2)
+    return 2**op.bits - 1 if op.signed in ("unsigned", "auto") else 2 ** (op.bits - 1) - 1
+
+
+def _cpu_choice(dtype, m, n, k, a: OperandCheck, b: OperandCheck, kernels: str) -> tuple[str, str]:
+    from qcompile.runtime.cpu_int8_gemm import cpu_int8_kernel, saturation_free_steps
+
+    if kernels == "reference":
+        return KERNEL_INDUCTOR, "kernels='reference'"
+    kernel, why = cpu_int8_kernel()
+    if not kernel:
+        return KERNEL_INDUCTOR, why
+    if dtype not in _FLOAT_DTYPES:
+        return KERNEL_INDUCTOR, f"output dtype {dtype}"
+    if not all(isinstance(d, int) for d in (m, n, k)):
+        return KERNEL_INDUCTOR, "dynamic shape"
+    for op, name in ((a, "A"), (b, "B")):
+        problem = operand_problem(op, name)
+        if problem:
+            return KERNEL_INDUCTOR, problem
+    if kernel == "avx2-maddubs" and saturation_free_steps(code_bound(a), code_bound(b)) < 1:
+        return KERNEL_INDUCTOR, f"codes up to {code_bound(a)} x {code_bound(b)} saturate the AVX2 kernel"
+    if kernels == "auto" and m * n * k < CPU_MIN_MACS:
+        return KERNEL_INDUCTOR, f"too small for int8 to gain ({m}x{k}x{n})"
+    return KERNEL_CPU, ""
+
+
 def choose_gemm_kernel(
     device: torch.device | str,
     dtype: torch.dtype,
@@ -101,15 +144,29 @@ def choose_gemm_kernel(
     a: OperandCheck,
     b: OperandCheck,
     triton_ok: bool | None = None,
+    kernels: str = "auto",
 ) -> tuple[str, str]:
-    """(kernel, reason) for a GEMM ``[M,K]·[K,N]``: ``triton-int8`` only on CUDA with Triton,
-    a float output, static shapes of at least 16 along every axis, and both operands quantized
-    with codes that fit int8 and scales that factor out of the contraction."""
+    """(kernel, reason) for a GEMM ``[M,K]·[K,N]``, on every device:
+
+    * ``triton-int8`` on CUDA with Triton: a float output, static shapes of at least 16 along
+      every axis, both operands quantized with codes that fit int8 and scales that factor out of
+      the contraction;
+    * ``cpu-int8`` on a CPU with an integer kernel (`cpu_int8_kernel`), under the same operand
+      rules, when ``kernels`` is ``"int8"``, or ``"auto"`` and the GEMM is large enough to gain;
+    * else ``inductor`` (the float simulation), with the reason.
+    """
+    if kernels not in KERNEL_MODES:
+        raise ValueError(f"kernels={kernels!r}; valid choices: {KERNEL_MODES}")
+    device_type = torch.device(device).type
+    if device_type not in FUSE_ON_DEVICES:
+        if device_type == "cpu":
+            return _cpu_choice(dtype, m, n, k, a, b, kernels)
+        return KERNEL_INDUCTOR, f"tensors on {device_type}"
+    if kernels == "reference":
+        return KERNEL_INDUCTOR, "kernels='reference'"
     triton_ok = triton_available() if triton_ok is None else triton_ok
     if not triton_ok:
         return KERNEL_INDUCTOR, "triton not installed"
-    if torch.device(device).type not in FUSE_ON_DEVICES:
-        return KERNEL_INDUCTOR, f"tensors on {torch.device(device).type}"
     if dtype not in _FLOAT_DTYPES:
         return KERNEL_INDUCTOR, f"output dtype {dtype}"
     if not all(isinstance(d, int) for d in (m, n, k)):
@@ -407,7 +464,10 @@ def _check(src: Source, extra, axis: int, saved: dict[str, SavedQuantized]) -> O
 
 
 def annotate_gemm_kernels(
-    gm: fx.GraphModule, saved: dict[str, SavedQuantized] | None = None, triton_ok: bool | None = None
+    gm: fx.GraphModule,
+    saved: dict[str, SavedQuantized] | None = None,
+    triton_ok: bool | None = None,
+    kernels: str = "auto",
 ) -> dict[str, tuple[str, str]]:
     """Decide the kernel of every GEMM node; store ``(kernel, reason)`` in its meta. Returns
     node name → decision. Never raises on unexpected graphs: undecidable GEMMs stay Inductor's."""
@@ -436,20 +496,22 @@ def annotate_gemm_kernels(
             continue
         device = out.device if isinstance(out, torch.Tensor) else "cpu"
         dtype = out.dtype if isinstance(out, torch.Tensor) else torch.float32
-        decision = choose_gemm_kernel(device, dtype, ops.m, ops.n, ops.k, a, b, triton_ok)
+        decision = choose_gemm_kernel(device, dtype, ops.m, ops.n, ops.k, a, b, triton_ok, kernels)
         node.meta[KERNEL_META] = decisions[node.name] = decision
+        if decision[0] == KERNEL_CPU:
+            node.meta[BOUNDS_META] = (code_bound(a), code_bound(b))
     return decisions
 
 
 def demote_triton_gemms(gm: fx.GraphModule, reason: str) -> None:
-    """Send every GEMM annotated ``triton-int8`` back to Inductor, saying why (a failed rewrite)."""
+    """Send every GEMM annotated with an int8 kernel back to Inductor, saying why (a failed rewrite)."""
     for node in gm.graph.nodes:
-        if node.meta.get(KERNEL_META, ("",))[0] == KERNEL_TRITON:
+        if node.meta.get(KERNEL_META, ("",))[0] in INT8_KERNELS:
             node.meta[KERNEL_META] = (KERNEL_INDUCTOR, reason)
 
 
 def kernel_label(decision: tuple[str, str] | None) -> str:
-    """``triton-int8`` or ``inductor (reason)`` for the plan."""
+    """``triton-int8``, ``cpu-int8`` or ``inductor (reason)`` for the plan."""
     if decision is None:
         return KERNEL_INDUCTOR
     kernel, reason = decision

@@ -15,7 +15,7 @@ from qcompile.runtime.scaling_groups import granularity_of
 from qcompile.runtime.spec import QuantSpec
 from torch import fx
 
-from .gemm_kernel_choice import KERNEL_META, KERNEL_TRITON, kernel_label
+from .gemm_kernel_choice import INT8_KERNELS, KERNEL_META, kernel_label
 from .recompute_from_codes import RECOMPUTE_META
 
 aten = torch.ops.aten
@@ -172,7 +172,7 @@ def read_graph(gm: fx.GraphModule, graph: str) -> dict[tuple[str, str], OperandF
             operands = [node.args[0], node.args[1], node.args[2]]
         traces = [(o, trace_operand(o)) for o in operands]
         # A fused GEMM (`fuse_triton_gemms`) reads the saved codes themselves, not a float rebuilt.
-        rebuilt = "int8 codes" if kernel == KERNEL_TRITON else ""
+        rebuilt = "int8 codes" if kernel in INT8_KERNELS else ""
         for operand, tr in traces:
             grad_tags = [parse_tag(tag) for tag in tr.tags if parse_tag(tag)[1] in GRADIENT_ROLES]
             if not grad_tags:

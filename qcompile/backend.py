@@ -22,6 +22,7 @@ from torch import fx
 from qcompile import export_capture
 from qcompile.compiled_graphs import CompiledGraph, register
 from qcompile.passes import (
+    KERNEL_MODES,
     SaveQuantizedOperands,
     annotate_gemm_kernels,
     decompose_quantizers,
@@ -42,7 +43,7 @@ from qcompile.policy_files import resolve_policy
 from qcompile.quantizer_binding import bind_state
 
 BACKEND_NAME = "fqt"
-OUR_OPTIONS = ("policy",)
+OUR_OPTIONS = ("policy", "kernels")
 
 
 def _inductor_config_patches(mode: str | None, options: dict[str, Any]) -> dict[str, Any]:
@@ -78,7 +79,7 @@ def _inner_compile(
         record.forward_roles.update(forward_tensor_roles(gm))
         record.saved_quantized.update(saved_quantized_outputs(gm))
         record.quantized_inputs.update(quantized_graph_inputs(gm))
-    annotate_gemm_kernels(gm, record.saved_quantized)
+    annotate_gemm_kernels(gm, record.saved_quantized, kernels=record.kernels)
     capturing = export_capture.active_sink() is not None
     if capturing:  # `qcompile.export` takes the graph as AOTAutograd gave it, markers and all
         export_capture.add_aot_graph(kind, gm)
@@ -116,20 +117,26 @@ def fqt_backend(
     """``torch.compile(model, backend="fqt", options={"policy": ...}, mode=...)``.
 
     options: ``policy`` (preset name, `qcompile.Policy`, dict, or .toml/.json path; default
-    ``"luq-int4"``); any other key is passed to Inductor as a config patch.
+    ``"luq-int4"``); ``kernels``: ``"auto"`` (default: integer GEMMs where the device has them
+    and the GEMM is large enough to gain), ``"int8"`` (every GEMM whose codes allow it) or
+    ``"reference"`` (every GEMM a float simulation of the same codes); any other key is passed
+    to Inductor as a config patch.
     mode: an Inductor mode (``"max-autotune"``, ...).
     """
     from torch._inductor.compile_fx import compile_fx
 
     options = dict(options or {})
     policy = resolve_policy(options.pop("policy", None))
+    kernels = options.pop("kernels", "auto")
+    if kernels not in KERNEL_MODES:
+        raise PolicyError(f"unknown kernels={kernels!r}; valid choices: {KERNEL_MODES}")
     # A policy with nothing quantized compiles exactly as Inductor does (no codes to pack or
     # recompute from). The fused Triton GEMMs (CUDA) read the packed codes directly.
     pack = policy.pack_saved and not policy.is_high_precision
     joint_pass = SaveQuantizedOperands(pack=pack, recompute=policy.recompute)
     patches = {"joint_custom_post_pass": joint_pass, **_inductor_config_patches(mode, options)}
     records = insert_fqt_quantizers(gm, policy)
-    record = register(CompiledGraph(policy, records), example_inputs)
+    record = register(CompiledGraph(policy, records, kernels=kernels), example_inputs)
     export_capture.begin_graph(gm, example_inputs, record)
     record.state = bind_state(gm, example_inputs, records)
     inner = functools.partial(_inner_compile, record=record)

@@ -34,6 +34,7 @@ class CompiledGraph:
     forward_channels_last: bool = False  # Inductor's layout choice for the forward's conv operands
     # Tags of forward quantizers the fusion pass put on the Triton quantizer (backward follows).
     kernel_quantized: set[str] = field(default_factory=set)
+    kernels: str = "auto"  # the backend's ``kernels`` option
 
     def add_facts(self, graph: str, facts: dict[tuple[str, str], OperandFact]) -> None:
         with _LOCK:

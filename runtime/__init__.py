@@ -4,7 +4,7 @@ Importing this package registers the ``qcompile::*`` torch.library ops.
 """
 
 from .aq_quantize import aq_quantize, aq_quantize_reference
-from .decompositions import QUANTIZER_DECOMPOSITIONS
+from .decompositions import CPU_INT8_DECOMPOSITIONS, QUANTIZER_DECOMPOSITIONS
 from .gradient_quantize import gradient_reduce_dims, quantize_gradient
 from .int_quantize import int_quantize, int_quantize_reference
 from .layer_marker import mark_layer
@@ -28,6 +28,7 @@ __all__ = [
     "state_of",
     "HIGH_PRECISION",
     "NAMED_SPECS",
+    "CPU_INT8_DECOMPOSITIONS",
     "QUANTIZER_DECOMPOSITIONS",
     "SHARED",
     "QuantSpec",

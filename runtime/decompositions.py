@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from . import layer_marker, packed_codes, quantized_conv, quantized_matmul, triton_gemm_ops  # noqa: F401  (register the ops first)
-from .int_quantize import int_quantize_reference
-from .luq_quantize import luq_quantize_reference
+from . import cpu_int8_gemm, layer_marker, packed_codes, quantized_conv, quantized_matmul, triton_gemm_ops  # noqa: F401  (register the ops first)
+from .int_quantize import int_quantize_codes_reference, int_quantize_reference, top_code_tensor
+from .luq_quantize import luq_codes_reference, luq_quantize_reference
 from .packed_codes import (
     int_dequantize_packed_reference,
     int_quantize_packed_reference,
@@ -54,6 +54,39 @@ def _mark_layer(x, tag):
 def _dequantize_codes(codes, clip, top, dtype):
     # Elementwise: Inductor fuses it into the consumers of the fused path's quantizer values.
     return (codes.float() / top * clip).to(dtype)
+
+
+# The integer GEMM path on the CPU (`cpu-int8`): the quantizers write int8 codes inside the loops
+# Inductor generates for them (a reduction for the statistic, one pass for the codes), with the
+# same random draws as the float path's `_int_quantize` / `_luq_quantize` (same seed order, same
+# hash of the same element index), so `kernels="int8"` and `"reference"` draw the same codes.
+# On CUDA these ops stay opaque and run the Triton kernels.
+
+
+def _quantize_codes(x, kind, bits, scaling, signed, reduce_dims, stochastic):
+    shape = triton_gemm_ops.group_shape_of(x, reduce_dims)
+    if kind == triton_gemm_ops.LUQ:
+        codes, alpha = luq_codes_reference(x, bits, reduce_dims, noise=hash_uniform(x, draw_seed(x.device)))
+        return codes.nan_to_num(0.0).to(torch.int8), alpha.reshape(shape), torch.ones(shape, device=x.device)
+    noise = hash_uniform(x, draw_seed(x.device)) if stochastic else None
+    q, clip, hi = int_quantize_codes_reference(x, bits, scaling, signed, reduce_dims, stochastic, noise=noise)
+    top = top_code_tensor(hi, x.device).expand(clip.shape).reshape(shape)
+    return q.nan_to_num(0.0).to(torch.int8), clip.reshape(shape), top
+
+
+def _int_quantize_packed_codes(x, bits, scaling, signed, reduce_dims, stochastic, pack):
+    noise = hash_uniform(x, draw_seed(x.device)) if stochastic else None
+    q, clip, hi = int_quantize_codes_reference(x, bits, scaling, signed, reduce_dims, stochastic, noise=noise)
+    packed = packed_codes.pack_int4(q) if pack else x.new_empty([*x.shape[:-1], 0], dtype=torch.uint8)
+    return q.nan_to_num(0.0).to(torch.int8), packed, clip.float(), top_code_tensor(hi, x.device).float()
+
+
+CPU_INT8_DECOMPOSITIONS = {
+    ops.quantize_codes.default: _quantize_codes,
+    ops.int_quantize_packed_codes.default: _int_quantize_packed_codes,
+    ops.kernel_requantize_codes.default: triton_gemm_ops.int_requantize_codes_reference,
+    ops.scaled_int8_gemm_cpu.default: cpu_int8_gemm.scaled_int8_gemm_cpu_decomposition,
+}
 
 
 QUANTIZER_DECOMPOSITIONS = {

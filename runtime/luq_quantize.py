@@ -42,6 +42,20 @@ def luq_quantize_reference(
     """
     if g.numel() == 0:
         return g.clone()
+    codes, alpha = luq_codes_reference(g, bits, reduce_dims, noise)
+    return (codes * alpha).to(g.dtype)
+
+
+def luq_codes_reference(
+    g: torch.Tensor,
+    bits: int = 4,
+    reduce_dims: Sequence[int] = (),
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`luq_quantize_reference` as integer codes and scale: ``(codes, α)`` with ``codes`` in
+    ``{0, ±1, ±2, ..., ±2^(levels-1)}`` (float32; NaN for a non-finite group) and ``α`` per group
+    (keepdim), so that ``codes · α`` is its output bit for bit. The integer GEMMs read the codes
+    (they fit int8: ``|code| <= 64`` for 4 bits) and apply ``α`` in their epilogue."""
     dims = normalize_dims(reduce_dims, g.ndim)
     gf = g.float()
     levels = luq_levels(bits)
@@ -57,7 +71,7 @@ def luq_quantize_reference(
     q = torch.where(x < 1, underflow, log_rounded)
     # x is NaN for non-finite groups: keep it visible (loss-scaling skip logic reads it).
     q = torch.where(torch.isnan(x), x, q)
-    return (torch.sign(gf) * q * alpha).to(g.dtype)
+    return torch.sign(gf) * q, alpha
 
 
 @torch.library.custom_op("qcompile::luq_quantize", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,))

@@ -88,7 +88,7 @@ def quantize_codes(
     else:
         codes, clip, top = codes_reference(x, kind, bits, scaling, signed, reduce_dims, stochastic)
     # Contiguous outputs whatever the input's strides, as the fake kernel promises.
-    shape = _group_shape(x, reduce_dims)
+    shape = group_shape_of(x, reduce_dims)
     return (
         codes.contiguous(),
         clip.reshape(shape).contiguous().clone(),
@@ -96,14 +96,14 @@ def quantize_codes(
     )
 
 
-def _group_shape(x: torch.Tensor, reduce_dims: list[int]) -> list[int]:
+def group_shape_of(x: torch.Tensor, reduce_dims: list[int]) -> list[int]:
     dims = normalize_dims(reduce_dims, x.ndim)
     return [1 if (not dims or d in dims) else x.shape[d] for d in range(x.ndim)]
 
 
 @quantize_codes.register_fake
 def _quantize_codes_fake(x, kind, bits, scaling, signed, reduce_dims, stochastic):
-    shape = _group_shape(x, reduce_dims)
+    shape = group_shape_of(x, reduce_dims)
     return (
         torch.empty(x.shape, dtype=torch.int8, device=x.device),
         x.new_empty(shape, dtype=torch.float32),
