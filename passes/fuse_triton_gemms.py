@@ -260,7 +260,9 @@ def fuse_triton_gemms(
             args = (*parts[0], *parts[1], bias_arg, json.dumps(chains[0]), json.dumps(chains[1]),
                     list(out.shape), out.dtype)  # fmt: skip
             if node.meta[KERNEL_META][0] == KERNEL_CPU:
-                fused = builder.call(qops.scaled_int8_gemm_cpu.default, (*args, *node.meta[BOUNDS_META]), node)
+                fused = builder.call(
+                    qops.scaled_int8_gemm_cpu.default, (*args, *node.meta[BOUNDS_META]), node
+                )
             else:
                 fused = builder.call(qops.scaled_int8_gemm.default, args, node)
         fused.meta[KERNEL_META] = node.meta[KERNEL_META]

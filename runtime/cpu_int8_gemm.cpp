@@ -32,17 +32,28 @@ void pack_b(const int8_t* B, int64_t K, int64_t N, int64_t sbk, int64_t sbn, int
   for (int64_t p = 0; p < panels; ++p) {
     int8_t* dst = Bp + p * Kp * NR;
     int32_t sum[NR] = {0};
+#if defined(__AVX2__)
+    // Column sums of the fast paths: vpmaddubsw by ones adds each column's 4 bytes pairwise,
+    // vpmaddwd by ones finishes the 4-sum (8 columns per register).
+    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    __m256i vsum0 = _mm256_setzero_si256(), vsum1 = _mm256_setzero_si256();
+    auto add_sums = [&](const int8_t* d) {
+      const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d));
+      const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + 32));
+      vsum0 = _mm256_add_epi32(vsum0, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, lo), ones16));
+      vsum1 = _mm256_add_epi32(vsum1, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, hi), ones16));
+    };
+#endif
     const int64_t cols = std::min<int64_t>(NR, N - p * NR);
     for (int64_t k4 = 0; k4 < Kp; k4 += 4) {
       int8_t* d = dst + k4 * NR;
-      if (cols == NR && k4 + 4 <= K && sbk == 1) {
-        for (int64_t j = 0; j < NR; ++j) {
-          const int8_t* src = B + (p * NR + j) * sbn + k4;
-          std::memcpy(d + j * 4, src, 4);
-          sum[j] += src[0] + src[1] + src[2] + src[3];
-        }
+#if defined(__AVX2__)
+      if (cols == NR && k4 + 4 <= K && sbk == 1) {  // column-major B: 4 contiguous bytes a column
+        for (int64_t j = 0; j < NR; ++j) std::memcpy(d + j * 4, B + (p * NR + j) * sbn + k4, 4);
+        add_sums(d);
         continue;
       }
+#endif
 #if defined(__AVX2__)
       if (cols == NR && k4 + 4 <= K && sbn == 1) {  // row-major B: a 4x16 byte transpose in registers
         const int8_t* src = B + k4 * sbk + p * NR;
@@ -54,11 +65,8 @@ void pack_b(const int8_t* B, int64_t K, int64_t N, int64_t sbk, int64_t sbn, int
         const __m128i t2 = _mm_unpacklo_epi8(r2, r3), t3 = _mm_unpackhi_epi8(r2, r3);
         const __m128i o[4] = {_mm_unpacklo_epi16(t0, t2), _mm_unpackhi_epi16(t0, t2), _mm_unpacklo_epi16(t1, t3),
                               _mm_unpackhi_epi16(t1, t3)};
-        for (int q = 0; q < 4; ++q) {
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(d + q * 16), o[q]);
-          for (int j = 0; j < 4; ++j)
-            sum[q * 4 + j] += d[q * 16 + j * 4] + d[q * 16 + j * 4 + 1] + d[q * 16 + j * 4 + 2] + d[q * 16 + j * 4 + 3];
-        }
+        for (int q = 0; q < 4; ++q) _mm_storeu_si128(reinterpret_cast<__m128i*>(d + q * 16), o[q]);
+        add_sums(d);
         continue;
       }
 #endif
@@ -71,6 +79,12 @@ void pack_b(const int8_t* B, int64_t K, int64_t N, int64_t sbk, int64_t sbn, int
         }
       }
     }
+#if defined(__AVX2__)
+    int32_t vs[NR];
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(vs), vsum0);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(vs + 8), vsum1);
+    for (int64_t j = 0; j < NR; ++j) sum[j] += vs[j];
+#endif
     for (int64_t j = 0; j < NR; ++j) colsum[p * NR + j] = sum[j];
   }
 }

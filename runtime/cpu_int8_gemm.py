@@ -61,7 +61,10 @@ def cpu_int8_kernel() -> tuple[str, str]:
     Read from the CPU's instruction sets (``torch.cpu``): VNNI (AVX512-VNNI, AVX-VNNI or AMX)
     → ``int-mm``; AVX2 → ``avx2-maddubs`` (if the C++ kernel compiles); else none."""
     cpu = torch.cpu
-    if getattr(cpu, "_is_vnni_supported", lambda: False)() or getattr(cpu, "_is_amx_tile_supported", lambda: False)():
+    if (
+        getattr(cpu, "_is_vnni_supported", lambda: False)()
+        or getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+    ):
         return "int-mm", "VNNI: aten._int_mm (oneDNN)"
     if not getattr(cpu, "_is_avx2_supported", lambda: False)():
         return "", f"no int8 dot-product instructions ({torch.backends.cpu.get_cpu_capability()})"

@@ -63,22 +63,29 @@ def _dequantize_codes(codes, clip, top, dtype):
 # On CUDA these ops stay opaque and run the Triton kernels.
 
 
+def _as_int8(q: torch.Tensor) -> torch.Tensor:
+    """Integer-valued float codes as int8; NaN (a non-finite group, whose scale is NaN or inf and
+    so still poisons every output it reaches) becomes 0. ``q == q`` rather than ``nan_to_num``:
+    Inductor vectorises the compare, not ``isnan``."""
+    return torch.where(q == q, q, 0.0).to(torch.int8)
+
+
 def _quantize_codes(x, kind, bits, scaling, signed, reduce_dims, stochastic):
     shape = triton_gemm_ops.group_shape_of(x, reduce_dims)
     if kind == triton_gemm_ops.LUQ:
         codes, alpha = luq_codes_reference(x, bits, reduce_dims, noise=hash_uniform(x, draw_seed(x.device)))
-        return codes.nan_to_num(0.0).to(torch.int8), alpha.reshape(shape), torch.ones(shape, device=x.device)
+        return _as_int8(codes), alpha.reshape(shape), torch.ones(shape, device=x.device)
     noise = hash_uniform(x, draw_seed(x.device)) if stochastic else None
     q, clip, hi = int_quantize_codes_reference(x, bits, scaling, signed, reduce_dims, stochastic, noise=noise)
     top = top_code_tensor(hi, x.device).expand(clip.shape).reshape(shape)
-    return q.nan_to_num(0.0).to(torch.int8), clip.reshape(shape), top
+    return _as_int8(q), clip.reshape(shape), top
 
 
 def _int_quantize_packed_codes(x, bits, scaling, signed, reduce_dims, stochastic, pack):
     noise = hash_uniform(x, draw_seed(x.device)) if stochastic else None
     q, clip, hi = int_quantize_codes_reference(x, bits, scaling, signed, reduce_dims, stochastic, noise=noise)
     packed = packed_codes.pack_int4(q) if pack else x.new_empty([*x.shape[:-1], 0], dtype=torch.uint8)
-    return q.nan_to_num(0.0).to(torch.int8), packed, clip.float(), top_code_tensor(hi, x.device).float()
+    return _as_int8(q), packed, clip.float(), top_code_tensor(hi, x.device).float()
 
 
 CPU_INT8_DECOMPOSITIONS = {

@@ -63,15 +63,25 @@ def luq_codes_reference(
     alpha = torch.where(alpha == 0, torch.ones_like(alpha), alpha)
     x = gf.abs() / alpha
     u = torch.rand_like(gf) if noise is None else noise.float()
-    # f = 2^floor(log2 x) for x >= 1, exactly: keep only the exponent bits of the float.
-    f = (torch.clamp(x, min=1.0).view(torch.int32) & _EXPONENT_BITS).view(torch.float32)
+    f = _floor_pow2(x, levels)
     # Round up to 2f with probability (x - f)/f, written without a division.
     log_rounded = torch.where(u * f < x - f, 2 * f, f)
     underflow = (u < x).to(gf.dtype)
     q = torch.where(x < 1, underflow, log_rounded)
     # x is NaN for non-finite groups: keep it visible (loss-scaling skip logic reads it).
-    q = torch.where(torch.isnan(x), x, q)
+    # (``x != x`` is isnan; Inductor vectorises the compare, not ``isnan``.)
+    q = torch.where(x != x, x, q)
     return torch.sign(gf) * q, alpha
+
+
+def _floor_pow2(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """``f = 2^floor(log2 x)`` for ``1 <= x <= 2^(levels-1)`` (1 below), exactly: the largest
+    level power not above ``x``, as a chain of compares (what the float's exponent bits say,
+    but in ops Inductor vectorises, where a bit-cast view is not)."""
+    f = torch.ones_like(x)
+    for e in range(1, levels):
+        f = torch.where(x >= float(2**e), float(2**e), f)
+    return f
 
 
 @torch.library.custom_op("qcompile::luq_quantize", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,))

@@ -46,7 +46,9 @@ LUQ4 = OperandCheck("quantizer", "luq", 4, stochastic=True)
     [
         ({}, (KERNEL_TRITON, "")),
         ({"triton_ok": False}, (KERNEL_INDUCTOR, "triton not installed")),
-        ({"device": "cpu"}, (KERNEL_INDUCTOR, "tensors on cpu")),
+        ({"device": "cpu", "kernels": "reference"}, (KERNEL_INDUCTOR, "kernels='reference'")),
+        ({"kernels": "reference"}, (KERNEL_INDUCTOR, "kernels='reference'")),
+        ({"device": "meta"}, (KERNEL_INDUCTOR, "tensors on meta")),
         ({"dtype": torch.int32}, (KERNEL_INDUCTOR, "output dtype torch.int32")),
         ({"k": 8}, (KERNEL_INDUCTOR, "a GEMM dim below 16 (64x8x32)")),
         ({"m": "s0"}, (KERNEL_INDUCTOR, "dynamic shape")),
@@ -116,8 +118,8 @@ def test_annotation_on_fake_cuda_graph_follows_the_scq_axes():
     annotate_gemm_kernels(gm, triton_ok=True)
     assert [d for _, d in _decisions_by_target(gm)] == [(KERNEL_TRITON, "")] * 3
     gm = _trace("cpu", [], [])
-    annotate_gemm_kernels(gm, triton_ok=True)
-    assert [d for _, d in _decisions_by_target(gm)] == [(KERNEL_INDUCTOR, "tensors on cpu")] * 3
+    annotate_gemm_kernels(gm, triton_ok=True, kernels="reference")
+    assert [d for _, d in _decisions_by_target(gm)] == [(KERNEL_INDUCTOR, "kernels='reference'")] * 3
     gm = _trace("cuda", [], [], m=8)
     annotate_gemm_kernels(gm, triton_ok=True)
     assert {d[0] for _, d in _decisions_by_target(gm)} == {KERNEL_INDUCTOR}
