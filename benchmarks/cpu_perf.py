@@ -1,15 +1,21 @@
 """CPU performance of qcompile, side by side in one run, as ratios.
 
-    .venv/bin/python benchmarks/cpu_perf.py            # full run (~10 min on 2 cores)
+    .venv/bin/python benchmarks/cpu_perf.py            # full run (~25 min on 2 cores)
     .venv/bin/python benchmarks/cpu_perf.py --quick    # seconds: small sizes, for a smoke test
 
-Sections (medians of repeated steps after warm-up):
+Sections (medians of repeated steps after warm-up; the configurations of one model are timed
+round-robin, one step each in turn, so load changes on a shared machine hit all of them alike):
   1. quantizers: throughput relative to a compiled `clone` of the same tensor (the memory-bandwidth
-     floor), 64 KB .. 256 MB, as run by Inductor (the decomposition qcompile hands it);
-  2. training steps of an MLP, a residual conv net and a small GPT: each fqt preset over FP32
-     `torch.compile` (Inductor) and over an eager per-layer fake-quant baseline (the papers'
-     reference style, `benchmarks/eager_fake_quant.py`);
-  3. compile time of fqt over Inductor's (caches off for both);
+     floor), 64 KB .. 256 MB, as run by Inductor (the decomposition qcompile hands it): the float
+     path's quantizers and the integer path's codes writers;
+  2. GEMMs: every integer GEMM of an fqt ``kernels="auto"`` MLP step, timed inside the compiled
+     step, against the bare kernel on codes of the same shape and layout, ``aten._int_mm`` and the
+     float32 ``mm`` of that layout;
+  3. training steps: FP32 eager, FP32 and bf16-autocast ``torch.compile`` (Inductor), the eager
+     per-layer fake-quant baseline (the papers' reference style, `benchmarks/eager_fake_quant.py`),
+     fqt ``kernels="reference"`` (every GEMM a float simulation) and fqt ``kernels="auto"`` (integer
+     GEMMs where they gain), on an MLP (width 1024 and 2048), a residual conv net, a small GPT and
+     Hugging Face GPT-2 from a config (4 layers, d=512, sequence 128); and compile time;
   4. step-time ratio against width (256..4096) and batch (32..1024): a table and a PNG.
 Writes ``benchmarks/results/cpu_perf.json`` and ``cpu_perf_sweep.png``.
 """
@@ -40,7 +46,8 @@ from tqdm import tqdm  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_models import ConvNet, TinyGPT, mlp  # noqa: E402
 from eager_fake_quant import to_eager_fake_quant  # noqa: E402
-from qcompile.runtime.decompositions import _int_quantize, _luq_quantize  # noqa: E402
+from qcompile.runtime import cpu_int8_gemm  # noqa: E402
+from qcompile.runtime.decompositions import _int_quantize, _luq_quantize, _quantize_codes  # noqa: E402
 
 import qcompile  # noqa: E402
 from qcompile.compiled_graphs import graphs_for  # noqa: E402
@@ -76,6 +83,9 @@ QUANTIZERS = {
     "int4 max SR": lambda t: _int_quantize(t, 4, "max", "signed", [], True, ""),
     "LUQ per-tensor": lambda t: _luq_quantize(t, 4, [], 0, ""),
     "LUQ SCQ split (2 draws)": lambda t: (_luq_quantize(t, 4, [1], 0, ""), _luq_quantize(t, 4, [0], 1, "")),
+    "int4 SAWB codes (int8 path)": lambda t: _quantize_codes(t, "int", 4, "sawb", "auto", [], False),
+    "LUQ codes per-sample (int8 path)": lambda t: _quantize_codes(t, "luq", 4, "max", "signed", [1], True),
+    "LUQ codes per-channel (int8 path)": lambda t: _quantize_codes(t, "luq", 4, "max", "signed", [0], True),
 }
 
 
@@ -108,61 +118,154 @@ def make_task(kind: str, width: int, batch: int):
         model = ConvNet(width)
         x, y = torch.randn(batch, 3, 16, 16), torch.randint(0, 10, (batch,))
         return model, x, lambda out: F.cross_entropy(out, y)
+    if kind == "gpt2":
+        import transformers
+
+        seq, vocab = (128, 4096) if width >= 128 else (16, 64)
+        cfg = transformers.GPT2Config(vocab_size=vocab, n_positions=seq, n_embd=width, n_layer=4,
+                                      n_head=max(1, width // 64), attn_pdrop=0, resid_pdrop=0, embd_pdrop=0,
+                                      bos_token_id=0, eos_token_id=0)  # fmt: skip
+        model = transformers.GPT2LMHeadModel(cfg)
+        model.config.use_cache = False
+        ids = torch.randint(0, vocab, (batch, seq))
+        return model, ids, lambda out: F.cross_entropy(out.logits.flatten(0, 1), ids.flatten())
     model = TinyGPT(d=width)
     ids = torch.randint(0, 64, (batch, 64))
     return model, ids, lambda out: F.cross_entropy(out.flatten(0, 1), ids.flatten())
 
 
-def fqt_policy(config: str) -> qcompile.Policy:
-    """``"fqt luq-int4"`` → the preset; ``"fqt luq-int4 recompute=none"`` / ``"... unpacked"``
-    → the preset with less memory saving, to see what packing and recomputation cost."""
-    name, *variant = config[4:].split()
+def fqt_options(config: str) -> dict:
+    """``"fqt auto"`` / ``"fqt reference"`` → the default policy with that ``kernels`` option;
+    ``"fqt luq-int4 unpacked"`` / ``"... recompute=none"`` → a preset with less memory saving."""
+    words = config[4:].split()
+    if words[0] in ("auto", "reference", "int8"):
+        return {"kernels": words[0]}
+    name, *variant = words
     policy = qcompile.preset(name)
     if variant == ["unpacked"]:
-        return policy.replace(pack_saved=False)
-    if variant and variant[0].startswith("recompute="):
-        return policy.replace(recompute=variant[0].removeprefix("recompute="))
-    if variant:
+        policy = policy.replace(pack_saved=False)
+    elif variant and variant[0].startswith("recompute="):
+        policy = policy.replace(recompute=variant[0].removeprefix("recompute="))
+    elif variant:
         raise ValueError(f"unknown variant {variant!r} in {config!r}")
-    return policy
+    return {"policy": policy}
 
 
-def run_config(kind: str, width: int, batch: int, config: str, steps: int) -> dict:
-    torch._dynamo.reset()
+def make_step(kind: str, width: int, batch: int, config: str):
+    """(model, one training step) of ``config``: the compiled (or eager) model and its optimizer."""
     model, x, loss_of = make_task(kind, width, batch)
-    if config == "fp32 inductor":
+    if config in ("fp32 inductor", "bf16 inductor"):
         run = torch.compile(model)
     elif config == "eager fake-quant":
         run = to_eager_fake_quant(model)
     elif config.startswith("fqt "):
-        run = torch.compile(model, backend="fqt", options={"policy": fqt_policy(config)})
+        run = torch.compile(model, backend="fqt", options=fqt_options(config))
     else:
         run = model
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    autocast = config.startswith("bf16")
 
     def step():
-        loss = loss_of(run(x))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = loss_of(run(x))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
+    return model, step
+
+
+def run_task(kind: str, width: int, batch: int, configs: list[str], steps: int) -> list[dict]:
+    """All configurations of one model: compile each (first step), then time them round-robin."""
+    torch._dynamo.reset()
+    entries = []
     with torch._functorch.config.patch(enable_autograd_cache=False):
-        t0 = time.perf_counter()
-        step()
-        first = time.perf_counter() - t0
-    t = median_time(step, steps, warmup=2)
-    graphs = len(graphs_for(model)) if config.startswith("fqt ") else None
-    return {"model": kind, "width": width, "batch": batch, "config": config, "step_seconds": t,
-            "first_step_seconds": first, "compile_seconds": max(first - t, 0.0), "fqt_graphs": graphs}  # fmt: skip
+        for config in configs:
+            model, step = make_step(kind, width, batch, config)
+            t0 = time.perf_counter()
+            step()
+            entries.append((config, model, step, time.perf_counter() - t0))
+        for _, _, step, _ in entries:  # warm-up
+            step()
+            step()
+        times: dict[str, list[float]] = {c: [] for c in configs}
+        for _ in range(steps):
+            for config, _, step, _ in entries:
+                t0 = time.perf_counter()
+                step()
+                times[config].append(time.perf_counter() - t0)
+    out = []
+    for config, model, _, first in entries:
+        t = statistics.median(times[config])
+        graphs = len(graphs_for(model)) if config.startswith("fqt ") else None
+        out.append({"model": kind, "width": width, "batch": batch, "config": config, "step_seconds": t,
+                    "first_step_seconds": first, "compile_seconds": max(first - t, 0.0), "fqt_graphs": graphs})  # fmt: skip
+    return out
 
 
 def bench_steps(tasks, configs, steps, bar) -> list[dict]:
     out = []
     for kind, width, batch in tasks:
-        for config in configs:
-            out.append(run_config(kind, width, batch, config, steps))
-            bar.update(1)
+        out += run_task(kind, width, batch, configs, steps)
+        bar.update(len(configs))
     return out
+
+
+# --------------------------------------------------------------------------------- 2. GEMMs
+def bench_gemms(width: int, batch: int, reps: int, int_mm_reps: int, config: str = "fqt auto") -> list[dict]:
+    """Each integer GEMM of one fqt ``kernels="auto"`` MLP step, as the compiled step ran it
+    (recorded by wrapping the kernel's entry point), against the bare kernel, ``aten._int_mm`` and
+    float32 ``mm`` on operands of the same shape and strides."""
+    kernel = cpu_int8_gemm.cpu_int8_kernel()[0]
+    if kernel != "avx2-maddubs":
+        return []
+    calls: list[dict] = []
+    real = cpu_int8_gemm.avx2_int8_mm
+
+    def spy(a, b, rs, cs, a_bound, b_bound):
+        t0 = time.perf_counter()
+        out = real(a, b, rs, cs, a_bound, b_bound)
+        calls.append({"m": a.shape[0], "k": a.shape[1], "n": b.shape[1], "a_stride": list(a.stride()),
+                      "b_stride": list(b.stride()), "bounds": [a_bound, b_bound],
+                      "in_graph_seconds": time.perf_counter() - t0})  # fmt: skip
+        return out
+
+    torch._dynamo.reset()
+    _, step = make_step("mlp", width, batch, config)
+    cpu_int8_gemm.avx2_int8_mm = spy
+    try:
+        for _ in range(2 + reps):
+            step()
+    finally:
+        cpu_int8_gemm.avx2_int8_mm = real
+    per_step = len(calls) // (2 + reps)
+    rows = []
+    for i in range(per_step):
+        same = [c for j, c in enumerate(calls) if j % per_step == i][2:]
+        c = same[0]
+        in_graph = statistics.median(x["in_graph_seconds"] for x in same)
+        a = _strided_codes(c["m"], c["k"], c["a_stride"], c["bounds"][0])
+        b = _strided_codes(c["k"], c["n"], c["b_stride"], c["bounds"][1])
+        rs, cs = torch.rand(c["m"]) + 0.5, torch.rand(c["n"]) + 0.5
+        bare = median_time(lambda a=a, b=b, rs=rs, cs=cs, c=c: real(a, b, rs, cs, *c["bounds"]), reps)
+        af, bf = _same_layout(a.float()), _same_layout(b.float())
+        fp32 = median_time(lambda af=af, bf=bf: torch.mm(af, bf), reps)
+        int_mm = median_time(lambda a=a, b=b: torch._int_mm(a, b), int_mm_reps, warmup=1)
+        layout = ("A^T" if c["a_stride"][0] == 1 and c["k"] > 1 else "A") + "·" + (
+            "B^T" if c["b_stride"][0] == 1 and c["n"] > 1 else "B")  # fmt: skip
+        rows.append({**c, "layout": layout, "in_graph_seconds": in_graph, "bare_seconds": bare,
+                     "fp32_mm_seconds": fp32, "int_mm_seconds": int_mm})  # fmt: skip
+    return rows
+
+
+def _strided_codes(rows: int, cols: int, stride: list[int], bound: int) -> torch.Tensor:
+    """Random codes in [-bound, bound] with the recorded layout (row- or column-major)."""
+    codes = torch.randint(-bound, bound + 1, (rows, cols), dtype=torch.int8)
+    return codes.t().contiguous().t() if stride[0] == 1 and cols > 1 else codes
+
+
+def _same_layout(t: torch.Tensor) -> torch.Tensor:
+    return t if t.is_contiguous() else t.t().contiguous().t()
 
 
 def ratio_rows(results: list[dict]) -> list[list]:
@@ -172,10 +275,12 @@ def ratio_rows(results: list[dict]) -> list[list]:
         by_task.setdefault((r["model"], r["width"], r["batch"]), {})[r["config"]] = r
     for (kind, width, batch), cfgs in by_task.items():
         ind = cfgs["fp32 inductor"]
+        bf16 = cfgs.get("bf16 inductor")
         fq = cfgs.get("eager fake-quant")
         for name, r in cfgs.items():
             rows.append([kind, width, batch, name, f"{r['step_seconds'] * 1e3:.1f}",
                          f"{r['step_seconds'] / ind['step_seconds']:.2f}x",
+                         f"{r['step_seconds'] / bf16['step_seconds']:.2f}x" if bf16 else "",
                          f"{fq['step_seconds'] / r['step_seconds']:.2f}x" if fq else "",
                          f"{r['compile_seconds'] / max(ind['compile_seconds'], 1e-9):.2f}x" if name != "fp32 eager" and name != "eager fake-quant" else "",
                          r["fqt_graphs"] if r["fqt_graphs"] is not None else ""])  # fmt: skip
@@ -195,11 +300,11 @@ def plot_sweeps(width_rows: list[dict], batch_rows: list[dict], path: Path) -> N
             pts = sorted((r[key], r["step_seconds"] / ind[r[key]]) for r in rows if r["config"] == config)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=config)
         ax.axhline(1.0, color="gray", lw=0.8)
-        ax.axhline(1.3, color="red", lw=0.8, ls="--", label="target 1.3x")
+        ax.axhline(0.5, color="red", lw=0.8, ls="--", label="target 0.5x (fqt auto)")
         ax.set_xscale("log", base=2)
         ax.set_xlabel(key)
         ax.set_ylabel("step time / FP32 Inductor")
-        ax.set_title(f"MLP step-time ratio vs {key}")
+        ax.set_title(f"MLP step time / FP32 Inductor vs {key}")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -213,19 +318,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", default=str(RESULTS / "cpu_perf_sweep.png"))
     args = p.parse_args(argv)
 
+    sweep_configs = ["fp32 inductor", "fqt reference", "fqt auto"]
     if args.quick:
         sizes = [2**16, 2**20]
         tasks = [("mlp", 64, 16)]
-        widths, batches = [64, 128], [16, 32]
-        steps = 2
+        widths, batches = [64], [16]
+        steps, gemm_width, int_mm_reps = 2, 128, 1
+        sweep_configs = ["fp32 inductor", "fqt auto"]
     else:
         sizes = [2**16, 2**20, 2**24, 2**28]
-        tasks = [("mlp", 1024, 256), ("convnet", 32, 64), ("transformer", 256, 16)]
+        tasks = [("mlp", 1024, 256), ("mlp", 2048, 256), ("convnet", 32, 64), ("transformer", 256, 16),
+                 ("gpt2", 512, 8)]  # fmt: skip
         widths, batches = [256, 512, 1024, 2048, 4096], [32, 128, 512, 1024]
-        steps = args.steps
-    configs = ["fp32 eager", "fp32 inductor", "eager fake-quant", "fqt luq-int4", "fqt luq-int4 recompute=none",
-               "fqt luq-int4 unpacked", "fqt luq", "fqt luq-smp2"]  # fmt: skip
-    sweep_configs = ["fp32 inductor", "fqt luq-int4"]
+        steps, gemm_width, int_mm_reps = args.steps, 1024, 2
+    configs = [
+        "fp32 eager",
+        "fp32 inductor",
+        "bf16 inductor",
+        "eager fake-quant",
+        "fqt reference",
+        "fqt auto",
+    ]
+    torch._dynamo.config.cache_size_limit = 64  # several compiled copies of one model class at a time
     total = (
         len(sizes) * len(QUANTIZERS)
         + len(tasks) * len(configs)
@@ -233,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     with tqdm(total=total, desc="cpu_perf", file=sys.stderr) as bar:
         quant = bench_quantizers(sizes, bar)
+        gemms = bench_gemms(gemm_width, 256 if not args.quick else 64, steps, int_mm_reps,
+                            "fqt int8" if args.quick else "fqt auto")  # fmt: skip
         step_results = bench_steps(tasks, configs, steps, bar)
         width_results = bench_steps(
             [("mlp", w, 256 if not args.quick else 16) for w in widths], sweep_configs, steps, bar
@@ -245,23 +361,35 @@ def main(argv: list[str] | None = None) -> int:
     print(tabulate([[r["quantizer"], f"{r['bytes'] / 2**20:g} MB", f"{r['seconds'] * 1e3:.3f}",
                      f"{r['throughput_vs_clone']:.2f}"] for r in quant],
                    headers=["quantizer", "tensor", "ms", "throughput / clone"]))  # fmt: skip
+    kernel, why = cpu_int8_gemm.cpu_int8_kernel()
+    print(f"\n2. Integer GEMMs of one fqt auto MLP step (kernel: {kernel or 'none'}, {why}); ratios of times")
+    print(tabulate([[f"{g['m']}x{g['k']}x{g['n']}", g["layout"], f"{g['in_graph_seconds'] * 1e3:.2f}",
+                     f"{g['bare_seconds'] / g['in_graph_seconds']:.2f}",
+                     f"{g['fp32_mm_seconds'] / g['in_graph_seconds']:.2f}x",
+                     f"{g['int_mm_seconds'] / g['in_graph_seconds']:.1f}x"] for g in gemms],
+                   headers=["MxKxN", "layout", "in step ms", "bare kernel / in step (target >= 0.8)",
+                            "fp32 mm / this", "aten._int_mm / this"]))  # fmt: skip
     print(
-        "\n2-3. Training steps (ratios; fqt targets: <= 1.3x Inductor, >= 2x faster than eager fake-quant, compile <= 1.5x)"
+        "\n3. Training steps (ratios; fqt auto targets: <= 0.5x FP32 Inductor on the MLP, <= 0.7x on the GPTs)"
     )
     print(tabulate(ratio_rows(step_results), headers=["model", "width", "batch", "config", "step ms", "vs inductor",
-                                                      "eager fake-quant / this", "compile vs inductor", "fqt graphs"]))  # fmt: skip
-    print("\n4. MLP step-time ratio sweeps (fqt luq-int4 / FP32 Inductor)")
+                                                      "vs bf16 inductor", "eager fake-quant / this",
+                                                      "compile vs inductor", "fqt graphs"]))  # fmt: skip
+    print("\n4. MLP step-time ratio sweeps (over FP32 Inductor)")
     sweep_rows = []
     for key, rows in (("width", width_results), ("batch", batch_results)):
         ind = {r[key]: r["step_seconds"] for r in rows if r["config"] == "fp32 inductor"}
         for r in rows:
             if r["config"] != "fp32 inductor":
-                sweep_rows.append([key, r[key], f"{r['step_seconds'] / ind[r[key]]:.2f}x"])
-    print(tabulate(sweep_rows, headers=["sweep", "value", "fqt luq-int4 / inductor"]))
+                sweep_rows.append([key, r[key], r["config"], f"{r['step_seconds'] / ind[r[key]]:.2f}x"])
+    print(tabulate(sweep_rows, headers=["sweep", "value", "config", "over FP32 inductor"]))
 
-    machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "int8_kernel": kernel,
+               "int8_kernel_why": why}  # fmt: skip
     out = {"machine": machine, "torch": torch.__version__, "qcompile": qcompile.__version__, "quick": args.quick,
-           "quantizers": quant, "steps": step_results, "width_sweep": width_results, "batch_sweep": batch_results}  # fmt: skip
+           "quantizers": quant, "gemms": gemms, "steps": step_results, "width_sweep": width_results,
+           "batch_sweep": batch_results}  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     plot_sweeps(width_results, batch_results, Path(args.plot))

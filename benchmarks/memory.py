@@ -49,7 +49,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "memory.json"
 # fqt: the default policy (packed, recompute="gemm"); fqt-no-recompute: packed only; fqt-unpacked: neither
-CONFIGS = ("fp32", "fqt", "fqt-no-recompute", "fqt-unpacked")
+# fqt-reference: the default policy with every GEMM a float simulation (kernels="reference"), the
+# path whose backward rebuilds float X̂ and Ŵ; fqt runs the integer GEMMs where they gain (CPU).
+CONFIGS = ("fp32", "fqt", "fqt-no-recompute", "fqt-unpacked", "fqt-reference")
 MODELS = ("mlp", "convnet", "transformer")
 # (full, quick) sizes and batch per model
 SIZES = {
@@ -176,9 +178,11 @@ def child(model: str, config: str, batch_size: int, quick: bool, autocast: str =
         compiled = torch.compile(net)
     else:
         policy = qcompile.preset("luq-int4").replace(
-            pack_saved=config != "fqt-unpacked", recompute="gemm" if config == "fqt" else "none"
+            pack_saved=config != "fqt-unpacked",
+            recompute="gemm" if config in ("fqt", "fqt-reference") else "none",
         )
-        compiled = torch.compile(net, backend="fqt", options={"policy": policy})
+        kernels = "reference" if config == "fqt-reference" else "auto"
+        compiled = torch.compile(net, backend="fqt", options={"policy": policy, "kernels": kernels})
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
     x, y = make_batch(batch_size)
 
@@ -333,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     for model in models:
         r = {x["config"]: x for x in runs if x["model"] == model}
         fp, fq, un, nr = r["fp32"], r["fqt"], r.get("fqt-unpacked"), r.get("fqt-no-recompute")
+        ref = r.get("fqt-reference")
         for config, x in r.items():
             table.append([model, config, x["batch"], _mib(x["saved_held"]), _mib(x.get("saved_plan")),
                           _mib(x["saved_rss"]), _mib(x["step_peak"]), _mib(x["maxrss"]),
@@ -347,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             "saved_held_no_recompute_vs_fp32": _ratio(nr["saved_held"], fp["saved_held"]) if nr else None,
             "step_time_fqt_vs_fp32": _ratio(fq["step_seconds"], fp["step_seconds"]),
             "step_time_recompute_vs_not": _ratio(fq["step_seconds"], nr["step_seconds"]) if nr else None,
+            "step_peak_reference_vs_fp32": _ratio(ref["step_peak"], fp["step_peak"]) if ref else None,
         })  # fmt: skip
     headers = ["model", "config", "batch", "saved held MiB", "saved (plan) MiB", "saved RSS MiB",
                "step peak MiB", "ru_maxrss MiB", "step ms"]  # fmt: skip
@@ -355,9 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     print(tabulate(
         [[x["model"]] + [_fmt(x[k]) for k in ("saved_held_fqt_vs_fp32", "saved_held_no_recompute_vs_fp32",
           "saved_rss_fqt_vs_fp32", "step_peak_fqt_vs_fp32", "maxrss_fqt_vs_fp32", "saved_held_packed_vs_unpacked",
-          "step_time_fqt_vs_fp32", "step_time_recompute_vs_not")] for x in ratios],
+          "step_time_fqt_vs_fp32", "step_time_recompute_vs_not", "step_peak_reference_vs_fp32")] for x in ratios],
         headers=["model", "saved held fqt/fp32", "(no recompute)", "saved RSS fqt/fp32", "step peak fqt/fp32",
-                 "ru_maxrss fqt/fp32", "saved fqt/unpacked", "step time fqt/fp32", "recompute/not"],
+                 "ru_maxrss fqt/fp32", "saved fqt/unpacked", "step time fqt/fp32", "recompute/not",
+                 "step peak fqt reference/fp32"],
         tablefmt="simple",
     ))  # fmt: skip
     budget_runs = []

@@ -77,7 +77,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
     model, inputs = _model_and_inputs(args)
     try:
-        plan = qcompile.plan(model, tuple(inputs), policy=args.policy)
+        plan = qcompile.plan(model, tuple(inputs), policy=args.policy, kernels=args.kernels)
     except qcompile.PolicyError as e:
         raise SystemExit(f"error: {e}") from None
     print(plan.to_json() if args.json else plan)
@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int-input", type=int, default=0, metavar="HIGH",
                    help="make integer inputs in [0, HIGH) (token ids) instead of normal floats")  # fmt: skip
     p.add_argument("--policy", default=None, help="preset name or .toml/.json policy file (default luq-int4)")
+    p.add_argument(
+        "--kernels",
+        default="auto",
+        choices=("auto", "int8", "reference"),
+        help="GEMM kernels: integer where they gain (auto), wherever the codes allow (int8), or float (reference)",
+    )
     p.add_argument("--eval", action="store_true", help="plan the model in eval() mode")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--seed", type=int, default=0)

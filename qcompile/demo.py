@@ -117,6 +117,7 @@ def train_run(
     lr: float,
     seed: int,
     progress: bool = True,
+    kernels: str = "auto",
 ) -> tuple[RunResult, nn.Module]:
     """Compile ``model`` with ``policy``, train it, evaluate it; return the result and the compiled model.
 
@@ -130,7 +131,9 @@ def train_run(
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
-    compiled = torch.compile(model, backend="fqt", options={"policy": policy}, dynamic=False)
+    compiled = torch.compile(
+        model, backend="fqt", options={"policy": policy, "kernels": kernels}, dynamic=False
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     n = len(data.y_train)
     steps_per_epoch = n // batch_size
@@ -233,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"quantized policy: a preset ({', '.join(qcompile.presets())}) or a .toml/.json policy file "
         f"(default {qcompile.DEFAULT_PRESET})",
     )
+    p.add_argument("--kernels", default="auto", choices=("auto", "int8", "reference"),
+                   help="GEMM kernels of the quantized run: integer where they gain (auto, the default), "
+                   "wherever the codes allow (int8), or the float simulation (reference)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed for the split, the init and the batch order")
     p.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
@@ -282,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             lr=args.lr,
             seed=args.seed,
             progress=not args.no_progress,
+            kernels=args.kernels,
         )
         if policy != "fp32":
             result.policy = policy_name if policy_name != "custom" else str(policy)

@@ -202,9 +202,19 @@ class Plan:
             "backward_low_bit_share": bwd_low / bwd if bwd else 0.0,
         }
 
+    def kernel_counts(self) -> dict[str, int]:
+        """How many GEMMs ran on each kernel (a site's forward, dgrad and wgrad counted apart):
+        ``cpu-int8`` / ``triton-int8`` (integer GEMMs) or ``inductor`` (float)."""
+        counts: dict[str, int] = {}
+        for r in self.rows:
+            for kernel in r.kernels().values():
+                name = kernel.split(" (")[0]
+                counts[name] = counts.get(name, 0) + 1
+        return counts
+
     def to_dict(self) -> dict[str, Any]:
         return {"policies": self.policies, "graphs": self.graphs, "rows": [r.to_json() for r in self.rows],
-                "totals": self.totals(), "memory": self.memory(),
+                "totals": self.totals(), "memory": self.memory(), "kernel_counts": self.kernel_counts(),
                 "saved_tensors": [t.to_json() for t in self.saved]}  # fmt: skip
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -263,6 +273,13 @@ class Plan:
             + (f"\naverage bits per element: {bits}" if bits else "")
             + (f" (quantized operands only: {qbits})" if qbits else "")
         )
+        counts = self.kernel_counts()
+        if counts:
+            summary += "\nGEMMs by kernel: " + ", ".join(f"{k} {n}" for k, n in sorted(counts.items()))
+            if "cpu-int8" in counts:
+                from qcompile.runtime.cpu_int8_gemm import cpu_int8_kernel
+
+                summary += " (CPU integer kernel: {} — {})".format(*cpu_int8_kernel())
         m = self.memory()
         if self.saved:
             summary += (
@@ -449,16 +466,22 @@ def plan(
     model: Any = None,
     example_inputs: Any = None,
     policy: Any = None,
+    kernels: str | None = None,
 ) -> Plan:
     """The plan of a model compiled with ``backend="fqt"``.
 
     ``qcompile.plan(cmodel)``: every graph compiled so far for ``cmodel`` (run it once first).
     ``qcompile.plan(model, example_inputs, policy=...)``: plan without training: compiles a deep
     copy of the model, runs one forward and backward on ``example_inputs`` (a tensor or a tuple)
-    and reports its graphs; ``model`` and its gradients are left untouched.
+    and reports its graphs; ``model`` and its gradients are left untouched. ``kernels`` is the
+    backend option of the same name (``"auto"``, ``"int8"``, ``"reference"``).
     ``qcompile.plan()``: every graph compiled in this process.
     """
     if example_inputs is None:
+        if kernels is not None:
+            raise ValueError(
+                "kernels= needs example_inputs= (a plan of an already compiled model reads its graphs)"
+            )
         if policy is not None:
             raise ValueError(
                 "policy= needs example_inputs= (a plan of an already compiled model reads its graphs)"
@@ -478,13 +501,19 @@ def plan(
     base = _unwrap(model)
     if not isinstance(base, torch.nn.Module):
         raise TypeError(f"plan with example_inputs needs an nn.Module, got {type(base).__name__}")
+    previous = graphs_for(base)
     if policy is None:
-        previous = graphs_for(base)
         policy = previous[-1].policy if previous else None
+    if kernels is None:
+        kernels = previous[-1].kernels if previous else "auto"
+    from qcompile.passes import KERNEL_MODES
+    from qcompile.policy import PolicyError
+
+    if kernels not in KERNEL_MODES:  # here, as a ValueError, not wrapped inside Dynamo's error
+        raise PolicyError(f"unknown kernels={kernels!r}; valid choices: {KERNEL_MODES}")
+    options = {"kernels": kernels} if policy is None else {"policy": policy, "kernels": kernels}
     shadow = copy.deepcopy(base)
-    compiled = torch.compile(
-        shadow, backend=fqt_backend, options={"policy": policy} if policy is not None else None
-    )
+    compiled = torch.compile(shadow, backend=fqt_backend, options=options)
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     out = compiled(*inputs)
     leaves = [
