@@ -34,9 +34,10 @@ INT8_KERNELS = (KERNEL_TRITON, KERNEL_CPU)
 # GEMM is large enough to gain; "int8" wherever the codes allow (any size: tests, and users who
 # want every qualifying GEMM in integers); "reference" keeps every GEMM a float simulation.
 KERNEL_MODES = ("auto", "int8", "reference")
-# Below this many multiply-adds a CPU int8 GEMM does not pay for its packing and call (measured
-# on AMD EPYC Zen 3, AVX2, 2 threads: 0.4x float32 at 64^3, 0.9x at 256^3, 1.1-1.7x from
-# 256x1024x1024; `benchmarks/cpu_perf.py` section "GEMMs").
+# Below this many multiply-adds a CPU int8 GEMM does not pay for its packing and call. Measured on
+# the 2-core AMD EPYC (Zen 3, AVX2), kernel against float32 mm of the same layout: 0.3-0.44x at 64^3,
+# 0.8-0.9x at 128^3, 1.1-1.3x at 256^3, 1.05-1.4x at 256x512x512, 1.5-1.7x at 256x1024x1024
+# (`benchmarks/cpu_perf.py` section 2b); the margin covers the call from the compiled graph.
 CPU_MIN_MACS = 256 * 512 * 512
 MIN_DIM = 16  # int8 tl.dot needs tiles of at least 16 along every axis
 KERNEL_META = "qcompile_kernel"
