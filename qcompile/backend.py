@@ -2,8 +2,9 @@
 
 Pipeline: Dynamo graph → `insert_fqt_quantizers` (policy) → Inductor's `compile_fx`, whose
 AOTAutograd produces the forward and backward graphs; our inner compile decides each GEMM's
-kernel, reads each graph into the plan, strips layer markers, routes qualifying GEMMs (CUDA with
-Triton) to the int8 Triton kernels, inlines the quantizers as ATen and hands the graph to
+kernel (`choose_gemm_kernel`: the CPU integer GEMM, the Triton int8 GEMM on CUDA, or Inductor's
+float GEMM; the ``kernels`` option), reads each graph into the plan, strips layer markers, rewrites
+the integer GEMMs onto codes, inlines the quantizers as ATen and hands the graph to
 Inductor's `compile_fx_inner`. Everything qcompile does not touch compiles exactly as with
 ``torch.compile``'s default backend.
 """
