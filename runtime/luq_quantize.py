@@ -12,8 +12,6 @@ import torch
 
 from .scaling_groups import group_amax, normalize_dims
 
-_EXPONENT_BITS = 0x7F800000
-
 
 def luq_levels(bits: int) -> int:
     """Number of non-zero magnitudes: 1 sign bit, bits-1 exponent bits, one code for zero.
