@@ -6,6 +6,7 @@ On AOTAutograd's joint graph, after Inductor's joint-graph patterns and before p
 `SaveQuantizedOperands` (which packs what backward reads and recomputes what it can:
 `pack_quantized_operands`, `recompute_from_codes`, `pack_boolean_masks`).
 After AOTAutograd, per forward/backward ATen graph, before Inductor:
+    `unwrap_rng_replays` (quantizers a user's checkpoint replays, unwrapped first),
     `annotate_gemm_kernels` (which kernel each GEMM runs), `read_graph` and `read_saved_tensors`
     (what the plan reports), `match_forward_layout`, `strip_layer_markers`, `fuse_triton_gemms`
     (int8 GEMMs: Triton on CUDA, the integer kernel on the CPU), `decompose_quantizers`.
@@ -41,6 +42,8 @@ from .recompute_from_codes import recompute_from_codes
 from .save_quantized_operands import SaveQuantizedOperands
 from .saved_tensors import SavedTensor, read_saved_tensors
 from .strip_layer_markers import strip_layer_markers
+from .subgraphs import subgraph_modules
+from .unwrap_rng_replays import unwrap_rng_replays
 
 __all__ = [
     "KERNEL_MODES",
@@ -70,5 +73,7 @@ __all__ = [
     "recompute_from_codes",
     "saved_quantized_outputs",
     "strip_layer_markers",
+    "subgraph_modules",
     "trace_operand",
+    "unwrap_rng_replays",
 ]

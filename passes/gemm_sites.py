@@ -73,6 +73,9 @@ class GemmSite:
     scalars: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     unsupported: str | None = None
+    owner: fx.GraphModule | None = None  # the graph holding the call (a HOP's body for nested sites)
+    region: str | None = None  # the higher-order op it runs under, e.g. "tag_activation_checkpoint"
+    calls: int = 1  # how many higher-order op calls run this body (nested compile regions share one)
 
     @property
     def has_weight(self) -> bool:
@@ -104,13 +107,11 @@ def weight_layer_name(weight: Any, fallback: str) -> str:
     """Module path of the parameter a GEMM reads, when it is deeper than the calling module's
     (MultiheadAttention calls ``linear`` on ``out_proj.weight`` and ``in_proj_weight`` itself)."""
     node = weight
-    while (
-        isinstance(node, fx.Node)
-        and node.op != "placeholder"
-        and node.args
-        and isinstance(node.args[0], fx.Node)
+    while isinstance(node, fx.Node) and (
+        (node.op == "placeholder" and OUTER_META in node.meta)
+        or (node.op != "placeholder" and node.args and isinstance(node.args[0], fx.Node))
     ):
-        node = node.args[0]
+        node = node.meta[OUTER_META] if node.op == "placeholder" else node.args[0]
     grapharg = node.meta.get("grapharg") if isinstance(node, fx.Node) else None
     source = getattr(getattr(grapharg, "source", None), "name", None)
     if not isinstance(source, str):
@@ -150,6 +151,8 @@ def is_parameter(n: Any, gm: fx.GraphModule | None = None) -> bool:
     if not isinstance(n, fx.Node):
         return False
     if n.op == "placeholder":
+        if OUTER_META in n.meta:  # a higher-order op's body input: what the caller passes
+            return is_parameter(n.meta[OUTER_META], n.meta.get(OUTER_GM_META))
         grapharg = n.meta.get("grapharg")
         return isinstance(getattr(grapharg, "example", None), torch.nn.Parameter)
     if n.op == "get_attr" and gm is not None:
@@ -285,5 +288,87 @@ def classify(node: fx.Node, gm: fx.GraphModule) -> GemmSite | None:
 
 
 def find_gemm_sites(gm: fx.GraphModule) -> list[GemmSite]:
-    """All matmul-class sites of a Dynamo graph, in graph (execution) order."""
-    return [s for n in gm.graph.nodes if (s := classify(n, gm)) is not None]
+    """All matmul-class sites of a Dynamo graph, in graph (execution) order, including those
+    inside the bodies of higher-order ops (activation checkpointing, nested compile regions,
+    ``torch.cond`` branches): a GEMM in a subgraph is a GEMM the model runs."""
+    sites: list[GemmSite] = []
+    _collect_sites(gm, None, sites, {})
+    return sites
+
+
+def _collect_sites(
+    gm: fx.GraphModule, region: str | None, sites: list[GemmSite], seen: dict[int, list[GemmSite]]
+) -> None:
+    for node in gm.graph.nodes:
+        if (site := classify(node, gm)) is not None:
+            site.owner, site.region = gm, region
+            sites.append(site)
+            continue
+        for body, hop, supported in higher_order_bodies(node, gm):
+            if id(body) in seen:  # one body called again (a nested compile region): one site each
+                for inner in seen[id(body)]:
+                    inner.calls += 1
+                continue
+            before = len(sites)
+            _collect_sites(body, hop, sites, seen)
+            seen[id(body)] = sites[before:]
+            if not supported:
+                for inner in sites[before:]:
+                    inner.unsupported = inner.unsupported or (
+                        f"inside torch.ops.higher_order.{hop}, which qcompile does not rewrite"
+                    )
+
+
+# Higher-order ops whose bodies run once per call with the call's operands as their inputs, in
+# order: qcompile rewrites GEMMs inside them as it does at top level (AOTAutograd traces through
+# checkpointing, autocast and grad-mode wrappers; cond and invoke_subgraph carry their bodies on).
+REWRITTEN_HOPS = frozenset(
+    {
+        "tag_activation_checkpoint",
+        "wrap",
+        "wrap_with_autocast",
+        "wrap_with_set_grad_enabled",
+        "invoke_subgraph",
+        "cond",
+    }
+)
+OUTER_META = "qcompile_outer_value"  # on a body placeholder: the operand the call passes in
+OUTER_GM_META = "qcompile_outer_module"
+
+
+def higher_order_bodies(node: fx.Node, gm: fx.GraphModule) -> list[tuple[fx.GraphModule, str, bool]]:
+    """(body, op name, rewritten?) for every subgraph a higher-order op call carries. For the
+    ops in `REWRITTEN_HOPS` each body placeholder is linked to the operand the call passes
+    (``meta[OUTER_META]``) so that a parameter reached through the body is still a weight."""
+    if node.op != "call_function" or not isinstance(node.target, torch._ops.HigherOrderOperator):
+        return []
+    hop = node.target.__name__
+    bodies: list[fx.GraphModule] = []
+    last = -1
+    for i, a in enumerate(node.args):
+        if isinstance(a, fx.Node) and a.op == "get_attr":
+            sub = _get_attr(gm, str(a.target))
+            if isinstance(sub, fx.GraphModule):
+                bodies.append(sub)
+                last = i
+    supported = hop in REWRITTEN_HOPS
+    if supported:
+        operands: list[Any] = []
+        fx.map_arg(node.args[last + 1 :], operands.append)
+        for body in bodies:
+            holders = list(body.graph.find_nodes(op="placeholder"))
+            if len(holders) != len(operands):
+                supported = False
+                continue
+            for holder, outer in zip(holders, operands, strict=True):
+                holder.meta = dict(holder.meta)  # Dynamo may share one meta dict with the caller's node
+                holder.meta[OUTER_META] = outer
+                holder.meta[OUTER_GM_META] = gm
+    return [(body, hop, supported) for body in bodies]
+
+
+def _get_attr(gm: fx.GraphModule, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part, None)
+    return obj

@@ -259,13 +259,16 @@ def insert_fqt_quantizers(gm: fx.GraphModule, policy: Policy) -> list[SiteRecord
     replaced: dict[fx.Node, fx.Node] = {}
     for site in sites:
         _remap_operands(site, replaced)
+        owner = site.owner or gm
         if site.op == "attention":
-            records.extend(_handle_attention(gm, site, policy, graph_id, counter, replaced))
+            records.extend(_handle_attention(owner, site, policy, graph_id, counter, replaced))
+            _note_region(records[-2:], site)
             continue
         key = f"g{graph_id}s{next(counter)}"
         record = SiteRecord(key, site.layer, site.op, site.shapes(), site_flops(site), None)
         record.extra["out_shape"] = _hinted(site.node)
         records.append(record)
+        _note_region([record], site)
         if site.unsupported is not None:
             record.reasons = (site.unsupported,)
             continue
@@ -275,19 +278,31 @@ def insert_fqt_quantizers(gm: fx.GraphModule, policy: Policy) -> list[SiteRecord
             continue  # leave the graph exactly as Inductor would see it
         # High-precision sites are rewritten too (with no quantizers) so that their backward
         # GEMMs can be found in the compiled graphs and the plan's totals are read, not guessed.
-        rewriter = _Rewriter(gm, site, decision, key)
-        with gm.graph.inserting_before(site.node):
+        rewriter = _Rewriter(owner, site, decision, key)
+        with owner.graph.inserting_before(site.node):
             out = rewriter.rewrite()
         out.meta.update({k: v for k, v in site.node.meta.items() if k != "example_value"})
         if example_value(site.node) is not None:
             out.meta["example_value"] = example_value(site.node)
         site.node.replace_all_uses_with(out)
-        gm.graph.erase_node(site.node)
+        owner.graph.erase_node(site.node)
         replaced[site.node] = out
         record.rewritten = True
-    gm.graph.lint()
-    gm.recompile()
+    for owner in {id(s.owner or gm): s.owner or gm for s in sites}.values():
+        owner.graph.lint()
+        owner.recompile()
     return records
+
+
+def _note_region(records: list[SiteRecord], site: GemmSite) -> None:
+    """Say in the plan which higher-order op a nested GEMM runs under (e.g. checkpointing), and
+    count a body that several calls share once per call in the FLOPs."""
+    if site.region is not None:
+        for record in records:
+            record.extra["region"] = site.region
+            if site.calls > 1:
+                record.extra["calls"] = site.calls
+                record.flops = None if record.flops is None else record.flops * site.calls
 
 
 def _remap_operands(site: GemmSite, replaced: dict[fx.Node, fx.Node]) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
+from collections.abc import Callable
 
 import torch
 from torch import fx
@@ -201,7 +202,9 @@ def _copy_views(graph: fx.Graph, chain: list[fx.Node]) -> fx.Node:
     return out
 
 
-def pack_quantized_operands(graph: fx.Graph, requantize_inputs: bool = False) -> dict[fx.Node, fx.Node]:
+def pack_quantized_operands(
+    graph: fx.Graph, requantize_inputs: bool = False, skip: Callable[[fx.Node], bool] | None = None
+) -> dict[fx.Node, fx.Node]:
     """Rewrite forward quantizers whose output backward reads. Returns ``{X̂: the node that
     rebuilds it in backward}``, in its own (contiguous) layout, the one Inductor gives the
     forward's ``X̂`` too: backward GEMMs get a copy re-laid out as the unpacked path saves it,
@@ -209,11 +212,14 @@ def pack_quantized_operands(graph: fx.Graph, requantize_inputs: bool = False) ->
 
     ``requantize_inputs``: a round-to-nearest quantizer of a graph input (a weight ``W``, which
     backward holds anyway) is rebuilt by `int_requantize` from ``W`` and the saved clip instead
-    of from saved codes: only two scalars (per-channel: two vectors) are kept for ``Ŵ``."""
+    of from saved codes: only two scalars (per-channel: two vectors) are kept for ``Ŵ``.
+    ``skip``: quantizers left as they are (those a user's activation checkpoint replays)."""
     backward, forward = _regions(graph)
     rebuilt_for: dict[fx.Node, fx.Node] = {}
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target is not qops.int_quantize.default or node in backward:
+            continue
+        if skip is not None and skip(node):
             continue
         x, bits, scaling, signed, reduce_dims, stochastic, tag = node.args
         val = _val(node)

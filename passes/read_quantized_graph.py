@@ -159,7 +159,9 @@ def read_graph(gm: fx.GraphModule, graph: str) -> dict[tuple[str, str], OperandF
         operands = [a for a in node.args[:2] if isinstance(a, fx.Node)]
         if node.target in (qops.qmatmul.default, qops.qconv.default):
             _, _, key = parse_tag(node.args[-1])
-            if RECOMPUTE_META in node.meta:  # a forward GEMM replayed in backward (recompute_from_codes)
+            # A forward GEMM in a backward graph is a replay (`recompute_from_codes`, or the
+            # recomputation of a region the user checkpoints): its operands were read in forward.
+            if RECOMPUTE_META in node.meta or graph == "backward":
                 facts[(key, REPLAYED)] = OperandFact(QuantSpec(), gemm, graph, kernel=kernel)
                 continue
             for role, operand in zip(("activation", "weight"), operands, strict=False):

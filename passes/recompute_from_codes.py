@@ -234,8 +234,9 @@ class _Planner:
     def _read(self, node: fx.Node) -> fx.Node:
         """What backward reads in place of forward ``node``. A graph input goes through an
         identity marker: a clone whose inputs were all the forward node's own would otherwise be
-        merged back into it by the partitioner's common-subexpression elimination (and saved)."""
-        if node.op == "placeholder":
+        merged back into it by the partitioner's common-subexpression elimination (and saved).
+        A symbolic size (a SymInt input under dynamic shapes) is read as it is."""
+        if node.op == "placeholder" and isinstance(_val(node), torch.Tensor):
             if node not in self.barriers:
                 with self.graph.inserting_before(self.graph.output_node()):
                     self.barriers[node] = _new_node(

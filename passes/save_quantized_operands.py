@@ -5,7 +5,8 @@ The min-cut partitioner may choose to save the FP32 input of a forward quantizer
 would be wrong (backward would see other values than forward used), and for every quantizer it
 is against the design: ``X̂`` and ``Ŵ`` are exactly what dgrad and wgrad consume, and the natural
 thing to store packed. This pass tags every forward quantizer ``MUST_SAVE`` before the
-partitioner runs.
+partitioner runs, except inside regions the user checkpoints: there the quantizer is replayed
+from the region's input like everything else in it (`replayed_by_checkpoint`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,24 @@ from qcompile.policy import RECOMPUTE_CHOICES
 
 from .pack_saved_tensors import pack_boolean_masks, pack_quantized_operands
 from .recompute_from_codes import recompute_from_codes
+from .unwrap_rng_replays import draws_nothing
+
+
+def replayed_by_checkpoint(node: fx.Node) -> bool:
+    """A forward quantizer inside a region the user checkpoints (``torch.utils.checkpoint``;
+    AOTAutograd tags its nodes with ``ac_graph_id`` and a recompute policy): backward replays it
+    from the region's input, as checkpointing promises, and nothing of it is saved. Only a
+    deterministic quantizer may be replayed: a stochastic one draws its seed inside the op, so a
+    replay would need the generator state carried across (AOTAutograd's ``run_with_rng_state``,
+    which runs the op outside Inductor); its output is saved (packed) instead."""
+    if "ac_graph_id" not in node.meta or node.meta.get("recompute") not in (
+        CheckpointPolicy.MUST_RECOMPUTE,
+        CheckpointPolicy.PREFER_RECOMPUTE,
+    ):
+        return False
+    if node.target is torch.ops.qcompile.learned_clip_quantize.default:
+        return True
+    return draws_nothing(node.target, node.args)
 
 
 class SaveQuantizedOperands(CustomGraphPass):
@@ -50,9 +69,12 @@ class SaveQuantizedOperands(CustomGraphPass):
                 torch.ops.qcompile.int_quantize.default,
                 torch.ops.qcompile.learned_clip_quantize.default,
             ):
-                node.meta["recompute"] = CheckpointPolicy.MUST_SAVE
+                if not replayed_by_checkpoint(node):
+                    node.meta["recompute"] = CheckpointPolicy.MUST_SAVE
         if self.pack:
-            rebuilt = pack_quantized_operands(graph, requantize_inputs=self.recompute != "none")
+            rebuilt = pack_quantized_operands(
+                graph, requantize_inputs=self.recompute != "none", skip=replayed_by_checkpoint
+            )
             if self.recompute != "none":
                 recompute_from_codes(graph, rebuilt, max_gemms=1 if self.recompute == "gemm" else 0)
             pack_boolean_masks(graph)

@@ -18,6 +18,7 @@ from qcompile.presets import DEFAULT_PRESET, preset, presets
 from qcompile.quantize import quantize
 from qcompile.runtime.quantizer_state import QuantizerState, attach_state, state_of
 from qcompile.runtime.spec import NAMED_SPECS, QuantSpec, parse_spec
+from qcompile.strict import HighPrecisionGemmError, HighPrecisionGemmWarning
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,8 @@ trace_into_attention_functions()
 __all__ = [
     "DEFAULT_PRESET",
     "GradientReport",
+    "HighPrecisionGemmError",
+    "HighPrecisionGemmWarning",
     "NAMED_SPECS",
     "ROLES",
     "LayerDecision",

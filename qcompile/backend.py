@@ -11,10 +11,12 @@ Inductor's `compile_fx_inner`. Everything qcompile does not touch compiles exact
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import functools
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -38,13 +40,31 @@ from qcompile.passes import (
     read_saved_tensors,
     saved_quantized_outputs,
     strip_layer_markers,
+    subgraph_modules,
+    unwrap_rng_replays,
 )
 from qcompile.policy import PolicyError
 from qcompile.policy_files import resolve_policy
 from qcompile.quantizer_binding import bind_state
+from qcompile.strict import report_shortfalls
 
 BACKEND_NAME = "fqt"
-OUR_OPTIONS = ("policy", "kernels")
+_READ_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("qcompile_read_only", default=False)
+
+
+@contextlib.contextmanager
+def graphs_only() -> Iterator[None]:
+    """Compile with every qcompile pass but run the resulting ATen graphs eagerly instead of
+    generating Inductor kernels: what `qcompile.plan(model, example_inputs)` needs (the plan is
+    read from the graphs before Inductor sees them), minutes faster on a cold cache."""
+    token = _READ_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _READ_ONLY.reset(token)
+
+
+OUR_OPTIONS = ("policy", "kernels", "strict")
 
 
 def _inductor_config_patches(mode: str | None, options: dict[str, Any]) -> dict[str, Any]:
@@ -76,11 +96,19 @@ def _inner_compile(
     kind = (
         "backward" if kwargs.get("is_backward") else "inference" if kwargs.get("is_inference") else "forward"
     )
+    # Bodies of higher-order ops AOTAutograd kept (torch.cond branches, nested compile regions):
+    # read and inlined like the top level, their GEMMs left on Inductor's float path.
+    subgraphs = subgraph_modules(gm)
+    for g in (gm, *subgraphs):
+        unwrap_rng_replays(g)  # quantizers a user's activation checkpoint replays, as plain calls
     if kind != "backward":
         record.forward_roles.update(forward_tensor_roles(gm))
         record.saved_quantized.update(saved_quantized_outputs(gm))
         record.quantized_inputs.update(quantized_graph_inputs(gm))
     annotate_gemm_kernels(gm, record.saved_quantized, kernels=record.kernels)
+    for sub in subgraphs:
+        annotate_gemm_kernels(sub, record.saved_quantized, kernels=record.kernels)
+        demote_triton_gemms(sub, "inside a higher-order op's body, not fused")
     capturing = export_capture.active_sink() is not None
     if capturing:  # `qcompile.export` takes the graph as AOTAutograd gave it, markers and all
         export_capture.add_aot_graph(kind, gm)
@@ -98,12 +126,17 @@ def _inner_compile(
         warnings.warn(f"qcompile: Triton GEMM fusion failed, Inductor path kept: {exc!r}", stacklevel=2)
         facts = read_graph(gm, kind)
         strip_layer_markers(gm)
+    for sub in subgraphs:
+        facts.update(read_graph(sub, kind))
+        strip_layer_markers(sub)
+        decompose_quantizers(sub)
     record.add_facts(kind, facts)
+    report_shortfalls(record, kind, record.strict)  # never a silent high-precision GEMM
     decompose_quantizers(gm)
     if kind == "forward":
         record.forward_channels_last = forward_uses_channels_last(gm)
-    if capturing:  # `qcompile.export`: the graphs are what it wants; run them eagerly, skip Inductor
-        from torch._functorch.aot_autograd import make_boxed_func
+    if capturing or _READ_ONLY.get():  # export / planning: the graphs are what is wanted; run
+        from torch._functorch.aot_autograd import make_boxed_func  # them eagerly, skip Inductor
 
         return make_boxed_func(gm.forward)
     return compile_fx_inner(gm, example_inputs, **kwargs)
@@ -120,8 +153,10 @@ def fqt_backend(
     options: ``policy`` (preset name, `qcompile.Policy`, dict, or .toml/.json path; default
     ``"luq-int4"``); ``kernels``: ``"auto"`` (default: integer GEMMs where the device has them
     and the GEMM is large enough to gain), ``"int8"`` (every GEMM whose codes allow it) or
-    ``"reference"`` (every GEMM a float simulation of the same codes); any other key is passed
-    to Inductor as a config patch.
+    ``"reference"`` (every GEMM a float simulation of the same codes); ``strict``: ``True``
+    makes the compile fail (`HighPrecisionGemmError`) when a GEMM the policy quantizes runs in
+    high precision for a reason other than the policy (default ``False``: one
+    `HighPrecisionGemmWarning` per graph); any other key is passed to Inductor as a config patch.
     mode: an Inductor mode (``"max-autotune"``, ...).
     """
     from torch._inductor.compile_fx import compile_fx
@@ -131,13 +166,16 @@ def fqt_backend(
     kernels = options.pop("kernels", "auto")
     if kernels not in KERNEL_MODES:
         raise PolicyError(f"unknown kernels={kernels!r}; valid choices: {KERNEL_MODES}")
+    strict = options.pop("strict", False)
+    if not isinstance(strict, bool):
+        raise PolicyError(f"strict must be True or False, got {strict!r}")
     # A policy with nothing quantized compiles exactly as Inductor does (no codes to pack or
     # recompute from). The fused Triton GEMMs (CUDA) read the packed codes directly.
     pack = policy.pack_saved and not policy.is_high_precision
     joint_pass = SaveQuantizedOperands(pack=pack, recompute=policy.recompute)
     patches = {"joint_custom_post_pass": joint_pass, **_inductor_config_patches(mode, options)}
     records = insert_fqt_quantizers(gm, policy)
-    record = register(CompiledGraph(policy, records, kernels=kernels), example_inputs)
+    record = register(CompiledGraph(policy, records, kernels=kernels, strict=strict), example_inputs)
     export_capture.begin_graph(gm, example_inputs, record)
     record.state = bind_state(gm, example_inputs, records)
     inner = functools.partial(_inner_compile, record=record)

@@ -35,6 +35,8 @@ class CompiledGraph:
     # Tags of forward quantizers the fusion pass put on the Triton quantizer (backward follows).
     kernel_quantized: set[str] = field(default_factory=set)
     kernels: str = "auto"  # the backend's ``kernels`` option
+    strict: bool = False  # the backend's ``strict`` option: high-precision shortfalls raise
+    warned: bool = False  # a shortfall warning was issued for this graph already
 
     def add_facts(self, graph: str, facts: dict[tuple[str, str], OperandFact]) -> None:
         with _LOCK:

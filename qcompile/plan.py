@@ -97,6 +97,8 @@ class PlanRow:
     saved_bytes: int = 0
     saved_fp32_bytes: int = 0
     replayed: bool = False  # the forward GEMM runs again in backward, to recompute its output
+    region: str | None = None  # the higher-order op the GEMM runs under, e.g. checkpointing
+    calls: int = 1  # calls of one shared body (a nested compile region) this row stands for
 
     def roles(self) -> dict[str, RoleEntry]:
         return {r: getattr(self, r) for r in ROLES}
@@ -131,7 +133,7 @@ class PlanRow:
         out.update({r: e.to_json() for r, e in self.roles().items()})
         out.update(saved_for_backward=self.saved, reason=self.reason, kernels=self.kernels(), state=self.state,
                    saved_bytes=self.saved_bytes, saved_fp32_bytes=self.saved_fp32_bytes,
-                   gemm_replayed_in_backward=self.replayed)  # fmt: skip
+                   gemm_replayed_in_backward=self.replayed, region=self.region, calls=self.calls)  # fmt: skip
         return out
 
 
@@ -450,12 +452,32 @@ def plan_from_graphs(graphs: Sequence[CompiledGraph]) -> Plan:
                 graph=rec.key, layer=rec.layer, op=rec.op, shapes=rec.shapes, flops=rec.flops,
                 weight=_entry(g, rec, "weight"), activation=_entry(g, rec, "activation"),
                 grad_dgrad=_entry(g, rec, "grad_dgrad"), grad_wgrad=_entry(g, rec, "grad_wgrad"),
-                saved=_saved(g, rec), reason="; ".join(rec.reasons), state=_state_cell(g, rec),
+                saved=_saved(g, rec), reason=_reason(rec), state=_state_cell(g, rec),
                 saved_bytes=sum(t.bytes for t in per_site.get(rec.key, [])),
                 saved_fp32_bytes=sum(t.fp32_bytes for t in per_site.get(rec.key, [])),
-                replayed=(rec.key, REPLAYED) in g.facts,
+                replayed=(rec.key, REPLAYED) in g.facts, region=rec.extra.get("region"),
+                calls=rec.extra.get("calls", 1),
             ))  # fmt: skip
     return p
+
+
+# How the plan names the higher-order ops a GEMM can run under.
+REGION_NAMES = {
+    "tag_activation_checkpoint": "activation checkpointing",
+    "invoke_subgraph": "nested compile region",
+    "cond": "torch.cond branch",
+}
+
+
+def _reason(rec: SiteRecord) -> str:
+    """The site's reasons, then the region it runs in (``under activation checkpointing``)."""
+    reasons = list(rec.reasons)
+    region = rec.extra.get("region")
+    if region is not None:
+        calls = rec.extra.get("calls", 1)
+        shared = f" (one body, {calls} calls)" if calls > 1 else ""
+        reasons.append(f"under {REGION_NAMES.get(region, 'torch.ops.higher_order.' + region)}{shared}")
+    return "; ".join(reasons)
 
 
 def _unwrap(model: Any) -> Any:
@@ -493,7 +515,7 @@ def plan(
                 "to plan it without training"
             )
         return plan_from_graphs(graphs)
-    from qcompile.backend import fqt_backend
+    from qcompile.backend import fqt_backend, graphs_only
     from qcompile.policy_files import resolve_policy
 
     if policy is not None:
@@ -515,10 +537,11 @@ def plan(
     shadow = copy.deepcopy(base)
     compiled = torch.compile(shadow, backend=fqt_backend, options=options)
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    out = compiled(*inputs)
-    leaves = [
-        t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.requires_grad
-    ]
-    if leaves and torch.is_grad_enabled():
-        torch.autograd.backward([t.float().sum() for t in leaves])
+    with graphs_only():  # the plan is read before Inductor: skip its code generation
+        out = compiled(*inputs)
+        leaves = [
+            t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.requires_grad
+        ]
+        if leaves and torch.is_grad_enabled():
+            torch.autograd.backward([t.float().sum() for t in leaves])
     return plan_from_graphs(graphs_for(shadow))
