@@ -42,7 +42,7 @@ from .recompute_from_codes import recompute_from_codes
 from .save_quantized_operands import SaveQuantizedOperands
 from .saved_tensors import SavedTensor, read_saved_tensors
 from .strip_layer_markers import strip_layer_markers
-from .subgraphs import subgraph_modules
+from .subgraphs import input_aliases, subgraph_modules
 from .unwrap_rng_replays import unwrap_rng_replays
 
 __all__ = [
@@ -61,6 +61,7 @@ __all__ = [
     "find_gemm_sites",
     "forward_tensor_roles",
     "forward_uses_channels_last",
+    "input_aliases",
     "insert_fqt_quantizers",
     "layer_name",
     "match_forward_layout",

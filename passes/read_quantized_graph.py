@@ -93,7 +93,8 @@ def trace_operand(node: fx.Node) -> _Trace:
             continue
         seen.add(n)
         if n.op == "placeholder":
-            t.placeholders.append(n)
+            if isinstance(n.meta.get("val"), torch.Tensor):  # not a symbolic size read by a view
+                t.placeholders.append(n)
         elif n.op != "call_function":
             continue
         elif n.target in QUANTIZER_TARGETS:

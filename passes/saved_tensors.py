@@ -80,15 +80,42 @@ def _recomputed(node: fx.Node) -> SavedTensor:
     )  # fmt: skip
 
 
+def _readers(node: fx.Node, gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node]]:
+    """(user, the value it reads ``node`` as) pairs, looking through higher-order op calls (a
+    nested compile region's backward receives saved tensors as operands): the users of the body
+    input that ``node`` becomes."""
+    out: list[tuple[fx.Node, fx.Node]] = []
+    for user in node.users:
+        if user.op != "call_function" or not isinstance(user.target, torch._ops.HigherOrderOperator):
+            out.append((user, node))
+            continue
+        bodies = [i for i, a in enumerate(user.args) if isinstance(a, fx.Node) and a.op == "get_attr"]
+        body = getattr(gm, str(user.args[bodies[-1]].target), None) if bodies else None
+        operands: list[object] = []
+        fx.map_arg(user.args[bodies[-1] + 1 :] if bodies else (), operands.append)
+        holders = list(body.graph.find_nodes(op="placeholder")) if isinstance(body, fx.GraphModule) else []
+        if len(bodies) != 1 or len(holders) != len(operands):
+            out.append((user, node))
+            continue
+        for holder, operand in zip(holders, operands, strict=True):
+            if operand is node:
+                out.extend(_readers(holder, body))
+    return out
+
+
 def read_saved_tensors(
-    backward: fx.GraphModule, forward_roles: dict[str, tuple], from_inputs: set[tuple[str, str]] = frozenset()
+    backward: fx.GraphModule,
+    forward_roles: dict[str, tuple],
+    from_inputs: set[tuple[str, str]] = frozenset(),
+    input_aliases: set[str] = frozenset(),
 ) -> list[SavedTensor]:
     """One `SavedTensor` per tensor input of ``backward`` that is not a tangent.
 
     ``forward_roles`` maps forward node names to (site key, role, spec) for quantizer outputs
     (`read_quantized_graph.forward_tensor_roles`); a saved tensor found there is an X̂ / Ŵ kept
     unpacked. ``from_inputs``: (site key, role) of quantizers whose input is a forward graph input
-    (`read_quantized_graph.quantized_graph_inputs`)."""
+    (`read_quantized_graph.quantized_graph_inputs`). ``input_aliases``: forward nodes that are a
+    graph input handed back by a higher-order op (`subgraphs.input_aliases`), held anyway."""
     out: list[SavedTensor] = []
     for node in backward.graph.nodes:
         if node.meta.get(TARGET_META):
@@ -101,15 +128,15 @@ def read_saved_tensors(
         numel = _numel(val)
         nbytes = numel * val.element_size()
         kind, fp32, site, role = "other", nbytes, None, None
-        for user in node.users:
+        for user, seen in [] if node.name in input_aliases else _readers(node, backward):
             if user.target is qops.int_dequantize_packed.default:
                 site, role = _site(user.args[-1])
-                if user.args[0] is node:
+                if user.args[0] is seen:
                     kind, fp32 = "packed", 0 if (site, role) in from_inputs else _numel(user.meta["val"]) * 4
                 else:
                     kind, fp32 = "scale", 0
                 break
-            if user.target is qops.int_requantize.default and user.args[0] is not node:
+            if user.target is qops.int_requantize.default and user.args[0] is not seen:
                 site, role = _site(user.args[-1])
                 kind, fp32 = "scale", 0
                 break
@@ -117,7 +144,7 @@ def read_saved_tensors(
                 kind, fp32 = "bits", _numel(user.meta["val"])
                 break
         else:
-            if str(node.target).startswith("primals"):
+            if str(node.target).startswith("primals") or node.name in input_aliases:
                 kind = "input"
             elif node.name in forward_roles:
                 kind = "quantized"

@@ -40,6 +40,7 @@ from qcompile.passes import (
     read_saved_tensors,
     saved_quantized_outputs,
     strip_layer_markers,
+    input_aliases,
     subgraph_modules,
     unwrap_rng_replays,
 )
@@ -105,6 +106,7 @@ def _inner_compile(
         record.forward_roles.update(forward_tensor_roles(gm))
         record.saved_quantized.update(saved_quantized_outputs(gm))
         record.quantized_inputs.update(quantized_graph_inputs(gm))
+        record.input_aliases.update(input_aliases(gm))
     annotate_gemm_kernels(gm, record.saved_quantized, kernels=record.kernels)
     for sub in subgraphs:
         annotate_gemm_kernels(sub, record.saved_quantized, kernels=record.kernels)
@@ -113,7 +115,9 @@ def _inner_compile(
     if capturing:  # `qcompile.export` takes the graph as AOTAutograd gave it, markers and all
         export_capture.add_aot_graph(kind, gm)
     if kind == "backward":
-        record.saved = read_saved_tensors(gm, record.forward_roles, record.quantized_inputs)
+        record.saved = read_saved_tensors(
+            gm, record.forward_roles, record.quantized_inputs, record.input_aliases
+        )
         match_forward_layout(gm, record.forward_channels_last)
     backup = copy.deepcopy(gm.graph)  # nodes copied, metadata shared: cheap
     try:

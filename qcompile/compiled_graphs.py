@@ -36,6 +36,7 @@ class CompiledGraph:
     kernel_quantized: set[str] = field(default_factory=set)
     kernels: str = "auto"  # the backend's ``kernels`` option
     strict: bool = False  # the backend's ``strict`` option: high-precision shortfalls raise
+    input_aliases: set[str] = field(default_factory=set)  # forward nodes that are graph inputs
     warned: bool = False  # a shortfall warning was issued for this graph already
 
     def add_facts(self, graph: str, facts: dict[tuple[str, str], OperandFact]) -> None:
