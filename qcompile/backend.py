@@ -33,6 +33,7 @@ from qcompile.passes import (
     forward_tensor_roles,
     forward_uses_channels_last,
     fuse_triton_gemms,
+    input_aliases,
     insert_fqt_quantizers,
     match_forward_layout,
     quantized_graph_inputs,
@@ -40,7 +41,6 @@ from qcompile.passes import (
     read_saved_tensors,
     saved_quantized_outputs,
     strip_layer_markers,
-    input_aliases,
     subgraph_modules,
     unwrap_rng_replays,
 )

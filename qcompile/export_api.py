@@ -33,6 +33,7 @@ import torch
 from torch import fx
 
 FORMATS = ("onnx", "mlir")
+GRAPHS = ("training", "inference")
 _NEEDS = {"onnx": ("onnx",), "mlir": ("torch_mlir",)}  # onnxruntime only validates (tests)
 
 
@@ -235,6 +236,49 @@ def _write_onnx(tmp: Path, captured: Any, boundary: Boundary, external_threshold
     return files
 
 
+def _write_inference_onnx(
+    tmp: Path, captured: Any, boundary: Boundary, external_threshold: int
+) -> tuple[dict[str, Any], list[Any]]:
+    """``inference.onnx``: the eval forward with each foldable weight stored as 4-bit codes."""
+    import copy
+
+    from qcompile.export_inference import fold_weight_quantizers
+    from qcompile.export_onnx import GraphIO, check_model, save_model, translate_graph
+
+    gm = copy.deepcopy(captured.forward)
+    parameters = {e["fx"]: (e["name"], e["tensor"]) for e in boundary.primals if e["kind"] == "parameter"}
+    folded = fold_weight_quantizers(gm, parameters)
+    io = GraphIO()
+    for e in boundary.primals:
+        if e["kind"] in ("parameter", "buffer"):
+            io.initializers[e["fx"]] = (e["name"], e["tensor"])
+        else:
+            io.inputs[e["fx"]] = e["name"]
+    io.quantized_weights = {w.placeholder: w for w in folded}
+    io.outputs = [o["name"] if o["kind"] == "output" else None for o in boundary.fw_outputs]
+    translated = translate_graph(gm, io, "inference", doc="qcompile inference graph (4-bit weights)")
+    path = tmp / "inference.onnx"
+    external = save_model(translated.model, str(path), external_threshold)
+    check_model(str(path))
+    ph = {n.name: n for n in _placeholders(gm)}
+    outs = _outputs(gm)
+    files = {
+        "inference": {
+            "file": path.name,
+            "external_data": (path.name + ".data") if external else None,
+            "inputs": [
+                _manifest_value(e, _spec(ph[e["fx"]])) for e in boundary.primals if e["kind"] == "input"
+            ],
+            "outputs": [
+                _manifest_value(o, _spec(v))
+                for o, v in zip(boundary.fw_outputs, outs, strict=True)
+                if o["kind"] == "output" and v is not None
+            ],
+        }
+    }
+    return files, folded
+
+
 def _write_mlir(tmp: Path, captured: Any, boundary: Boundary) -> dict[str, Any]:
     import copy
 
@@ -283,6 +327,7 @@ def export(
     policy: Any = None,
     overwrite: bool = False,
     *,
+    graphs: str = "training",
     external_data_threshold: int = 2**31 - 2**26,
 ) -> Path:
     """Export ``model``'s quantized forward and backward graphs at ``example_inputs``' shapes.
@@ -292,6 +337,10 @@ def export(
         quantizers as calls of named functions ``@qcompile.<op>.<config>.<type>``).
     policy: as ``torch.compile(..., backend="fqt", options={"policy": ...})`` (default luq-int4).
     overwrite: replace an existing ``out_dir`` (refused otherwise).
+    graphs: ``"training"`` (the forward and backward graphs) or ``"inference"`` (ONNX only: one
+        eval forward, no saved-for-backward outputs, each weight stored as its 4-bit codes and
+        scale read by ``DequantizeLinear``, activations quantized as in training:
+        ``out_dir/inference.onnx``; see `qcompile.export_inference`).
     external_data_threshold: ONNX models above this many bytes keep weights in ``<file>.data``.
     Returns the output directory. The model itself is not modified (a deep copy is compiled).
     """
@@ -302,6 +351,7 @@ def export(
         format,
         policy,
         overwrite,
+        graphs=graphs,
         external_data_threshold=external_data_threshold,
     ).path
 
@@ -324,6 +374,7 @@ def export_with_graphs(
     policy: Any = None,
     overwrite: bool = False,
     *,
+    graphs: str = "training",
     external_data_threshold: int = 2**31 - 2**26,
 ) -> ExportResult:
     """`export`, also returning the captured FX graphs (validation compares runtimes against them)."""
@@ -332,6 +383,10 @@ def export_with_graphs(
 
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; valid formats: {', '.join(FORMATS)}")
+    if graphs not in GRAPHS:
+        raise ValueError(f"unknown graphs={graphs!r}; valid choices: {', '.join(GRAPHS)}")
+    if graphs == "inference" and format != "onnx":
+        raise ValueError("graphs='inference' writes ONNX only (format='onnx'); MLIR exports training graphs")
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
@@ -346,25 +401,33 @@ def export_with_graphs(
     from qcompile.export_capture import capture_training_graphs
     from qcompile.export_onnx_graph import ExportError
 
-    shadow, graphs = capture_training_graphs(getattr(model, "_orig_mod", model), inputs, resolved)
-    if len(graphs) != 1 or graphs[0].forward is None:
+    inference = graphs == "inference"
+    shadow, captured_graphs = capture_training_graphs(
+        getattr(model, "_orig_mod", model), inputs, resolved, inference=inference
+    )
+    if len(captured_graphs) != 1 or captured_graphs[0].forward is None:
         raise ExportError(
-            f"export needs the model to compile to exactly one graph, got {len(graphs)} "
+            f"export needs the model to compile to exactly one graph, got {len(captured_graphs)} "
             "(graph breaks: see torch._dynamo.explain(model)(*inputs))"
         )
-    captured = graphs[0]
+    captured = captured_graphs[0]
     boundary = describe_boundary(shadow, captured)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        if format == "onnx":
+        extra: dict[str, Any] = {}
+        if inference:
+            files, folded = _write_inference_onnx(tmp, captured, boundary, external_data_threshold)
+            extra["weights"] = [w.manifest() for w in folded]
+        elif format == "onnx":
             files = _write_onnx(tmp, captured, boundary, external_data_threshold)
         else:
             files = _write_mlir(tmp, captured, boundary)
         feeds = [_feed(e) for e in boundary.bw_inputs]
         manifest = {
             "format": format,
+            "graph_kind": graphs,
             "opset": 21 if format == "onnx" else None,
             "qcompile_version": _version(),
             "torch_version": torch.__version__,
@@ -372,6 +435,7 @@ def export_with_graphs(
             "graphs": files,
             "feeds": feeds,
             "plan": json.loads(plan_from_graphs([captured.record]).to_json()),
+            **extra,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         _swap_in(tmp, out)

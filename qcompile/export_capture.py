@@ -87,10 +87,11 @@ def add_aot_graph(kind: str, gm: fx.GraphModule) -> None:
 
 
 def capture_training_graphs(
-    model: torch.nn.Module, example_inputs: tuple, policy: Any
+    model: torch.nn.Module, example_inputs: tuple, policy: Any, inference: bool = False
 ) -> tuple[torch.nn.Module, list[CapturedGraphs]]:
     """Compile a deep copy of ``model`` with ``fqt`` and ``policy``, run forward and backward
-    once on ``example_inputs``, and return the copy and its captured graphs.
+    once on ``example_inputs``, and return the copy and its captured graphs. ``inference``: the
+    copy in ``eval()`` mode, one forward under ``torch.no_grad()`` (AOTAutograd's inference graph).
 
     Resets Dynamo first (`torch._dynamo.reset`): a cached compilation of the same code would
     otherwise be reused without calling the backend, leaving nothing to capture. Other compiled
@@ -102,6 +103,11 @@ def capture_training_graphs(
 
     shadow = copy.deepcopy(model)
     compiled = torch.compile(shadow, backend=fqt_backend, options={"policy": policy})
+    if inference:
+        shadow.eval()
+        with _capturing() as sink, torch.no_grad():
+            compiled(*example_inputs)
+        return shadow, sink.graphs
     with _capturing() as sink, torch.enable_grad():
         out = compiled(*example_inputs)
         leaves = [

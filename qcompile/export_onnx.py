@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import onnx
 import torch
@@ -16,6 +17,7 @@ from onnx import helper
 from torch import fx
 
 from qcompile import export_onnx_quantizers as quantizers
+from qcompile.export_inference import int4_proto
 from qcompile.export_onnx_graph import ExportError, NodeContext, OnnxGraphBuilder, node_layer, value_info
 from qcompile.export_onnx_ops import HANDLERS, conv
 
@@ -61,6 +63,8 @@ class GraphIO:
     )  # placeholder → (name, value)
     outputs: list[str | None] = field(default_factory=list)  # per FX output position; None drops it
     buffer_names: dict[str, str] = field(default_factory=dict)  # placeholder → buffer name (for copy_)
+    # placeholder → a weight stored as its 4-bit codes (`export_inference.fold_weight_quantizers`)
+    quantized_weights: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -81,6 +85,15 @@ def translate_graph(gm: fx.GraphModule, io: GraphIO, graph_name: str, doc: str =
             if node.name in io.initializers:
                 name, tensor = io.initializers[node.name]
                 env[node] = b.initializer(name, tensor)
+            elif node.name in io.quantized_weights:  # Ŵ = DequantizeLinear(4-bit codes) / top · clip
+                w = io.quantized_weights[node.name]
+                codes = b.reserve(f"{w.parameter}.codes")
+                b.initializers.append(int4_proto(codes, w.codes, w.signed))
+                one = b.const(1.0, torch.float32)
+                top = b.initializer(f"{w.parameter}.top", w.top)
+                clip = b.initializer(f"{w.parameter}.clip", w.clip)
+                values = b.node("DequantizeLinear", [codes, one])
+                env[node] = b.node("Mul", [b.node("Div", [values, top]), clip])
             elif node.name in io.inputs:
                 env[node] = b.reserve(io.inputs[node.name])
                 b.inputs.append(value_info(env[node], val.dtype, val.shape))
