@@ -90,8 +90,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     model, inputs = _model_and_inputs(args)
     try:
         out = qcompile.export(
-            model, inputs, args.out, format=args.format, policy=args.policy, overwrite=args.overwrite
-        )
+            model, inputs, args.out, format=args.format, policy=args.policy, overwrite=args.overwrite,
+            graphs=args.graphs,
+        )  # fmt: skip
     except (ValueError, FileExistsError, ImportError) as e:
         raise SystemExit(f"error: {e}") from None
     manifest = json.loads((out / "manifest.json").read_text())
@@ -153,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     e.add_argument("--policy", default=None, help="preset name or .toml/.json policy file (default luq-int4)")
     e.add_argument("--eval", action="store_true", help="export the model in eval() mode")
+    e.add_argument("--graphs", default="training",
+                   help="training (forward + backward) or inference (ONNX: eval forward, INT4 weights)")  # fmt: skip
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=_cmd_export)
     s = sub.add_parser("presets", help="list the named policies")
