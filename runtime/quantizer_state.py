@@ -130,6 +130,10 @@ def attach_state(model: torch.nn.Module) -> QuantizerState:
             _BY_MODEL[model] = state
             model.register_state_dict_post_hook(functools.partial(_save_hook, state))
             model.register_load_state_dict_pre_hook(functools.partial(_load_hook, state))
+            # Reachable as ``model.qcompile_state`` (the state_dict prefix), as
+            # `torch.distributed.checkpoint.state_dict` walks each key's path, but not a registered
+            # submodule: ``model.modules()``/``parameters()`` and DDP/FSDP wrapping stay unchanged.
+            object.__setattr__(model, STATE_PREFIX.rstrip("."), state)
         dead = [k for k, (p, _) in _BY_PARAM.items() if p() is None]
         for k in dead:
             del _BY_PARAM[k]

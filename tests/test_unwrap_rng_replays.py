@@ -7,9 +7,8 @@ from __future__ import annotations
 import operator
 
 import torch
-from torch import fx
-
 from qcompile.passes import unwrap_rng_replays
+from torch import fx
 
 RUN_AND_SAVE = torch._prims.rng_prims.run_and_save_rng_state
 RUN_WITH = torch._prims.rng_prims.run_with_rng_state
