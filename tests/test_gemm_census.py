@@ -70,11 +70,12 @@ def test_plan_lists_exactly_the_gemms_of_the_aten_graph(name):
         assert shortfalls == []
 
 
-@pytest.mark.parametrize("name", ["vit-attention", "resnet", "checkpointed-blocks", "gpt2-checkpointed"])
+@pytest.mark.parametrize("name", sorted(CORPUS))
 def test_dynamic_batch_sizes_after_an_fp32_compile_of_the_same_class(name):
     """FP32 `torch.compile` of the class first (its recompile marks the batch dynamic, so fqt
-    starts dynamic), then fqt over three batch sizes: no crash, the plan still quantizes. GPT-2
-    runs its graphs without Inductor's code generation (`graphs_only`), to keep the suite short."""
+    starts dynamic, as with ``dynamic=True``), then fqt over three batch sizes: no crash, the
+    plan still quantizes. The HF models run their graphs without Inductor's code generation
+    (`graphs_only`), to keep the suite short."""
     make, inputs = CORPUS[name]
     torch.manual_seed(0)
     fp32 = torch.compile(make().train(), backend="aot_eager")
@@ -82,10 +83,11 @@ def test_dynamic_batch_sizes_after_an_fp32_compile_of_the_same_class(name):
         _loss(fp32(*inputs(b))).backward()
     model = make().train()
     compiled = torch.compile(model, backend="fqt")
-    with graphs_only() if name.startswith("gpt2") else contextlib.nullcontext():
+    with graphs_only() if name in ("gpt2-checkpointed", "bert") else contextlib.nullcontext():
         for b in (4, 6, 3):
             _loss(compiled(*inputs(b))).backward()
             assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
     rows = qcompile.plan(compiled).rows
-    assert any(r.weight.ran and r.weight.spec.bits == 4 for r in rows)
+    # (the einsum net's only quantizable layers are its first and last, kept FP32 by the policy)
+    assert name == "einsum" or any(r.weight.ran and r.weight.spec.bits == 4 for r in rows)
     assert any(isinstance(s, str) for r in rows for shape in r.shapes for s in shape)  # a symbolic size

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import qcompile
-from tests.models.small_nets import SubgraphBlockNet
+from qcompile.backend import graphs_only
+from tests.models.small_nets import SubgraphBlockNet, tiny_bert, tiny_gpt2
 
 MODES = ("checkpoint", "selective", "nested", "cond")
 QUANTIZED_BLOCK_LAYERS = {f"blocks.{i}.fc{j}" for i in range(2) for j in (1, 2)}
@@ -108,3 +109,33 @@ def test_a_stochastic_forward_quantizer_is_saved_not_replayed(reference):
     row = qcompile.plan(compiled).row("blocks.0.fc1")
     assert row.activation.spec.rounding == "stochastic"
     assert "packed" in row.saved and row.saved_bytes > 0
+
+
+@pytest.mark.parametrize("make", [tiny_gpt2, tiny_bert], ids=["gpt2", "bert"])
+def test_hugging_face_gradient_checkpointing_trains_exactly_as_without_it(make):
+    """``model.gradient_checkpointing_enable()``: the same loss and gradients as the model without
+    it, bit for bit (graphs run eagerly, `graphs_only`, to keep the suite short). HF BERT's
+    checkpointing adds a graph break before its head, and ``keep_first_last`` is decided per
+    graph, so every layer is quantized here to compare like with like."""
+    torch.manual_seed(0)
+    plain = make()
+    ids = torch.randint(0, 64, (2, 8))
+    results = []
+    for checkpointing in (False, True):
+        model = copy.deepcopy(plain)
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        policy = qcompile.preset("luq-int4").replace(keep_first_last=False)
+        compiled = torch.compile(model, backend="fqt", options={"policy": policy})
+        torch.manual_seed(1)
+        with graphs_only():
+            loss = compiled(ids).logits.float().square().mean()
+            loss.backward()
+        results.append((loss.detach(), [p.grad for p in model.parameters() if p.grad is not None]))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.equal(loss_a, loss_b)
+    assert len(grads_a) == len(grads_b) and all(
+        torch.equal(a, b) for a, b in zip(grads_a, grads_b, strict=True)
+    )
+    rows = qcompile.plan(compiled).rows
+    assert any("activation checkpointing" in r.reason and r.weight.spec.bits == 4 for r in rows)
