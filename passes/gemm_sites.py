@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
+from .subgraphs import higher_order_call
+
 _LINEAR = {torch._C._nn.linear, F.linear}
 _CONV = {
     torch.conv1d: ("conv1d", 1, False),
@@ -340,35 +342,18 @@ def higher_order_bodies(node: fx.Node, gm: fx.GraphModule) -> list[tuple[fx.Grap
     """(body, op name, rewritten?) for every subgraph a higher-order op call carries. For the
     ops in `REWRITTEN_HOPS` each body placeholder is linked to the operand the call passes
     (``meta[OUTER_META]``) so that a parameter reached through the body is still a weight."""
-    if node.op != "call_function" or not isinstance(node.target, torch._ops.HigherOrderOperator):
+    call = higher_order_call(node, gm)
+    if call is None:
         return []
-    hop = node.target.__name__
-    bodies: list[fx.GraphModule] = []
-    last = -1
-    for i, a in enumerate(node.args):
-        if isinstance(a, fx.Node) and a.op == "get_attr":
-            sub = _get_attr(gm, str(a.target))
-            if isinstance(sub, fx.GraphModule):
-                bodies.append(sub)
-                last = i
-    supported = hop in REWRITTEN_HOPS
+    supported = call.op in REWRITTEN_HOPS
     if supported:
-        operands: list[Any] = []
-        fx.map_arg(node.args[last + 1 :], operands.append)
-        for body in bodies:
-            holders = list(body.graph.find_nodes(op="placeholder"))
-            if len(holders) != len(operands):
+        for body in call.bodies:
+            pairs = call.body_inputs(body)
+            if pairs is None:
                 supported = False
                 continue
-            for holder, outer in zip(holders, operands, strict=True):
+            for holder, outer in pairs:
                 holder.meta = dict(holder.meta)  # Dynamo may share one meta dict with the caller's node
                 holder.meta[OUTER_META] = outer
                 holder.meta[OUTER_GM_META] = gm
-    return [(body, hop, supported) for body in bodies]
-
-
-def _get_attr(gm: fx.GraphModule, target: str) -> Any:
-    obj: Any = gm
-    for part in target.split("."):
-        obj = getattr(obj, part, None)
-    return obj
+    return [(body, call.op, supported) for body in call.bodies]

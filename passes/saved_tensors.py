@@ -30,6 +30,7 @@ import torch
 from torch import fx
 
 from .recompute_from_codes import RECOMPUTE_META, TARGET_META
+from .subgraphs import higher_order_call
 
 qops = torch.ops.qcompile
 
@@ -86,20 +87,14 @@ def _readers(node: fx.Node, gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node]]
     input that ``node`` becomes."""
     out: list[tuple[fx.Node, fx.Node]] = []
     for user in node.users:
-        if user.op != "call_function" or not isinstance(user.target, torch._ops.HigherOrderOperator):
+        call = higher_order_call(user, gm)
+        pairs = call.body_inputs(call.bodies[0]) if call is not None and len(call.bodies) == 1 else None
+        if pairs is None:
             out.append((user, node))
             continue
-        bodies = [i for i, a in enumerate(user.args) if isinstance(a, fx.Node) and a.op == "get_attr"]
-        body = getattr(gm, str(user.args[bodies[-1]].target), None) if bodies else None
-        operands: list[object] = []
-        fx.map_arg(user.args[bodies[-1] + 1 :] if bodies else (), operands.append)
-        holders = list(body.graph.find_nodes(op="placeholder")) if isinstance(body, fx.GraphModule) else []
-        if len(bodies) != 1 or len(holders) != len(operands):
-            out.append((user, node))
-            continue
-        for holder, operand in zip(holders, operands, strict=True):
+        for holder, operand in pairs:
             if operand is node:
-                out.extend(_readers(holder, body))
+                out.extend(_readers(holder, call.bodies[0]))
     return out
 
 
