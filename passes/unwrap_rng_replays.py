@@ -42,49 +42,50 @@ def _concrete(size: int | torch.SymInt) -> int:
 def unwrap_rng_replays(gm: fx.GraphModule) -> int:
     """In place on a forward or backward graph; returns how many calls were unwrapped."""
     count = 0
-    graph = gm.graph
-    for node in list(graph.nodes):
+    for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in (_RUN_AND_SAVE, _RUN_WITH):
             continue
         saving = node.target is _RUN_AND_SAVE
         op, *args = node.args if saving else node.args[1:]
         if not draws_nothing(op, tuple(args)):
             continue
-        with graph.inserting_before(node):
-            call = graph.call_function(op, tuple(args), dict(node.kwargs))
-        if not saving:
-            call.meta.update(node.meta)
-            state = node.args[0]
-            node.replace_all_uses_with(call)
-            graph.erase_node(node)
-            if state.op == "placeholder" and not state.users:  # the forward now passes 0 bytes
-                state.meta["val"] = state.meta["val"].new_empty((0,))
-            count += 1
-            continue
-        for user in list(node.users):
-            if user.op != "call_function" or user.target is not operator.getitem:
-                break
-        else:
-            for user in list(node.users):
-                if user.args[1] == 1:
-                    call.meta.update(user.meta)
-                    user.replace_all_uses_with(call)
-                else:  # the generator state handed to backward: nothing to hand
-                    state = user.meta["val"]
-                    with graph.inserting_before(user):
-                        zeros = graph.call_function(
-                            torch.ops.aten.full.default,
-                            ([0], 0),
-                            {"dtype": state.dtype, "device": state.device},
-                        )
-                    zeros.meta.update(user.meta)
-                    user.replace_all_uses_with(zeros)
-                graph.erase_node(user)
-            graph.erase_node(node)
-            count += 1
-            continue
-        graph.erase_node(call)
+        if saving and any(u.op != "call_function" or u.target is not operator.getitem for u in node.users):
+            continue  # not the partitioner's (state, value) pair: leave it
+        with gm.graph.inserting_before(node):
+            call = gm.graph.call_function(op, tuple(args), dict(node.kwargs))
+        (_unwrap_saving if saving else _unwrap_replay)(gm.graph, node, call)
+        count += 1
     if count:
-        graph.lint()
+        gm.graph.lint()
         gm.recompile()
     return count
+
+
+def _unwrap_replay(graph: fx.Graph, node: fx.Node, call: fx.Node) -> None:
+    """Backward: ``run_with_rng_state(state, op, *args)`` → ``op(*args)``; the state input, now
+    unread, is described as the empty tensor the forward hands over."""
+    call.meta.update(node.meta)
+    state = node.args[0]
+    node.replace_all_uses_with(call)
+    graph.erase_node(node)
+    if state.op == "placeholder" and not state.users:
+        state.meta["val"] = state.meta["val"].new_empty((0,))
+
+
+def _unwrap_saving(graph: fx.Graph, node: fx.Node, call: fx.Node) -> None:
+    """Forward: ``run_and_save_rng_state(op, *args)`` → ``op(*args)`` for its value, and an
+    empty tensor for the generator state it handed to backward."""
+    for user in list(node.users):
+        if user.args[1] == 1:
+            call.meta.update(user.meta)
+            user.replace_all_uses_with(call)
+        else:
+            state = user.meta["val"]
+            with graph.inserting_before(user):
+                empty = graph.call_function(
+                    torch.ops.aten.full.default, ([0], 0), {"dtype": state.dtype, "device": state.device}
+                )
+            empty.meta.update(user.meta)
+            user.replace_all_uses_with(empty)
+        graph.erase_node(user)
+    graph.erase_node(node)

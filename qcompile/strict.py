@@ -49,10 +49,8 @@ def shortfalls(graph: CompiledGraph, kind: str) -> list[Shortfall]:
     out: list[Shortfall] = []
     for rec in graph.records:
         decision = rec.decision
-        if decision is None and not rec.rewritten:  # unsupported: what the policy would have done
+        if decision is None:  # an unsupported site: what the policy would have done with it
             decision = graph.policy.decide(rec.layer, rec.op)
-        if decision is None:
-            continue
         wanted = [r for r in roles if getattr(decision, r).is_quantized]
         if not wanted:
             continue
