@@ -41,9 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from accuracy_tasks import DEFAULT_DATA, Task, cifar10_task, digits_task, lm_task  # noqa: E402
 
 import qcompile  # noqa: E402

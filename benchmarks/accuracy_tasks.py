@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench_models import Block as GPTBlock  # the speed benchmarks' pre-LN block, shared
 from torch import nn
+
+from qcompile.testing.benchmark_models import Block as GPTBlock  # the speed benchmarks' pre-LN block, shared
 
 ROOT = Path(__file__).resolve().parent.parent
 # ``../shared/data`` seen from the project root; from a git worktree one level deeper, its parent's.

@@ -40,17 +40,15 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from eager_fake_quant import to_eager_fake_quant  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_models import ConvNet, TinyGPT, mlp  # noqa: E402
-from eager_fake_quant import to_eager_fake_quant  # noqa: E402
-from qcompile.runtime import cpu_int8_gemm  # noqa: E402
-from qcompile.runtime.decompositions import _int_quantize, _luq_quantize, _quantize_codes  # noqa: E402
-
 import qcompile  # noqa: E402
-from qcompile.compiled_graphs import graphs_for  # noqa: E402
+from qcompile.compiler.compiled_graphs import graphs_for  # noqa: E402
+from qcompile.runtime.kernels import cpu_int8_gemm  # noqa: E402
+from qcompile.runtime.ops.decompositions import _int_quantize, _luq_quantize, _quantize_codes  # noqa: E402
+from qcompile.testing.benchmark_models import ConvNet, TinyGPT, mlp  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -34,8 +34,7 @@ def worker(out: str, config: str, width: int, batch: int, steps: int) -> None:
     import torch.nn.functional as F
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    sys.path.insert(0, str(HERE))
-    from bench_models import mlp
+    from qcompile.testing.benchmark_models import mlp
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,9 +20,7 @@ import torch
 from tabulate import tabulate
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.export_helpers import MODELS, run_our_forward  # noqa: E402
+from qcompile.testing.export_models import MODELS, run_our_forward  # noqa: E402
 
 
 def measure(name: str, workdir: Path) -> dict:
@@ -31,7 +28,7 @@ def measure(name: str, workdir: Path) -> dict:
     import onnxruntime as ort
 
     import qcompile
-    from qcompile.export_api import export_with_graphs
+    from qcompile.exporters.api import export_with_graphs
 
     model, inputs = MODELS[name]()
     export_with_graphs(model, inputs, workdir / f"{name}-warm", overwrite=True)

@@ -148,11 +148,12 @@ def compile_all(arch: int, n: int = 1024) -> list[CompiledKernel]:
     the quantizers (per tensor, per row, per column; nearest and stochastic; writing packed codes
     too) and packing."""
     import triton
-    from qcompile.runtime import triton_support
-    from qcompile.runtime.triton_int8_gemm import dgrad_gemm, forward_gemm, wgrad_gemm
-    from qcompile.runtime.triton_int_quantize import int_quantize_codes
-    from qcompile.runtime.triton_luq_quantize import luq_quantize_codes
-    from qcompile.runtime.triton_pack_int4 import pack_codes, packed_mm
+
+    from qcompile.runtime.kernels import triton_support
+    from qcompile.runtime.kernels.triton_int8_gemm import dgrad_gemm, forward_gemm, wgrad_gemm
+    from qcompile.runtime.kernels.triton_int_quantize import int_quantize_codes
+    from qcompile.runtime.kernels.triton_luq_quantize import luq_quantize_codes
+    from qcompile.runtime.kernels.triton_pack_int4 import pack_codes, packed_mm
 
     if triton_support.interpreting():
         raise RuntimeError("gpu_compile_report: unset TRITON_INTERPRET (the interpreter compiles nothing)")
@@ -205,15 +206,16 @@ def _forget_compiled_kernels() -> None:
     """Drop what the stand-in driver left in the kernels' caches (compiled-only kernels with no-op
     launchers, the autotuners' equal timings and benchmarker), so a later launch in this process
     compiles and tunes for the real device."""
-    from qcompile.runtime import (
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction
+
+    from qcompile.runtime.kernels import (
         triton_int8_gemm,
         triton_int_quantize,
         triton_luq_quantize,
         triton_pack_int4,
         triton_reductions,
     )
-    from triton.runtime.autotuner import Autotuner
-    from triton.runtime.jit import JITFunction
 
     modules = (
         triton_int8_gemm,

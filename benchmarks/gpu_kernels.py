@@ -67,10 +67,10 @@ def bench(fn) -> float:
 
 def gemm_times(n: int) -> dict[str, float]:
     """Milliseconds of every GEMM variant at M = N = K = n (inputs freed on return)."""
-    from qcompile.runtime.triton_int8_gemm import dgrad_gemm, forward_gemm, wgrad_gemm
-    from qcompile.runtime.triton_int_quantize import int_quantize_codes
-    from qcompile.runtime.triton_luq_quantize import luq_quantize_codes
-    from qcompile.runtime.triton_pack_int4 import pack_codes, packed_mm
+    from qcompile.runtime.kernels.triton_int8_gemm import dgrad_gemm, forward_gemm, wgrad_gemm
+    from qcompile.runtime.kernels.triton_int_quantize import int_quantize_codes
+    from qcompile.runtime.kernels.triton_luq_quantize import luq_quantize_codes
+    from qcompile.runtime.kernels.triton_pack_int4 import pack_codes, packed_mm
 
     dev = "cuda"
     a16 = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
@@ -143,13 +143,13 @@ def quantizer_rows(
     """Each Triton quantizer kernel beside the PyTorch reference of the same result (eager, and
     compiled by Inductor), on a bf16 ``rows × cols`` tensor (a GPT-2-small MLP activation at
     8×1024 tokens by default). ``device``/``timer``/``compiled`` let a CPU smoke test run it."""
-    from qcompile.runtime import triton_gemm_ops as ops
-    from qcompile.runtime.packed_codes import int_quantize_packed_reference
-    from qcompile.runtime.triton_int_quantize import int_quantize_codes
-    from qcompile.runtime.triton_luq_quantize import luq_quantize_codes
-    from qcompile.runtime.triton_pack_int4 import pack_codes, pack_reference
-    from qcompile.runtime.triton_reductions import group_stats
-    from qcompile.runtime.triton_support import as_2d
+    from qcompile.runtime.kernels.triton_int_quantize import int_quantize_codes
+    from qcompile.runtime.kernels.triton_luq_quantize import luq_quantize_codes
+    from qcompile.runtime.kernels.triton_pack_int4 import pack_codes, pack_reference
+    from qcompile.runtime.kernels.triton_reductions import group_stats
+    from qcompile.runtime.kernels.triton_support import as_2d
+    from qcompile.runtime.ops import gemm_codes as ops
+    from qcompile.runtime.ops.packed_codes import int_quantize_packed_reference
 
     timer = timer or bench
     x = torch.randn(rows, cols, device=device, dtype=torch.bfloat16)

@@ -16,9 +16,6 @@ import sys
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from accuracy import RESULTS, make_task  # noqa: E402
 from accuracy import build_parser as accuracy_parser  # noqa: E402
 

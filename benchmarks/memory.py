@@ -87,8 +87,7 @@ def build(model: str, size: dict):
     import torch
     from torch import nn
 
-    sys.path.insert(0, str(HERE.parent / "tests"))
-    from models.small_nets import SmallResNet
+    from qcompile.testing.models import SmallResNet
 
     if model == "mlp":
         layers: list[nn.Module] = []

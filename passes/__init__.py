@@ -12,9 +12,26 @@ After AOTAutograd, per forward/backward ATen graph, before Inductor:
     (int8 GEMMs: Triton on CUDA, the integer kernel on the CPU), `decompose_quantizers`.
 """
 
-from .decompose_quantizers import decompose_quantizers
-from .fuse_triton_gemms import fuse_triton_gemms
-from .gemm_kernel_choice import (
+from qcompile.passes.analysis.gemm_sites import GemmSite, find_gemm_sites, layer_name
+from qcompile.passes.analysis.read_quantized_graph import (
+    OperandFact,
+    forward_tensor_roles,
+    quantized_graph_inputs,
+    read_graph,
+    trace_operand,
+)
+from qcompile.passes.analysis.saved_for_backward import SavedTensor, read_saved_tensors
+from qcompile.passes.analysis.subgraphs import input_aliases, subgraph_modules
+from qcompile.passes.joint.pack_saved import (
+    forward_uses_channels_last,
+    match_forward_layout,
+    pack_boolean_masks,
+    pack_quantized_operands,
+)
+from qcompile.passes.joint.recompute import recompute_from_codes
+from qcompile.passes.joint.save_quantized_operands import SaveQuantizedOperands
+from qcompile.passes.post_aot.fuse_int8_gemms import fuse_triton_gemms
+from qcompile.passes.post_aot.gemm_kernel_choice import (
     KERNEL_MODES,
     SavedQuantized,
     annotate_gemm_kernels,
@@ -22,28 +39,11 @@ from .gemm_kernel_choice import (
     demote_triton_gemms,
     saved_quantized_outputs,
 )
-from .gemm_sites import GemmSite, find_gemm_sites, layer_name
-from .insert_quantizers import SiteRecord, insert_fqt_quantizers
-from .pack_saved_tensors import (
-    forward_uses_channels_last,
-    match_forward_layout,
-    pack_boolean_masks,
-    pack_quantized_operands,
-)
-from .quantized_attention import quantized_attention
-from .read_quantized_graph import (
-    OperandFact,
-    forward_tensor_roles,
-    quantized_graph_inputs,
-    read_graph,
-    trace_operand,
-)
-from .recompute_from_codes import recompute_from_codes
-from .save_quantized_operands import SaveQuantizedOperands
-from .saved_tensors import SavedTensor, read_saved_tensors
-from .strip_layer_markers import strip_layer_markers
-from .subgraphs import input_aliases, subgraph_modules
-from .unwrap_rng_replays import unwrap_rng_replays
+from qcompile.passes.post_aot.inline_quantizers import decompose_quantizers
+from qcompile.passes.post_aot.layer_markers import strip_layer_markers
+from qcompile.passes.post_aot.rng_replays import unwrap_rng_replays
+from qcompile.passes.pre_aot.attention_gemms import quantized_attention
+from qcompile.passes.pre_aot.insert_quantizers import SiteRecord, insert_fqt_quantizers
 
 __all__ = [
     "KERNEL_MODES",

@@ -5,20 +5,20 @@ print(qcompile.plan(model))
 """
 
 from qcompile import runtime  # noqa: F401  (registers the qcompile:: ops)
-from qcompile.backend import fqt_backend, register_fqt_backend
-from qcompile.compiled_graphs import clear as clear_plans
-from qcompile.dynamo_rules import trace_into_attention_functions
-from qcompile.export_api import export
-from qcompile.fnt import fnt, fnt_lr, fnt_policy, fnt_scheduler
-from qcompile.gradient_diagnostics import GradientReport, gradient_diagnostics
-from qcompile.plan import Plan, PlanRow, plan
-from qcompile.policy import ROLES, LayerDecision, Policy, PolicyError, Rule
-from qcompile.policy_files import load_policy_file, resolve_policy
-from qcompile.presets import DEFAULT_PRESET, preset, presets
-from qcompile.quantize import quantize
+from qcompile.compiler.backend import fqt_backend, register_fqt_backend
+from qcompile.compiler.compiled_graphs import clear as clear_plans
+from qcompile.compiler.trace_rules import trace_into_attention_functions
+from qcompile.exporters.api import export
+from qcompile.policy.config import ROLES, LayerDecision, Policy, PolicyError, Rule
+from qcompile.policy.files import load_policy_file, resolve_policy
+from qcompile.policy.fine_tuning import fnt, fnt_lr, fnt_policy, fnt_scheduler
+from qcompile.policy.recipes import DEFAULT_PRESET, preset, presets
+from qcompile.report.gemm_plan import Plan, PlanRow, plan
+from qcompile.report.gradient_report import GradientReport, gradient_diagnostics
+from qcompile.report.shortfalls import HighPrecisionGemmError, HighPrecisionGemmWarning
 from qcompile.runtime.quantizer_state import QuantizerState, attach_state, state_of
 from qcompile.runtime.spec import NAMED_SPECS, QuantSpec, parse_spec
-from qcompile.strict import HighPrecisionGemmError, HighPrecisionGemmWarning
+from qcompile.tensor_quantize import quantize
 
 __version__ = "0.1.0"
 

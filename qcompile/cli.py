@@ -1,7 +1,7 @@
 """``python -m qcompile``: plan a model without training it, list presets, run the demo.
 
 python -m qcompile plan torchvision_like.models:resnet20 --input-shape 8,3,32,32 --policy luq
-python -m qcompile export tests.models.small_nets:small_resnet --input-shape 8,3,32,32 --format onnx --out out/
+python -m qcompile export qcompile.testing.models:small_resnet --input-shape 8,3,32,32 --format onnx --out out/
 python -m qcompile presets
 python -m qcompile demo --epochs 4
 """

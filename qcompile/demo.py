@@ -29,7 +29,7 @@ from tabulate import tabulate
 from torch import nn
 
 import qcompile
-from qcompile.policy import PolicyError
+from qcompile.policy.config import PolicyError
 
 
 class DigitsNet(nn.Module):

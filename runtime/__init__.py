@@ -3,18 +3,18 @@
 Importing this package registers the ``qcompile::*`` torch.library ops.
 """
 
-from .aq_quantize import aq_quantize, aq_quantize_reference
-from .decompositions import CPU_INT8_DECOMPOSITIONS, QUANTIZER_DECOMPOSITIONS
-from .gradient_quantize import gradient_reduce_dims, quantize_gradient
-from .int_quantize import int_quantize, int_quantize_reference
-from .layer_marker import mark_layer
-from .lbt_quantize import lbt_quantize, lbt_quantize_reference
-from .learned_clip import learned_clip_quantize, learned_clip_reference
-from .luq_quantize import luq_quantize, luq_quantize_reference
-from .quantized_conv import qconv
-from .quantized_matmul import SHARED, qmatmul
-from .quantizer_state import QuantizerState, attach_state, state_of
-from .spec import HIGH_PRECISION, NAMED_SPECS, QuantSpec, parse_spec
+from qcompile.runtime.ops.aq_quantizer import aq_quantize, aq_quantize_reference
+from qcompile.runtime.ops.decompositions import CPU_INT8_DECOMPOSITIONS, QUANTIZER_DECOMPOSITIONS
+from qcompile.runtime.ops.gradient_quantizer import gradient_reduce_dims, quantize_gradient
+from qcompile.runtime.ops.int_quantizer import int_quantize, int_quantize_reference
+from qcompile.runtime.ops.layer_marker import mark_layer
+from qcompile.runtime.ops.lbt_quantizer import lbt_quantize, lbt_quantize_reference
+from qcompile.runtime.ops.learned_clip_quantizer import learned_clip_quantize, learned_clip_reference
+from qcompile.runtime.ops.luq_quantizer import luq_quantize, luq_quantize_reference
+from qcompile.runtime.ops.qconv_op import qconv
+from qcompile.runtime.ops.qmatmul_op import SHARED, qmatmul
+from qcompile.runtime.quantizer_state import QuantizerState, attach_state, state_of
+from qcompile.runtime.spec import HIGH_PRECISION, NAMED_SPECS, QuantSpec, parse_spec
 
 __all__ = [
     "QuantizerState",

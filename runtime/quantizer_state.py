@@ -1,6 +1,6 @@
 """State that quantizers carry from step to step, kept where checkpoints see it.
 
-LBT's clip ratio γ is per layer and changes after every step (ALGORITHMS.md, LBT step 3-4).
+LBT's clip ratio γ is per layer and changes after every step (docs/algorithms.md, LBT step 3-4).
 It lives in a `QuantizerState` module whose buffers are saved and loaded with the model's own
 ``state_dict`` under stable names::
 

@@ -1,0 +1,3 @@
+"""Passes on each partitioned forward/backward ATen graph, before Inductor: kernel choice, int8 GEMM fusion,
+inlining the quantizers as ATen.
+"""

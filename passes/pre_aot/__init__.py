@@ -1,0 +1,1 @@
+"""Passes on Dynamo's torch-level graph, before AOTAutograd: the rewrite that inserts the quantizers."""

@@ -1,0 +1,198 @@
+"""The ``fqt`` torch.compile backend.
+
+Pipeline: Dynamo graph → `insert_fqt_quantizers` (policy) → Inductor's `compile_fx`, whose
+AOTAutograd produces the forward and backward graphs; our inner compile decides each GEMM's
+kernel (`choose_gemm_kernel`: the CPU integer GEMM, the Triton int8 GEMM on CUDA, or Inductor's
+float GEMM; the ``kernels`` option), reads each graph into the plan, strips layer markers, rewrites
+the integer GEMMs onto codes, inlines the quantizers as ATen and hands the graph to
+Inductor's `compile_fx_inner`. Everything qcompile does not touch compiles exactly as with
+``torch.compile``'s default backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import copy
+import functools
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import fx
+
+from qcompile.compiler.compiled_graphs import CompiledGraph, register
+from qcompile.compiler.quantizer_binding import bind_state
+from qcompile.exporters import capture as export_capture
+from qcompile.passes import (
+    KERNEL_MODES,
+    SaveQuantizedOperands,
+    annotate_gemm_kernels,
+    decompose_quantizers,
+    demote_triton_gemms,
+    forward_tensor_roles,
+    forward_uses_channels_last,
+    fuse_triton_gemms,
+    input_aliases,
+    insert_fqt_quantizers,
+    match_forward_layout,
+    quantized_graph_inputs,
+    read_graph,
+    read_saved_tensors,
+    saved_quantized_outputs,
+    strip_layer_markers,
+    subgraph_modules,
+    unwrap_rng_replays,
+)
+from qcompile.policy.config import PolicyError
+from qcompile.policy.files import resolve_policy
+from qcompile.report.shortfalls import report_shortfalls
+
+BACKEND_NAME = "fqt"
+_READ_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("qcompile_read_only", default=False)
+
+
+@contextlib.contextmanager
+def graphs_only() -> Iterator[None]:
+    """Compile with every qcompile pass but run the resulting ATen graphs eagerly instead of
+    generating Inductor kernels: what `qcompile.plan(model, example_inputs)` needs (the plan is
+    read from the graphs before Inductor sees them), minutes faster on a cold cache."""
+    token = _READ_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _READ_ONLY.reset(token)
+
+
+OUR_OPTIONS = ("policy", "kernels", "strict")
+
+
+def _inductor_config_patches(mode: str | None, options: dict[str, Any]) -> dict[str, Any]:
+    """``mode=`` as Inductor's mode options; every non-qcompile option must be an Inductor config key."""
+    from torch._inductor import config as inductor_config
+    from torch._inductor import list_mode_options
+
+    patches: dict[str, Any] = {}
+    if mode not in (None, "default"):
+        modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+        if mode not in modes:
+            raise PolicyError(f"unknown mode {mode!r}; valid modes: {modes}")
+        patches.update(list_mode_options(mode))
+    valid_keys = inductor_config.get_config_copy()
+    for key, value in options.items():
+        if key not in valid_keys:
+            raise PolicyError(
+                f"unknown option {key!r}: options are {OUR_OPTIONS} or torch._inductor.config keys"
+            )
+        patches[key] = value
+    return patches
+
+
+def _inner_compile(
+    gm: fx.GraphModule, example_inputs: Sequence[Any], *, record: CompiledGraph, **kwargs: Any
+):
+    from torch._inductor.compile_fx import compile_fx_inner
+
+    kind = (
+        "backward" if kwargs.get("is_backward") else "inference" if kwargs.get("is_inference") else "forward"
+    )
+    # Bodies of higher-order ops AOTAutograd kept (torch.cond branches, nested compile regions):
+    # read and inlined like the top level, their GEMMs left on Inductor's float path.
+    subgraphs = subgraph_modules(gm)
+    for g in (gm, *subgraphs):
+        unwrap_rng_replays(g)  # quantizers a user's activation checkpoint replays, as plain calls
+    if kind != "backward":
+        record.forward_roles.update(forward_tensor_roles(gm))
+        record.saved_quantized.update(saved_quantized_outputs(gm))
+        record.quantized_inputs.update(quantized_graph_inputs(gm))
+        record.input_aliases.update(input_aliases(gm))
+    annotate_gemm_kernels(gm, record.saved_quantized, kernels=record.kernels)
+    for sub in subgraphs:
+        annotate_gemm_kernels(sub, record.saved_quantized, kernels=record.kernels)
+        demote_triton_gemms(sub, "inside a higher-order op's body, not fused")
+    capturing = export_capture.active_sink() is not None
+    if capturing:  # `qcompile.export` takes the graph as AOTAutograd gave it, markers and all
+        export_capture.add_aot_graph(kind, gm)
+    if kind == "backward":
+        record.saved = read_saved_tensors(
+            gm, record.forward_roles, record.quantized_inputs, record.input_aliases
+        )
+        match_forward_layout(gm, record.forward_channels_last)
+    backup = copy.deepcopy(gm.graph)  # nodes copied, metadata shared: cheap
+    try:
+        facts = read_graph(gm, kind)
+        strip_layer_markers(gm)
+        fuse_triton_gemms(gm, record.saved_quantized, record.kernel_quantized)
+    except Exception as exc:  # never fail a compile over the fast path: fall back, and say so in the plan
+        gm.graph = backup
+        demote_triton_gemms(gm, f"fusion failed ({type(exc).__name__})")
+        warnings.warn(f"qcompile: Triton GEMM fusion failed, Inductor path kept: {exc!r}", stacklevel=2)
+        facts = read_graph(gm, kind)
+        strip_layer_markers(gm)
+    for sub in subgraphs:
+        facts.update(read_graph(sub, kind))
+        strip_layer_markers(sub)
+        decompose_quantizers(sub)
+    record.add_facts(kind, facts)
+    report_shortfalls(record, kind, record.strict)  # never a silent high-precision GEMM
+    decompose_quantizers(gm)
+    if kind == "forward":
+        record.forward_channels_last = forward_uses_channels_last(gm)
+    if capturing or _READ_ONLY.get():  # export / planning: the graphs are what is wanted; run
+        from torch._functorch.aot_autograd import make_boxed_func  # them eagerly, skip Inductor
+
+        return make_boxed_func(gm.forward)
+    return compile_fx_inner(gm, example_inputs, **kwargs)
+
+
+def fqt_backend(
+    gm: fx.GraphModule,
+    example_inputs: Sequence[Any],
+    options: dict[str, Any] | None = None,
+    mode: str | None = None,
+) -> Callable[..., Any]:
+    """``torch.compile(model, backend="fqt", options={"policy": ...}, mode=...)``.
+
+    options: ``policy`` (preset name, `qcompile.Policy`, dict, or .toml/.json path; default
+    ``"luq-int4"``); ``kernels``: ``"auto"`` (default: integer GEMMs where the device has them
+    and the GEMM is large enough to gain), ``"int8"`` (every GEMM whose codes allow it) or
+    ``"reference"`` (every GEMM a float simulation of the same codes); ``strict``: ``True``
+    makes the compile fail (`HighPrecisionGemmError`) when a GEMM the policy quantizes runs in
+    high precision for a reason other than the policy (default ``False``: one
+    `HighPrecisionGemmWarning` per graph); any other key is passed to Inductor as a config patch.
+    mode: an Inductor mode (``"max-autotune"``, ...).
+    """
+    from torch._inductor.compile_fx import compile_fx
+
+    options = dict(options or {})
+    policy = resolve_policy(options.pop("policy", None))
+    kernels = options.pop("kernels", "auto")
+    if kernels not in KERNEL_MODES:
+        raise PolicyError(f"unknown kernels={kernels!r}; valid choices: {KERNEL_MODES}")
+    strict = options.pop("strict", False)
+    if not isinstance(strict, bool):
+        raise PolicyError(f"strict must be True or False, got {strict!r}")
+    # A policy with nothing quantized compiles exactly as Inductor does (no codes to pack or
+    # recompute from). The fused Triton GEMMs (CUDA) read the packed codes directly.
+    pack = policy.pack_saved and not policy.is_high_precision
+    joint_pass = SaveQuantizedOperands(pack=pack, recompute=policy.recompute)
+    patches = {"joint_custom_post_pass": joint_pass, **_inductor_config_patches(mode, options)}
+    records = insert_fqt_quantizers(gm, policy)
+    record = register(CompiledGraph(policy, records, kernels=kernels, strict=strict), example_inputs)
+    export_capture.begin_graph(gm, example_inputs, record)
+    record.state = bind_state(gm, example_inputs, records)
+    inner = functools.partial(_inner_compile, record=record)
+    # AOTAutograd's cache would hand back compiled graphs without calling our inner compile,
+    # leaving the plan nothing to read; Inductor's own FX graph cache (inside it) still applies.
+    with torch._functorch.config.patch(enable_autograd_cache=False):
+        return compile_fx(gm, example_inputs, inner_compile=inner, config_patches=patches)
+
+
+def register_fqt_backend() -> None:
+    """Register ``"fqt"`` with Dynamo unless the installed entry point already provides it
+    (registering both would make Dynamo's lookup fail on a duplicate name)."""
+    from torch._dynamo.backends import registry
+
+    if BACKEND_NAME not in registry._BACKENDS and BACKEND_NAME not in registry._COMPILER_FNS:
+        torch._dynamo.register_backend(fqt_backend, name=BACKEND_NAME)

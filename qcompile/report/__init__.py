@@ -1,0 +1,1 @@
+"""What the compiled graphs ran: the per-GEMM plan, gradient diagnostics, and the shortfalls ``strict`` reports."""

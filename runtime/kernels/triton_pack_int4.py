@@ -1,0 +1,240 @@
+"""4-bit codes packed two per byte, and the int8 GEMM reading them (unpacked in registers).
+
+Encodings of one nibble (`ENCODINGS`):
+  * ``"int"``: two's complement, −8..7 (INT4 signed codes −7..7);
+  * ``"uint"``: 0..15 (INT4 unsigned codes, e.g. after ReLU);
+  * ``"luq"``: sign bit + 3-bit exponent index: 0 is zero, ``e`` is ``2^(e-1)`` — LUQ's 4-bit
+    codes ``{0, ±1, ±2, ..., ±64}`` exactly (FP4 [1,3,0] of the LUQ paper).
+Element ``2j`` of a row sits in the low nibble of byte ``j``, element ``2j+1`` in the high nibble
+(an odd last element leaves a zero high nibble). A `Packed` operand may be packed along either
+axis of the 2-D view a GEMM reads, so one packed ``W`` serves both ``X·Wᵀ`` (packed along K) and
+``dY·W`` (packed along N), through strides. References: `pack_reference`, `unpack_reference`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from qcompile.runtime.kernels import triton_support
+from qcompile.runtime.kernels.triton_tiles import tile_grid, tile_of_program
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover
+    triton = None
+
+ENCODINGS = {"int": 0, "uint": 1, "luq": 2}
+
+
+def _encode_reference(codes: torch.Tensor, encoding: str) -> torch.Tensor:
+    c = codes.to(torch.int32)
+    if encoding == "int":
+        return c & 0xF
+    if encoding == "uint":
+        return c
+    mag = c.abs()
+    e = torch.where(mag == 0, torch.zeros_like(mag), torch.log2(mag.clamp_min(1).float()).round().int() + 1)
+    return e | torch.where(c < 0, 8, 0)
+
+
+def _decode_reference(nib: torch.Tensor, encoding: str) -> torch.Tensor:
+    if encoding == "int":
+        return ((nib ^ 8) - 8).to(torch.int8)
+    if encoding == "uint":
+        return nib.to(torch.int8)
+    e = nib & 7
+    mag = torch.where(e == 0, torch.zeros_like(e), torch.ones_like(e) << (e - 1).clamp_min(0))
+    return torch.where(nib >= 8, -mag, mag).to(torch.int8)
+
+
+def pack_reference(codes: torch.Tensor, encoding: str = "int") -> torch.Tensor:
+    """Pack a 2-D int8 code tensor along its last dim: uint8 ``[rows, ceil(cols/2)]``."""
+    rows, cols = codes.shape
+    nib = _encode_reference(codes, encoding)
+    if cols % 2:
+        nib = torch.cat([nib, nib.new_zeros(rows, 1)], 1)
+    return (nib[:, 0::2] | (nib[:, 1::2] << 4)).to(torch.uint8)
+
+
+def unpack_reference(packed: torch.Tensor, cols: int, encoding: str = "int") -> torch.Tensor:
+    p = packed.to(torch.int32)
+    nib = torch.stack([p & 0xF, p >> 4], -1).reshape(p.shape[0], -1)[:, :cols]
+    return _decode_reference(nib, encoding)
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A 2-D operand of logical shape ``shape`` stored packed along ``axis`` in ``data`` (uint8,
+    any strides: ``data[i, j//2]`` for axis 1, ``data[i//2, j]`` for axis 0)."""
+
+    data: torch.Tensor
+    shape: tuple[int, int]
+    axis: int
+    encoding: str
+
+    def t(self) -> Packed:
+        """The transposed operand: strides swap, nothing moves."""
+        return Packed(self.data.t(), (self.shape[1], self.shape[0]), 1 - self.axis, self.encoding)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _encode(c, ENC: tl.constexpr):
+        c = c.to(tl.int32)
+        if ENC == 0:
+            nib = c & 0xF
+        elif ENC == 1:
+            nib = c
+        else:
+            mag = tl.abs(c)
+            # log2 of a power of two, exactly: the float's exponent field.
+            e = (mag.to(tl.float32).to(tl.int32, bitcast=True) >> 23) - 126
+            nib = tl.where(mag == 0, 0, e) | tl.where(c < 0, 8, 0)
+        return nib
+
+    @triton.jit
+    def _decode(nib, ENC: tl.constexpr):
+        if ENC == 0:
+            code = (nib ^ 8) - 8
+        elif ENC == 1:
+            code = nib
+        else:
+            e = nib & 7
+            mag = tl.where(e == 0, 0, 1 << tl.maximum(e - 1, 0))
+            code = tl.where(nib >= 8, -mag, mag)
+        return code.to(tl.int8)
+
+    @triton.jit
+    def store_packed_tile(p_ptr, codes, offs_r, pid_c, R, P, ENC: tl.constexpr, BLOCK_R: tl.constexpr,
+                          BLOCK_C: tl.constexpr):  # fmt: skip
+        """Store a quantizer's ``BLOCK_R × BLOCK_C`` tile of codes (column tile ``pid_c``) packed
+        two per byte along its columns into the row-major ``R × P`` bytes at ``p_ptr``, so a
+        quantizer writes its packed codes in the same pass. Columns past the tensor's end hold
+        code 0 (masked loads), so an odd last column leaves a zero high nibble."""
+        lo, hi = tl.split(tl.reshape(codes.to(tl.int32), (BLOCK_R, BLOCK_C // 2, 2)))
+        byte = _encode(lo, ENC) | (_encode(hi, ENC) << 4)
+        offs_p = pid_c * (BLOCK_C // 2) + tl.arange(0, BLOCK_C // 2)
+        mask = (offs_r < R)[:, None] & (offs_p < P)[None, :]
+        tl.store(p_ptr + offs_r[:, None].to(tl.int64) * P + offs_p[None, :], byte.to(tl.uint8), mask=mask)
+
+    @triton.jit
+    def _pack_kernel(c_ptr, p_ptr, R, C, s_r, s_c, P, ENC: tl.constexpr, BLOCK_R: tl.constexpr,
+                     BLOCK_P: tl.constexpr):  # fmt: skip
+        pid_r, pid_p = tile_of_program(P, BLOCK_P)
+        offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+        offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+        r_ok = (offs_r < R)[:, None]
+        base = c_ptr + offs_r[:, None].to(tl.int64) * s_r
+        lo_col = 2 * offs_p[None, :]
+        lo = tl.load(base + lo_col * s_c, mask=r_ok & (lo_col < C), other=0)
+        hi = tl.load(base + (lo_col + 1) * s_c, mask=r_ok & (lo_col + 1 < C), other=0)
+        byte = _encode(lo, ENC) | (_encode(hi, ENC) << 4)
+        mask = r_ok & (offs_p < P)[None, :]
+        tl.store(p_ptr + offs_r[:, None].to(tl.int64) * P + offs_p[None, :], byte.to(tl.uint8), mask=mask)
+
+    @triton.jit
+    def _load_operand(ptr, offs_i, offs_j, n_i, n_j, s_i, s_j, PACK: tl.constexpr, ENC: tl.constexpr):
+        """A tile of a 2-D operand (n_i x n_j); PACK: -1 plain int8, 0/1 packed along that axis."""
+        mask = (offs_i < n_i)[:, None] & (offs_j < n_j)[None, :]
+        if PACK == -1:
+            return tl.load(
+                ptr + offs_i[:, None].to(tl.int64) * s_i + offs_j[None, :] * s_j, mask=mask, other=0
+            )
+        elif PACK == 1:
+            byte = tl.load(ptr + offs_i[:, None].to(tl.int64) * s_i + (offs_j[None, :] // 2) * s_j, mask=mask,
+                           other=0)  # fmt: skip
+            shift = 4 * (offs_j[None, :] % 2)
+        else:
+            byte = tl.load(ptr + (offs_i[:, None] // 2).to(tl.int64) * s_i + offs_j[None, :] * s_j, mask=mask,
+                           other=0)  # fmt: skip
+            shift = 4 * (offs_i[:, None] % 2)
+        nib = (byte.to(tl.int32) >> shift) & 0xF
+        return tl.where(mask, _decode(nib, ENC), 0).to(tl.int8)
+
+    @triton.jit
+    def _packed_mm_kernel(
+        a_ptr, b_ptr, c_ptr, rs_ptr, cs_ptr, bias_ptr,
+        M, N, K, s_am, s_ak, s_bk, s_bn, s_cm, s_cn,
+        A_PACK: tl.constexpr, A_ENC: tl.constexpr, B_PACK: tl.constexpr, B_ENC: tl.constexpr,
+        HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):  # fmt: skip
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            a = _load_operand(a_ptr, offs_m, offs_k, M, K, s_am, s_ak, A_PACK, A_ENC)
+            b = _load_operand(b_ptr, offs_k, offs_n, K, N, s_bk, s_bn, B_PACK, B_ENC)
+            acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+        rs = tl.load(rs_ptr + offs_m, mask=offs_m < M, other=0.0)
+        cs = tl.load(cs_ptr + offs_n, mask=offs_n < N, other=0.0)
+        out = acc.to(tl.float32) * rs[:, None] * cs[None, :]
+        if HAS_BIAS:
+            out = out + tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+        c_mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+        c_ptrs = c_ptr + offs_m[:, None].to(tl.int64) * s_cm + offs_n[None, :].to(tl.int64) * s_cn
+        tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=c_mask)
+
+
+def pack_codes(codes: torch.Tensor, encoding: str = "int", out: torch.Tensor | None = None) -> Packed:
+    """Pack 2-D int8 codes (any strides) along their last dim with the Triton kernel."""
+    if encoding not in ENCODINGS:
+        raise ValueError(f"pack_codes: unknown encoding {encoding!r}; valid: {', '.join(ENCODINGS)}")
+    rows, cols = codes.shape
+    p = (cols + 1) // 2
+    data = torch.empty((rows, p), device=codes.device, dtype=torch.uint8) if out is None else out
+    if rows and cols:
+        block_r, block_p = (32, 64) if triton_support.gpu_tiles(codes.device) else (16, 16)
+        grid = tile_grid(rows, p, block_r, block_p)
+        _pack_kernel[grid](codes, data, rows, cols, codes.stride(0), codes.stride(1), p, ENC=ENCODINGS[encoding],
+                           BLOCK_R=block_r, BLOCK_P=block_p)  # fmt: skip
+    return Packed(data, (rows, cols), 1, encoding)
+
+
+def _operand(x: torch.Tensor | Packed):
+    if isinstance(x, Packed):
+        return x.data, x.shape, x.axis, ENCODINGS[x.encoding]
+    return x, tuple(x.shape), -1, 0
+
+
+def packed_mm(
+    a: torch.Tensor | Packed,
+    b: torch.Tensor | Packed,
+    row_scale: torch.Tensor,
+    col_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float32,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`int8_mm` whose operands may be `Packed` 4-bit codes (unpacked in registers, never in
+    memory): ``diag(row_scale) · (A·B) · diag(col_scale) (+ bias)``."""
+    from qcompile.runtime.kernels.triton_int8_gemm import _vector
+
+    a_data, (m, k), a_pack, a_enc = _operand(a)
+    b_data, (k2, n), b_pack, b_enc = _operand(b)
+    if k != k2:
+        raise ValueError(f"packed_mm: shapes {(m, k)} and {(k2, n)} do not multiply")
+    c = torch.empty((m, n), device=a_data.device, dtype=out_dtype) if out is None else out
+    if m == 0 or n == 0:
+        return c
+    if k == 0:
+        return c.copy_(torch.zeros(m, n, device=c.device) + (bias.float() if bias is not None else 0.0))
+    rs, cs = _vector(row_scale, m), _vector(col_scale, n)
+    bias_v = bias.reshape(n).contiguous() if bias is not None else c
+    # GPU: 8 warps. At 4 warps the 128x128 int32 accumulator plus the nibble decoding took all
+    # 255 registers and spilled to the stack on sm_90 (`benchmarks/gpu_compile_report.py`).
+    bm, bn, bk, warps = (128, 128, 64, 8) if triton_support.gpu_tiles(a_data.device) else (16, 16, 16, 4)
+    grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
+    _packed_mm_kernel[grid](
+        a_data, b_data, c, rs, cs, bias_v, m, n, k,
+        a_data.stride(0), a_data.stride(1), b_data.stride(0), b_data.stride(1), c.stride(0), c.stride(1),
+        A_PACK=a_pack, A_ENC=a_enc, B_PACK=b_pack, B_ENC=b_enc, HAS_BIAS=bias is not None,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+    )  # fmt: skip
+    return c

@@ -1,0 +1,1 @@
+"""Every ``qcompile::*`` ``torch.library`` op: its fake kernel, autograd and Inductor decomposition."""

@@ -1,0 +1,65 @@
+"""Quantize a neural gradient dY for one backward GEMM, as a policy spec says.
+
+Called while AOTAutograd traces the backward formulas of `qmatmul` and `qconv`, so each call
+leaves explicit quantizer nodes in the backward graph in front of the GEMM that consumes them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from qcompile.runtime.ops.aq_quantizer import aq_quantize
+from qcompile.runtime.ops.int_quantizer import int_quantize
+from qcompile.runtime.ops.layer_marker import mark_layer
+from qcompile.runtime.ops.lbt_quantizer import lbt_quantize
+from qcompile.runtime.ops.luq_quantizer import luq_quantize
+from qcompile.runtime.spec import QuantSpec, parse_spec
+
+
+def gradient_reduce_dims(granularity: str, ndim: int, channel_dim: int) -> list[int]:
+    """Dims a gradient scale reduces over.
+
+    per-sample keeps every dim before ``channel_dim`` (batch, tokens): the dgrad GEMM contracts
+    over channels (and, for convs, the kernel window), never over those. per-channel keeps only
+    ``channel_dim``: the wgrad GEMM contracts over everything else. (SCQ, docs/algorithms.md.)
+    """
+    if granularity == "per-tensor" or ndim == 0:
+        return []
+    c = channel_dim % ndim
+    if granularity == "per-sample":
+        return list(range(c, ndim))
+    return [d for d in range(ndim) if d != c]
+
+
+def quantize_gradient(dy: torch.Tensor, spec: QuantSpec | str, channel_dim: int, tag: str) -> torch.Tensor:
+    """Return the quantized dY for one backward GEMM (averaged over ``spec.samples`` draws, SMP).
+
+    A high-precision spec still leaves a `mark_layer` node so the plan can name the GEMM.
+    """
+    spec = parse_spec(spec)
+    if not spec.is_quantized:
+        return mark_layer(dy, tag)
+    dims = gradient_reduce_dims(spec.granularity, dy.ndim, channel_dim)
+    if spec.format == "lbt":
+        return lbt_quantize(dy, spec.bits, dims, tag)
+    if spec.format == "aq":
+        return aq_quantize(dy, spec.bits, dims, spec.pruning, tag)
+    draws = []
+    for sample in range(spec.samples):
+        if spec.format == "luq":
+            draws.append(luq_quantize(dy, spec.bits, dims, sample, tag))
+        else:
+            draws.append(
+                int_quantize(
+                    dy,
+                    spec.bits,
+                    spec.scaling,
+                    spec.signed,
+                    dims,
+                    spec.rounding == "stochastic",
+                    f"{tag}#{sample}",
+                )
+            )
+    if len(draws) == 1:
+        return draws[0]
+    return torch.stack(draws).mean(0)

@@ -1,0 +1,1 @@
+"""Pure-PyTorch reference quantizers: readable, eager, importable without Inductor or Triton."""

@@ -1,0 +1,12 @@
+"""End-to-end tests (training runs, subprocesses, benchmarks, the demo): all marked ``slow``.
+
+``make test`` (CI) runs them; ``pytest -m "not slow"`` is the quick inner loop.
+"""
+
+import pytest
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/e2e/" in str(item.fspath).replace("\\", "/"):
+            item.add_marker(pytest.mark.slow)

@@ -1,0 +1,165 @@
+"""The backend's graphs: quantizers really sit in front of every GEMM, in forward and backward."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+import qcompile
+from qcompile.passes import read_graph
+from qcompile.testing.models import mlp
+
+NO_FIRST_LAST = qcompile.preset("luq-int4").replace(keep_first_last=False)
+
+
+def _capture_graphs(model, x, policy):
+    """Compile with a wrapper that records the forward/backward ATen graphs the backend reads."""
+    from qcompile.compiler import backend as backend_mod
+
+    graphs = {}
+    original = backend_mod._inner_compile
+
+    def spy(gm, example_inputs, **kwargs):
+        kind = "backward" if kwargs.get("is_backward") else "forward"
+        graphs[kind] = copy.deepcopy(gm)
+        return original(gm, example_inputs, **kwargs)
+
+    backend_mod._inner_compile = spy
+    try:
+        c = torch.compile(model, backend="fqt", options={"policy": policy})
+        c(x).sum().backward()
+    finally:
+        backend_mod._inner_compile = original
+    return graphs
+
+
+def test_backward_graph_has_gradient_quantizers_before_both_gemms():
+    torch.manual_seed(0)
+    graphs = _capture_graphs(mlp(), torch.randn(8, 16, requires_grad=True), NO_FIRST_LAST)
+    facts = read_graph(graphs["backward"], "backward")
+    roles = {}
+    for (key, role), fact in facts.items():
+        roles.setdefault(key, {})[role] = fact
+    assert len(roles) == 3  # three linear layers
+    for per_layer in roles.values():
+        assert per_layer["grad_dgrad"].spec.format == "luq"
+        assert per_layer["grad_dgrad"].spec.granularity == "per-sample"
+        assert per_layer["grad_wgrad"].spec.format == "luq"
+        assert per_layer["grad_wgrad"].spec.granularity == "per-channel"
+        assert per_layer["grad_dgrad"].gemm.startswith("aten.mm")
+    luq_nodes = [
+        n for n in graphs["backward"].graph.nodes if n.target is torch.ops.qcompile.luq_quantize.default
+    ]
+    assert len(luq_nodes) == 6  # two independent draws (SCQ) per layer
+
+
+def test_forward_graph_feeds_quantized_operands_to_every_gemm():
+    torch.manual_seed(0)
+    graphs = _capture_graphs(mlp(), torch.randn(8, 16), NO_FIRST_LAST)
+    facts = read_graph(graphs["forward"], "forward")
+    weights = [f for (k, r), f in facts.items() if r == "weight"]
+    acts = [f for (k, r), f in facts.items() if r == "activation"]
+    assert len(weights) == len(acts) == 3
+    assert all(f.spec.format == "int" and f.spec.bits == 4 and f.spec.scaling == "sawb" for f in weights)
+    assert all(f.spec.signed == "auto" for f in acts)
+
+
+def test_shared_sample_preset_feeds_one_draw_to_both_gemms():
+    torch.manual_seed(0)
+    policy = qcompile.preset("luq").replace(keep_first_last=False)
+    graphs = _capture_graphs(mlp(), torch.randn(8, 16), policy)
+    luq_nodes = [
+        n for n in graphs["backward"].graph.nodes if n.target is torch.ops.qcompile.luq_quantize.default
+    ]
+    assert len(luq_nodes) == 3  # one per layer
+    facts = read_graph(graphs["backward"], "backward")
+    wgrad = [f for (k, r), f in facts.items() if r == "grad_wgrad"]
+    dgrad = [f for (k, r), f in facts.items() if r == "grad_dgrad"]
+    assert len(wgrad) == 3 and len(dgrad) == 2  # the first layer's input needs no gradient
+    assert all(f.shared_from == "grad_dgrad" and f.spec.format == "luq" for f in wgrad)
+    assert all(f.shared_from is None for f in dgrad)
+
+
+def test_quantized_gradients_lie_on_the_luq_grid_of_each_sample():
+    """With Ŵ = I exactly, dX = Q(dY)·Ŵ is the quantized dY: every row must be on its own LUQ grid
+    {0, ±α_r·2^k}, α_r = max|dY_r|/64, and differ from the FP32 gradient."""
+    torch.manual_seed(0)
+    n = 16
+    layer = nn.Linear(n, n, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(n))
+    c = torch.compile(layer, backend="fqt", options={"policy": NO_FIRST_LAST})
+    x = torch.rand(8, n, requires_grad=True)
+    upstream = torch.randn(8, n) * torch.logspace(-3, 0, n)
+    c(x).backward(upstream)
+    dx = x.grad
+    assert not torch.allclose(dx, upstream)
+    alpha = upstream.abs().amax(1, keepdim=True) / 64
+    k = torch.log2(dx.abs() / alpha)
+    nonzero = dx != 0
+    assert torch.allclose(k[nonzero], k[nonzero].round(), atol=1e-4)
+    assert k[nonzero].round().min() >= 0 and k[nonzero].round().max() <= 6
+    assert torch.allclose(dx.abs().amax(1), upstream.abs().amax(1))  # LUQ keeps the max exactly
+    assert (torch.sign(dx[nonzero]) == torch.sign(upstream[nonzero])).all()
+
+
+def test_forward_output_is_int4_sawb_of_the_inputs():
+    torch.manual_seed(0)
+    layer = nn.Linear(32, 8, bias=False)
+    c = torch.compile(layer, backend="fqt", options={"policy": NO_FIRST_LAST})
+    x = torch.randn(4, 32)
+    from qcompile.runtime import int_quantize_reference
+
+    expected = (
+        int_quantize_reference(x, 4, "sawb", "auto") @ int_quantize_reference(layer.weight, 4, "sawb").t()
+    )
+    out = c(x)
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert not torch.allclose(out, layer(x), atol=1e-3)
+
+
+def test_fp32_preset_matches_inductor_exactly():
+    torch.manual_seed(0)
+    m1 = mlp()
+    m2 = copy.deepcopy(m1)
+    x = torch.randn(8, 16)
+    a = torch.compile(m1, backend="fqt", options={"policy": "fp32"})
+    b = torch.compile(m2, backend="inductor")
+    ya, yb = a(x), b(x)
+    ya.sum().backward()
+    yb.sum().backward()
+    assert torch.equal(ya, yb)
+    for p, q in zip(m1.parameters(), m2.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad)
+
+
+def test_backend_resolves_in_a_fresh_interpreter_without_import():
+    code = (
+        "import torch\n"
+        "m = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))\n"
+        "c = torch.compile(m, backend='fqt')\n"
+        "c(torch.randn(4, 8)).sum().backward()\n"
+        "import sys\n"
+        "print('qcompile' in sys.modules, m[2].weight.grad is not None)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True True"
+
+
+def test_bad_policy_surfaces_as_value_error():
+    c = torch.compile(mlp(), backend="fqt", options={"policy": "nope"})
+    with pytest.raises(Exception) as info:
+        c(torch.randn(2, 16))
+    cause = info.value
+    while cause is not None and not isinstance(cause, ValueError):
+        cause = getattr(cause, "inner_exception", None) or cause.__cause__ or cause.__context__
+    assert isinstance(cause, qcompile.PolicyError)
+    assert "luq-int4" in str(cause)
+    with pytest.raises(ValueError, match="valid presets"):
+        qcompile.plan(mlp(), torch.randn(2, 16), policy="nope")
