@@ -72,7 +72,7 @@ def test_cli_writes_the_inference_graph(tmp_path, capsys):
     from qcompile.cli import main as cli_main
 
     out = tmp_path / "cli"
-    args = ["export", "tests/models/small_nets.py:mlp", "--input-shape", "4,16", "--out", str(out)]
+    args = ["export", "qcompile/testing/models.py:mlp", "--input-shape", "4,16", "--out", str(out)]
     assert cli_main([*args, "--graphs", "inference"]) == 0
     assert "inference.onnx" in capsys.readouterr().out
     assert (out / "inference.onnx").is_file() and not (out / "backward.onnx").exists()

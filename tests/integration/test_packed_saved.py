@@ -235,7 +235,7 @@ def test_packed_conv_net_and_attention_are_bit_identical():
     """Conv operands (rebuilt channels-last, as the forward laid them out) and attention heads
     (rebuilt in their permuted layout) give the very same gradients as the unpacked path, with the
     default recomputation too (BatchNorm inputs from a replayed convolution, softmax outputs)."""
-    from models.small_nets import SmallResNet
+    from qcompile.testing.models import SmallResNet
 
     class Attention(nn.Module):
         def __init__(self) -> None:

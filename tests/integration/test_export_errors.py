@@ -96,13 +96,13 @@ def test_import_qcompile_loads_no_export_dependency():
 def test_cli_export(tmp_path, capsys):
     out = tmp_path / "cli"
     assert (
-        cli_main(["export", "tests/models/small_nets.py:mlp", "--input-shape", "8,16", "--out", str(out)])
+        cli_main(["export", "qcompile/testing/models.py:mlp", "--input-shape", "8,16", "--out", str(out)])
         == 0
     )
     assert "forward.onnx" in capsys.readouterr().out
     assert (out / "manifest.json").is_file()
     with pytest.raises(SystemExit, match="exists"):
-        cli_main(["export", "tests/models/small_nets.py:mlp", "--input-shape", "8,16", "--out", str(out)])
+        cli_main(["export", "qcompile/testing/models.py:mlp", "--input-shape", "8,16", "--out", str(out)])
     with pytest.raises(SystemExit, match="valid formats"):
-        cli_main(["export", "tests/models/small_nets.py:mlp", "--input-shape", "8,16", "--out", str(tmp_path / "b"),
+        cli_main(["export", "qcompile/testing/models.py:mlp", "--input-shape", "8,16", "--out", str(tmp_path / "b"),
                   "--format", "tflite"])  # fmt: skip
