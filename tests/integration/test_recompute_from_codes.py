@@ -17,7 +17,8 @@ from qcompile import PolicyError
 from qcompile.passes import SaveQuantizedOperands
 
 recompute_module = importlib.import_module("qcompile.passes.joint.recompute")
-RECOMPUTE_META = recompute_module.RECOMPUTE_META
+from qcompile.passes.graph_meta import RECOMPUTE_META  # noqa: E402
+
 aten, qops = torch.ops.aten, torch.ops.qcompile
 
 
