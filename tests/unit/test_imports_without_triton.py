@@ -80,22 +80,26 @@ def test_references_import_only_torch_and_each_other():
 @pytest.mark.parametrize("kernels", ["reference", "int8"])
 def test_compile_train_and_plan_without_triton(kernels):
     """`import qcompile`, a CPU ``torch.compile(mlp, backend="fqt")`` forward and backward, and
-    `qcompile.plan`, with Triton unimportable; ``kernels="int8"`` also takes the CPU int8 GEMM
-    path (the codes ops and their decompositions) where the CPU has one."""
+    `qcompile.plan`, with Triton unimportable; ``kernels="int8"`` also routes the middle layer
+    (the first and last stay high precision) to the CPU int8 GEMM where this CPU has one, so the
+    codes ops and their decompositions run too."""
     _run_without_triton(
         f"""
         import torch
         import qcompile
         from torch import nn
+        from qcompile.runtime.kernels.cpu_int8_gemm import cpu_int8_kernel
 
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10))
+        model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10))
         compiled = torch.compile(model, backend="fqt", options={{"kernels": {kernels!r}}})
         loss = compiled(torch.randn(16, 32)).square().mean()
         loss.backward()
         assert torch.isfinite(loss)
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
         plan = qcompile.plan(compiled)
-        assert {{row.layer for row in plan.rows}} == {{"0", "2"}}, [row.layer for row in plan.rows]
+        assert {{row.layer for row in plan.rows}} == {{"0", "2", "4"}}, [row.layer for row in plan.rows]
+        on_int8 = set(plan.row("2").kernels().values()) == {{"cpu-int8"}}
+        assert on_int8 == ({kernels!r} == "int8" and bool(cpu_int8_kernel()[0])), plan.row("2").kernels()
         """
     )
