@@ -149,7 +149,7 @@ def quantizer_rows(
     from qcompile.runtime.kernels.triton_reductions import group_stats
     from qcompile.runtime.kernels.triton_support import as_2d
     from qcompile.runtime.ops import gemm_codes as ops
-    from qcompile.runtime.ops.packed_codes import int_quantize_packed_reference
+    from qcompile.runtime.reference.packed_int import int_quantize_packed_reference
 
     timer = timer or bench
     x = torch.randn(rows, cols, device=device, dtype=torch.bfloat16)

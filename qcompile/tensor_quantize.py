@@ -10,7 +10,7 @@ from qcompile.runtime import (
     lbt_quantize_reference,
     luq_quantize_reference,
 )
-from qcompile.runtime.ops.gradient_quantizer import gradient_reduce_dims
+from qcompile.runtime.reference.scaling_groups import gradient_reduce_dims
 from qcompile.runtime.spec import QuantSpec, parse_spec
 
 

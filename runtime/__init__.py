@@ -3,17 +3,21 @@
 Importing this package registers the ``qcompile::*`` torch.library ops.
 """
 
-from qcompile.runtime.ops.aq_quantizer import aq_quantize, aq_quantize_reference
+from qcompile.runtime.ops.aq_quantizer import aq_quantize
 from qcompile.runtime.ops.decompositions import CPU_INT8_DECOMPOSITIONS, QUANTIZER_DECOMPOSITIONS
-from qcompile.runtime.ops.gradient_quantizer import gradient_reduce_dims, quantize_gradient
-from qcompile.runtime.ops.int_quantizer import int_quantize, int_quantize_reference
+from qcompile.runtime.ops.gradient_quantizer import quantize_gradient
+from qcompile.runtime.ops.int_quantizer import int_quantize
 from qcompile.runtime.ops.layer_marker import mark_layer
 from qcompile.runtime.ops.lbt_quantizer import lbt_quantize, lbt_quantize_reference
 from qcompile.runtime.ops.learned_clip_quantizer import learned_clip_quantize, learned_clip_reference
-from qcompile.runtime.ops.luq_quantizer import luq_quantize, luq_quantize_reference
+from qcompile.runtime.ops.luq_quantizer import luq_quantize
 from qcompile.runtime.ops.qconv_op import qconv
 from qcompile.runtime.ops.qmatmul_op import SHARED, qmatmul
 from qcompile.runtime.quantizer_state import QuantizerState, attach_state, state_of
+from qcompile.runtime.reference.aq import aq_quantize_reference
+from qcompile.runtime.reference.int_quant import int_quantize_reference
+from qcompile.runtime.reference.luq import luq_quantize_reference
+from qcompile.runtime.reference.scaling_groups import gradient_reduce_dims
 from qcompile.runtime.spec import HIGH_PRECISION, NAMED_SPECS, QuantSpec, parse_spec
 
 __all__ = [

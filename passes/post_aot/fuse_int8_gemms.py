@@ -29,7 +29,6 @@ on the Inductor path.
 
 from __future__ import annotations
 
-import json
 import operator
 
 import torch
@@ -46,6 +45,7 @@ from qcompile.passes.post_aot.gemm_kernel_choice import (
     gemm_operands,
 )
 from qcompile.runtime.ops import gemm_codes as triton_gemm_ops  # noqa: F401  (registers the ops)
+from qcompile.runtime.reference.view_chains import encode_views
 
 aten = torch.ops.aten
 qops = torch.ops.qcompile
@@ -257,8 +257,10 @@ def fuse_triton_gemms(
             bias_arg = fused_bias[1] if fused_bias else None
             if bias_arg is not None and not _defined_before(bias_arg, node):
                 fused_bias, bias_arg = None, None  # bias depends on later values: keep the add
-            args = (*parts[0], *parts[1], bias_arg, json.dumps(chains[0]), json.dumps(chains[1]),
-                    list(out.shape), out.dtype)  # fmt: skip
+            views = [
+                encode_views(chain, p[0].meta["val"].ndim) for chain, p in zip(chains, parts, strict=True)
+            ]
+            args = (*parts[0], *parts[1], bias_arg, *views, list(out.shape), out.dtype)
             if node.meta[KERNEL_META][0] == KERNEL_CPU:
                 fused = builder.call(
                     qops.scaled_int8_gemm_cpu.default, (*args, *node.meta[BOUNDS_META]), node

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from qcompile.runtime.ops.gemm_codes import INT, codes_reference
+from qcompile.runtime.reference.codes import int_codes
 
 _INT_QUANTIZE = torch.ops.qcompile.int_quantize.default
 
@@ -67,7 +67,8 @@ def fold_weight_quantizers(
         if not isinstance(source, fx.Node) or source.name not in parameters or stochastic or bits > 4:
             continue
         name, weight = parameters[source.name]
-        codes, clip, top = codes_reference(weight.detach(), INT, bits, scaling, signed, dims, False)
+        codes, clip, top = int_codes(weight.detach(), bits, scaling, signed, dims)
+        top = top.contiguous()
         tops = top.unique()
         if len(tops) != 1:  # a sign chosen per group (``signed="auto"``): no one 4-bit type
             continue

@@ -60,8 +60,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from qcompile.runtime.ops import qconv_op as quantized_conv
 from qcompile.runtime.ops import qmatmul_op as quantized_matmul
-from qcompile.runtime.ops.int_quantizer import int_quantize_reference
-from qcompile.runtime.ops.luq_quantizer import luq_levels
+from qcompile.runtime.reference.int_quant import int_quantize_reference
+from qcompile.runtime.reference.luq import luq_levels
 from qcompile.runtime.reference.scaling_groups import group_amax, normalize_dims
 
 qops = torch.ops.qcompile

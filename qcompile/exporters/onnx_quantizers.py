@@ -23,8 +23,8 @@ import torch
 from onnx import TensorProto, helper
 
 from qcompile.exporters.onnx_graph import NodeContext, OnnxGraphBuilder, onnx_dtype
-from qcompile.runtime.ops.int_quantizer import SAWB_C1, SAWB_C2, int_levels
-from qcompile.runtime.ops.luq_quantizer import luq_levels
+from qcompile.runtime.reference.int_quant import SAWB_C1, SAWB_C2, int_levels
+from qcompile.runtime.reference.luq import luq_levels
 from qcompile.runtime.reference.scaling_groups import normalize_dims
 
 DOMAIN = "qcompile"

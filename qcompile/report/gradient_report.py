@@ -39,10 +39,9 @@ import torch
 from torch import nn
 
 from qcompile.policy.config import Policy
-from qcompile.runtime.ops.gradient_quantizer import gradient_reduce_dims
-from qcompile.runtime.ops.int_quantizer import int_clip
-from qcompile.runtime.ops.luq_quantizer import luq_levels
-from qcompile.runtime.reference.scaling_groups import group_amax, normalize_dims
+from qcompile.runtime.reference.int_quant import int_clip
+from qcompile.runtime.reference.luq import luq_levels
+from qcompile.runtime.reference.scaling_groups import gradient_reduce_dims, group_amax, normalize_dims
 from qcompile.runtime.spec import QuantSpec, parse_spec
 
 GEMM_MODULES: dict[type, str] = {

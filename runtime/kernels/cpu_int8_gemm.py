@@ -26,6 +26,9 @@ from pathlib import Path
 
 import torch
 
+from qcompile.runtime.ops.gemm_codes import SCALED_GEMM_ARGS, scaled_gemm_fake
+from qcompile.runtime.reference.view_chains import operand_2d
+
 _SOURCE = Path(__file__).with_name("cpu_int8_gemm.cpp")
 INT16_MAX = 32767
 
@@ -139,7 +142,11 @@ def _cpu_int8_mm_fake(a, b, row_scale, col_scale, a_bound, b_bound):
     return a.new_empty((a.shape[0], b.shape[1]), dtype=torch.float32)
 
 
-@torch.library.custom_op("qcompile::scaled_int8_gemm_cpu", mutates_args=())
+@torch.library.custom_op(
+    "qcompile::scaled_int8_gemm_cpu",
+    mutates_args=(),
+    schema=f"({SCALED_GEMM_ARGS}, int a_bound, int b_bound) -> Tensor",
+)
 def scaled_int8_gemm_cpu(
     a_codes: torch.Tensor,
     a_clip: torch.Tensor,
@@ -148,38 +155,33 @@ def scaled_int8_gemm_cpu(
     b_clip: torch.Tensor,
     b_top: torch.Tensor,
     bias: torch.Tensor | None,
-    a_chain: str,
-    b_chain: str,
+    a_views: list[int],
+    b_views: list[int],
     out_shape: list[int],
     out_dtype: torch.dtype,
     a_bound: int,
     b_bound: int,
 ) -> torch.Tensor:
-    """`scaled_int8_gemm` (same codes, scales, views and bias) on the CPU's integer GEMM; the
-    code bounds ``a_bound``/``b_bound`` (largest ``|code|`` each operand's quantizer can give)
-    let the AVX2 kernel add in int16 without saturating. Inductor receives its decomposition:
-    views and scale vectors inline, `cpu_int8_mm` as one call, the bias and cast fused into
-    whatever consumes the output."""
+    """`scaled_int8_gemm` (same arguments: codes, scales, views and bias) on the CPU's integer
+    GEMM, plus the code bounds ``a_bound``/``b_bound`` (largest ``|code|`` each operand's
+    quantizer can give) that let the AVX2 kernel add in int16 without saturating. Inductor
+    receives its decomposition: views and scale vectors inline, `cpu_int8_mm` as one call, the
+    bias and cast fused into whatever consumes the output."""
     return scaled_int8_gemm_cpu_decomposition(
-        a_codes, a_clip, a_top, b_codes, b_clip, b_top, bias, a_chain, b_chain, out_shape, out_dtype, a_bound,
+        a_codes, a_clip, a_top, b_codes, b_clip, b_top, bias, a_views, b_views, out_shape, out_dtype, a_bound,
         b_bound,
     )  # fmt: skip
 
 
 def scaled_int8_gemm_cpu_decomposition(
-    a_codes, a_clip, a_top, b_codes, b_clip, b_top, bias, a_chain, b_chain, out_shape, out_dtype, a_bound, b_bound
+    a_codes, a_clip, a_top, b_codes, b_clip, b_top, bias, a_views, b_views, out_shape, out_dtype, a_bound, b_bound
 ):  # fmt: skip
-    from qcompile.runtime.ops.gemm_codes import operand_2d
-
-    a, rs = operand_2d(a_codes, a_clip, a_top, a_chain, 0)
-    b, cs = operand_2d(b_codes, b_clip, b_top, b_chain, 1)
+    a, rs = operand_2d(a_codes, a_clip, a_top, a_views, 0)
+    b, cs = operand_2d(b_codes, b_clip, b_top, b_views, 1)
     out = torch.ops.qcompile.cpu_int8_mm(a, b, rs, cs, a_bound, b_bound)
     if bias is not None:
         out = out + bias.float()[None, :]
     return out.to(out_dtype).reshape(out_shape)
 
 
-@scaled_int8_gemm_cpu.register_fake
-def _scaled_int8_gemm_cpu_fake(a_codes, a_clip, a_top, b_codes, b_clip, b_top, bias, a_chain, b_chain, out_shape,
-                               out_dtype, a_bound, b_bound):  # fmt: skip
-    return torch.empty(out_shape, dtype=out_dtype, device=a_codes.device)
+scaled_int8_gemm_cpu.register_fake(scaled_gemm_fake)

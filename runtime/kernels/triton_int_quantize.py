@@ -28,7 +28,7 @@ from qcompile.runtime.kernels.triton_pack_int4 import Packed
 from qcompile.runtime.kernels.triton_reductions import GroupStats, group_stats
 from qcompile.runtime.kernels.triton_support import QUANTIZE_WARPS, View2d, as_2d, philox_key
 from qcompile.runtime.kernels.triton_tiles import tile_grid, tile_of_program
-from qcompile.runtime.ops.int_quantizer import sawb_clip_from_moments
+from qcompile.runtime.reference.int_quant import sawb_clip_from_moments
 from qcompile.runtime.reference.scaling_groups import normalize_dims
 
 try:
@@ -92,7 +92,7 @@ if triton is not None:
         q = tl.minimum(tl.maximum(q, lo), hi)
         q = tl.where(q != q, 0.0, q)  # NaN input: code 0 (its group's NaN scale carries the NaN)
         tl.store(codes_ptr + r64 * C + c64, q.to(tl.int8), mask=mask)
-        if PACK:  # nibble = code & 0xF, the saved format (`packed_codes.pack_int4`) for every grid
+        if PACK:  # nibble = code & 0xF, the saved format (`packing.pack_int4`) for every grid
             store_packed_tile(packed_ptr, q.to(tl.int32), offs_r, pid_c, R, P, 0, BLOCK_R, BLOCK_C)
 
 
@@ -103,9 +103,9 @@ class Codes:
 
     With ``pack=True`` the quantizer also returns ``packed``: the codes two per byte along the
     last dimension (uint8 ``[..., ceil(last/2)]``, element ``2j`` in the low nibble), the format
-    backward saves (`packed_codes.pack_int4`: nibble ``code & 0xF``; LUQ: sign + exponent index,
+    backward saves (`packing.pack_int4`: nibble ``code & 0xF``; LUQ: sign + exponent index,
     `triton_pack_int4`). ``encoding`` says how to read the nibbles back: ``"int"``, ``"uint"``,
-    ``"luq"``, or ``"auto"`` (per group, with ``top``: `packed_codes.unpack_int4`)."""
+    ``"luq"``, or ``"auto"`` (per group, with ``top``: `packing.unpack_int4`)."""
 
     codes: torch.Tensor
     clip: torch.Tensor

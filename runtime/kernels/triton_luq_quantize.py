@@ -31,7 +31,7 @@ from qcompile.runtime.kernels.triton_int_quantize import (
 from qcompile.runtime.kernels.triton_reductions import group_absmax_min
 from qcompile.runtime.kernels.triton_support import QUANTIZE_WARPS, as_2d, philox_key
 from qcompile.runtime.kernels.triton_tiles import tile_grid, tile_of_program
-from qcompile.runtime.ops.luq_quantizer import luq_levels
+from qcompile.runtime.reference.luq import luq_levels
 
 try:
     import triton

@@ -11,23 +11,25 @@ from __future__ import annotations
 import torch
 
 from qcompile.runtime.kernels import cpu_int8_gemm
-from qcompile.runtime.ops import gemm_codes as triton_gemm_ops  # noqa: F401  (register the ops first)
-from qcompile.runtime.ops import packed_codes
+from qcompile.runtime.ops import gemm_codes  # noqa: F401  (registers the codes ops this maps)
 from qcompile.runtime.ops import qconv_op as quantized_conv
 from qcompile.runtime.ops import qmatmul_op as quantized_matmul
-from qcompile.runtime.ops.int_quantizer import (
-    int_quantize_codes_reference,
-    int_quantize_reference,
-    top_code_tensor,
+from qcompile.runtime.reference.codes import (
+    LUQ,
+    dequantize_codes_reference,
+    int_requantize_codes_reference,
+    packed_quantizer_codes,
+    quantizer_codes,
+    unpack_int4_codes_reference,
 )
-from qcompile.runtime.ops.luq_quantizer import luq_codes_reference, luq_quantize_reference
-from qcompile.runtime.ops.packed_codes import (
+from qcompile.runtime.reference.int_quant import int_quantize_reference
+from qcompile.runtime.reference.luq import luq_quantize_reference
+from qcompile.runtime.reference.packed_int import (
     int_dequantize_packed_reference,
     int_quantize_packed_reference,
     int_requantize_reference,
-    pack_bits,
-    unpack_bits,
 )
+from qcompile.runtime.reference.packing import pack_bits, unpack_bits
 from qcompile.runtime.reference.random_bits import draw_seed, hash_uniform
 
 ops = torch.ops.qcompile
@@ -59,11 +61,6 @@ def _mark_layer(x, tag):
     return x
 
 
-def _dequantize_codes(codes, clip, top, dtype):
-    # Elementwise: Inductor fuses it into the consumers of the fused path's quantizer values.
-    return (codes.float() / top * clip).to(dtype)
-
-
 # The integer GEMM path on the CPU (`cpu-int8`): the quantizers write int8 codes inside the loops
 # Inductor generates for them (a reduction for the statistic, one pass for the codes), with the
 # same random draws as the float path's `_int_quantize` / `_luq_quantize` (same seed order, same
@@ -71,35 +68,20 @@ def _dequantize_codes(codes, clip, top, dtype):
 # On CUDA these ops stay opaque and run the Triton kernels.
 
 
-def _as_int8(q: torch.Tensor) -> torch.Tensor:
-    """Integer-valued float codes as int8; NaN (a non-finite group, whose scale is NaN or inf and
-    so still poisons every output it reaches) becomes 0. ``q == q`` rather than ``nan_to_num``:
-    Inductor vectorises the compare, not ``isnan``."""
-    return torch.where(q == q, q, 0.0).to(torch.int8)
-
-
 def _quantize_codes(x, kind, bits, scaling, signed, reduce_dims, stochastic):
-    shape = triton_gemm_ops.group_shape_of(x, reduce_dims)
-    if kind == triton_gemm_ops.LUQ:
-        codes, alpha = luq_codes_reference(x, bits, reduce_dims, noise=hash_uniform(x, draw_seed(x.device)))
-        return _as_int8(codes), alpha.reshape(shape), torch.ones(shape, device=x.device)
-    noise = hash_uniform(x, draw_seed(x.device)) if stochastic else None
-    q, clip, hi = int_quantize_codes_reference(x, bits, scaling, signed, reduce_dims, stochastic, noise=noise)
-    top = top_code_tensor(hi, x.device).expand(clip.shape).reshape(shape)
-    return _as_int8(q), clip.reshape(shape), top
+    noise = hash_uniform(x, draw_seed(x.device)) if kind == LUQ or stochastic else None
+    return quantizer_codes(x, kind, bits, scaling, signed, reduce_dims, stochastic, noise=noise)
 
 
 def _int_quantize_packed_codes(x, bits, scaling, signed, reduce_dims, stochastic, pack):
     noise = hash_uniform(x, draw_seed(x.device)) if stochastic else None
-    q, clip, hi = int_quantize_codes_reference(x, bits, scaling, signed, reduce_dims, stochastic, noise=noise)
-    packed = packed_codes.pack_int4(q) if pack else x.new_empty([*x.shape[:-1], 0], dtype=torch.uint8)
-    return _as_int8(q), packed, clip.float(), top_code_tensor(hi, x.device).float()
+    return packed_quantizer_codes(x, bits, scaling, signed, reduce_dims, stochastic, pack, noise=noise)
 
 
 CPU_INT8_DECOMPOSITIONS = {
     ops.quantize_codes.default: _quantize_codes,
     ops.int_quantize_packed_codes.default: _int_quantize_packed_codes,
-    ops.kernel_requantize_codes.default: triton_gemm_ops.int_requantize_codes_reference,
+    ops.kernel_requantize_codes.default: int_requantize_codes_reference,
     ops.scaled_int8_gemm_cpu.default: cpu_int8_gemm.scaled_int8_gemm_cpu_decomposition,
 }
 
@@ -110,9 +92,9 @@ QUANTIZER_DECOMPOSITIONS = {
     ops.qmatmul.default: quantized_matmul.matmul_forward,
     ops.qconv.default: quantized_conv.conv_forward,
     ops.mark_layer.default: _mark_layer,
-    ops.dequantize_codes.default: _dequantize_codes,
-    ops.unpack_int4_codes.default: triton_gemm_ops.unpack_int4_codes_reference,
-    ops.int_requantize_codes.default: triton_gemm_ops.int_requantize_codes_reference,
+    ops.dequantize_codes.default: dequantize_codes_reference,  # elementwise: fuses into its consumers
+    ops.unpack_int4_codes.default: unpack_int4_codes_reference,
+    ops.int_requantize_codes.default: int_requantize_codes_reference,
     ops.int_quantize_packed.default: _int_quantize_packed,
     ops.int_dequantize_packed.default: _int_dequantize_packed,
     ops.int_requantize.default: _int_requantize,

@@ -14,57 +14,29 @@
 On CUDA (and on CPU under ``TRITON_INTERPRET=1``) they run the Triton kernels; otherwise a
 PyTorch implementation of the same math, so a rewritten graph still runs anywhere. The GEMM
 receives each operand's codes in the shape its quantizer produced plus the chain of views the
-graph applied before the GEMM (JSON), so transposes stay strides and the per-group scales become
+graph applied before the GEMM (`view_chains` records, an ``int[]``), so transposes stay strides and the per-group scales become
 the row / column vectors of the epilogue without a copy of the operand.
 """
 
 from __future__ import annotations
 
-import json
-
 import torch
 
 from qcompile.runtime.kernels.triton_support import kernels_can_run_on
-from qcompile.runtime.ops.int_quantizer import (
-    int_clip,
-    int_codes_for_clip,
-    int_quantize_codes_reference,
-    int_quantize_reference,
-    top_code_tensor,
+from qcompile.runtime.ops.packed_codes import empty_saved_codes
+from qcompile.runtime.reference.codes import (
+    INT,
+    LUQ,
+    codes_group_shape,
+    dequantize_codes_reference,
+    int_requantize_codes_reference,
+    packed_quantizer_codes,
+    quantizer_codes,
+    unpack_int4_codes_reference,
 )
-from qcompile.runtime.ops.luq_quantizer import luq_levels, luq_quantize_reference
-from qcompile.runtime.ops.packed_codes import (
-    empty_saved_codes,
-    forward_top_code,
-    group_shape,
-    pack_int4,
-    unpack_int4,
-)
-from qcompile.runtime.reference.scaling_groups import group_amax, group_amin, normalize_dims
-
-INT, LUQ = "int", "luq"
-
-
-def codes_reference(x, kind, bits, scaling, signed, reduce_dims, stochastic):
-    """PyTorch codes of the references: same draws as `int/luq_quantize_reference`."""
-    dims = normalize_dims(reduce_dims, x.ndim)
-    xf = x.float()
-    if kind == LUQ:
-        alpha = group_amax(xf, dims) / float(2 ** (luq_levels(bits) - 1))
-        alpha = torch.where(alpha == 0, torch.ones_like(alpha), alpha)
-        value = luq_quantize_reference(xf, bits, dims)
-        codes = torch.round(value / alpha)
-        return codes.nan_to_num(0.0).to(torch.int8), alpha, torch.ones_like(alpha)
-    clip = int_clip(xf, scaling, dims)
-    if signed == "auto":
-        top = torch.where(group_amin(xf, dims) >= 0, float(2**bits - 1), float(2 ** (bits - 1) - 1))
-    else:
-        top = torch.full_like(clip, float(2 ** (bits - 1) - 1 if signed == "signed" else 2**bits - 1))
-    top = top.expand_as(clip).clone()
-    value = int_quantize_reference(xf, bits, scaling, signed, dims, stochastic)
-    scale = clip / top
-    codes = torch.where(scale == 0, torch.zeros_like(value), torch.round(value / scale))
-    return codes.nan_to_num(0.0).to(torch.int8), clip, top
+from qcompile.runtime.reference.packed_int import group_shape
+from qcompile.runtime.reference.scaling_groups import normalize_dims
+from qcompile.runtime.reference.view_chains import operand_2d
 
 
 @torch.library.custom_op(
@@ -92,9 +64,9 @@ def quantize_codes(
             c = int_quantize_codes(x, bits, scaling, signed, reduce_dims, stochastic)
         codes, clip, top = c.codes, c.clip, c.top
     else:
-        codes, clip, top = codes_reference(x, kind, bits, scaling, signed, reduce_dims, stochastic)
+        codes, clip, top = quantizer_codes(x, kind, bits, scaling, signed, reduce_dims, stochastic)
     # Contiguous outputs whatever the input's strides, as the fake kernel promises.
-    shape = group_shape_of(x, reduce_dims)
+    shape = codes_group_shape(x, reduce_dims)
     return (
         codes.contiguous(),
         clip.reshape(shape).contiguous().clone(),
@@ -102,14 +74,9 @@ def quantize_codes(
     )
 
 
-def group_shape_of(x: torch.Tensor, reduce_dims: list[int]) -> list[int]:
-    dims = normalize_dims(reduce_dims, x.ndim)
-    return [1 if (not dims or d in dims) else x.shape[d] for d in range(x.ndim)]
-
-
 @quantize_codes.register_fake
 def _quantize_codes_fake(x, kind, bits, scaling, signed, reduce_dims, stochastic):
-    shape = group_shape_of(x, reduce_dims)
+    shape = codes_group_shape(x, reduce_dims)
     return (
         torch.empty(x.shape, dtype=torch.int8, device=x.device),
         x.new_empty(shape, dtype=torch.float32),
@@ -145,10 +112,9 @@ def int_quantize_packed_codes(
         packed = c.packed if pack else x.new_empty([*shape[:-1], 0], dtype=torch.uint8)
         hi = c.top.reshape(groups) if signed == "auto" else c.top.reshape(-1)[0]
     else:
-        q, clip, hi = int_quantize_codes_reference(x, bits, scaling, signed, reduce_dims, stochastic)
-        codes = q.to(torch.int8)
-        packed = pack_int4(q) if pack else x.new_empty([*shape[:-1], 0], dtype=torch.uint8)
-        hi = top_code_tensor(hi, x.device)
+        codes, packed, clip, hi = packed_quantizer_codes(
+            x, bits, scaling, signed, reduce_dims, stochastic, pack
+        )
     return (
         codes.contiguous(),
         packed.contiguous(),
@@ -201,17 +167,6 @@ def recover_codes(
 @recover_codes.register_fake
 def _recover_codes_fake(xhat, bits, signed, reduce_dims):
     return _quantize_codes_fake(xhat, INT, bits, "max", signed, reduce_dims, False)
-
-
-def unpack_int4_codes_reference(packed: torch.Tensor, hi: torch.Tensor, last: int) -> torch.Tensor:
-    return unpack_int4(packed, last, hi)
-
-
-def int_requantize_codes_reference(
-    x: torch.Tensor, clip: torch.Tensor, hi: torch.Tensor, bits: int, signed: str
-) -> torch.Tensor:
-    top = forward_top_code(hi, bits, signed)
-    return int_codes_for_clip(x.float(), clip, top, bits, signed).to(torch.int8)
 
 
 @torch.library.custom_op("qcompile::unpack_int4_codes", mutates_args=())
@@ -267,7 +222,7 @@ def dequantize_codes(
     codes: torch.Tensor, clip: torch.Tensor, top: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor:
     """``codes / top · clip``: bit for bit the value of the quantizer that produced the codes."""
-    return (codes.float() / top * clip).to(dtype).contiguous()
+    return dequantize_codes_reference(codes, clip, top, dtype).contiguous()
 
 
 @dequantize_codes.register_fake
@@ -275,33 +230,19 @@ def _dequantize_codes_fake(codes, clip, top, dtype):
     return torch.empty(codes.shape, dtype=dtype, device=codes.device)
 
 
-def replay_views(t: torch.Tensor, chain: list) -> torch.Tensor:
-    """Apply a recorded chain of view ops (``[["permute", [1, 0]], ["view", [20, 8]], ...]``)."""
-    for op, arg in chain:
-        if op == "permute":
-            t = t.permute(arg)
-        elif op == "transpose":
-            t = t.transpose(*arg)
-        elif op == "t":
-            t = t.t()
-        elif op == "view":
-            t = t.reshape(arg)
-        else:
-            raise ValueError(f"replay_views: unknown view {op!r}; valid: permute, transpose, t, view")
-    return t
+# The arguments of the fused GEMM ops, `scaled_int8_gemm` and `scaled_int8_gemm_cpu` (which adds
+# the code bounds): each operand's codes and keepdim scales, the optional bias of the epilogue,
+# each operand's views (`view_chains` records, ending in 2-D ``[M, K]`` and ``[K, N]``), and the
+# shape and dtype of the output.
+SCALED_GEMM_ARGS = (
+    "Tensor a_codes, Tensor a_clip, Tensor a_top, Tensor b_codes, Tensor b_clip, Tensor b_top, Tensor? bias, "
+    "int[] a_views, int[] b_views, int[] out_shape, ScalarType out_dtype"
+)
 
 
-def operand_2d(codes, clip, top, chain_json: str, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(2-D codes, scale vector along ``axis``) of one GEMM operand: the codes through the
-    graph's views, and ``clip/top`` broadcast to the operand and read along the free axis."""
-    chain = json.loads(chain_json)
-    a = replay_views(codes, chain)
-    scale = replay_views((clip / top).expand(codes.shape), chain)
-    vec = scale[:, 0] if axis == 0 else scale[0, :]
-    return a, vec
-
-
-@torch.library.custom_op("qcompile::scaled_int8_gemm", mutates_args=())
+@torch.library.custom_op(
+    "qcompile::scaled_int8_gemm", mutates_args=(), schema=f"({SCALED_GEMM_ARGS}) -> Tensor"
+)
 def scaled_int8_gemm(
     a_codes: torch.Tensor,
     a_clip: torch.Tensor,
@@ -310,16 +251,16 @@ def scaled_int8_gemm(
     b_clip: torch.Tensor,
     b_top: torch.Tensor,
     bias: torch.Tensor | None,
-    a_chain: str,
-    b_chain: str,
+    a_views: list[int],
+    b_views: list[int],
     out_shape: list[int],
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
     """``Q(A)·Q(B) (+ bias)`` of two quantized operands given as codes, with the int8 Triton GEMM
-    (int32 accumulation, scales and bias in the epilogue). The chains are the views the graph
+    (int32 accumulation, scales and bias in the epilogue). The views are those the graph
     applied between each quantizer and the GEMM, ending in 2-D ``[M, K]`` and ``[K, N]``."""
-    a, rs = operand_2d(a_codes, a_clip, a_top, a_chain, 0)
-    b, cs = operand_2d(b_codes, b_clip, b_top, b_chain, 1)
+    a, rs = operand_2d(a_codes, a_clip, a_top, a_views, 0)
+    b, cs = operand_2d(b_codes, b_clip, b_top, b_views, 1)
     if kernels_can_run_on(a.device):
         from qcompile.runtime.kernels.triton_int8_gemm import int8_mm
 
@@ -331,7 +272,11 @@ def scaled_int8_gemm(
     return out.reshape(out_shape)
 
 
-@scaled_int8_gemm.register_fake
-def _scaled_int8_gemm_fake(a_codes, a_clip, a_top, b_codes, b_clip, b_top, bias, a_chain, b_chain, out_shape,
-                           out_dtype):  # fmt: skip
+def scaled_gemm_fake(a_codes: torch.Tensor, *args: object) -> torch.Tensor:
+    """Fake kernel of both fused GEMM ops: an ``out_shape`` tensor of ``out_dtype`` (the 10th and
+    11th of `SCALED_GEMM_ARGS`, whatever follows them)."""
+    out_shape, out_dtype = args[8], args[9]
     return torch.empty(out_shape, dtype=out_dtype, device=a_codes.device)
+
+
+scaled_int8_gemm.register_fake(scaled_gemm_fake)

@@ -13,22 +13,8 @@ from qcompile.runtime.ops.int_quantizer import int_quantize
 from qcompile.runtime.ops.layer_marker import mark_layer
 from qcompile.runtime.ops.lbt_quantizer import lbt_quantize
 from qcompile.runtime.ops.luq_quantizer import luq_quantize
+from qcompile.runtime.reference.scaling_groups import gradient_reduce_dims
 from qcompile.runtime.spec import QuantSpec, parse_spec
-
-
-def gradient_reduce_dims(granularity: str, ndim: int, channel_dim: int) -> list[int]:
-    """Dims a gradient scale reduces over.
-
-    per-sample keeps every dim before ``channel_dim`` (batch, tokens): the dgrad GEMM contracts
-    over channels (and, for convs, the kernel window), never over those. per-channel keeps only
-    ``channel_dim``: the wgrad GEMM contracts over everything else. (SCQ, docs/algorithms.md.)
-    """
-    if granularity == "per-tensor" or ndim == 0:
-        return []
-    c = channel_dim % ndim
-    if granularity == "per-sample":
-        return list(range(c, ndim))
-    return [d for d in range(ndim) if d != c]
 
 
 def quantize_gradient(dy: torch.Tensor, spec: QuantSpec | str, channel_dim: int, tag: str) -> torch.Tensor:

@@ -62,3 +62,18 @@ def granularity_of(reduce_dims: Sequence[int], ndim: int, role: str) -> str:
     if kept == list(range(len(kept))):
         return "per-sample"
     return "per-channel"
+
+
+def gradient_reduce_dims(granularity: str, ndim: int, channel_dim: int) -> list[int]:
+    """Dims a gradient scale reduces over.
+
+    per-sample keeps every dim before ``channel_dim`` (batch, tokens): the dgrad GEMM contracts
+    over channels (and, for convs, the kernel window), never over those. per-channel keeps only
+    ``channel_dim``: the wgrad GEMM contracts over everything else. (SCQ, docs/algorithms.md.)
+    """
+    if granularity == "per-tensor" or ndim == 0:
+        return []
+    c = channel_dim % ndim
+    if granularity == "per-sample":
+        return list(range(c, ndim))
+    return [d for d in range(ndim) if d != c]

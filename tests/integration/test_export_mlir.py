@@ -14,7 +14,7 @@ import torch
 
 from qcompile.exporters.mlir import luq_quantize_portable
 from qcompile.runtime import luq_quantize_reference
-from qcompile.runtime.ops.int_quantizer import int_quantize_reference
+from qcompile.runtime.reference.int_quant import int_quantize_reference
 from qcompile.testing.export_models import MODELS
 
 qops = torch.ops.qcompile

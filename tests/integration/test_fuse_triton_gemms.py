@@ -36,6 +36,7 @@ from qcompile.passes.post_aot.gemm_kernel_choice import (  # noqa: E402
     choose_gemm_kernel,
     track_kept_dims,
 )
+from qcompile.runtime.reference.view_chains import encode_views  # noqa: E402
 
 q = torch.ops.qcompile
 INT4 = OperandCheck("quantizer", "int", 4)
@@ -325,10 +326,10 @@ def test_fused_ops_pass_opcheck(interpreted, monkeypatch):
     rc = q.recover_codes(xhat, 4, "signed", [])
     assert torch.equal(rc[0], codes) and torch.equal(rc[1], clip)
     b = q.quantize_codes(torch.randn(17, 16, generator=g), "int", 4, "max", "signed", [0], False)
-    chain = '[["t", null]]'
-    torch.library.opcheck(q.scaled_int8_gemm.default, (codes.t().contiguous(), clip, top, *b, torch.randn(16), '[]',
-                                                        "[]", [20, 16], torch.float32))  # fmt: skip
-    out = q.scaled_int8_gemm(codes, clip, top, *b, None, chain, "[]", [20, 16], torch.float32)
+    chain = encode_views([("t", None)], codes.ndim)
+    torch.library.opcheck(q.scaled_int8_gemm.default, (codes.t().contiguous(), clip, top, *b, torch.randn(16), [],
+                                                        [], [20, 16], torch.float32))  # fmt: skip
+    out = q.scaled_int8_gemm(codes, clip, top, *b, None, chain, [], [20, 16], torch.float32)
     want = xhat.t() @ q.dequantize_codes(*b, torch.float32)
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
     # The ops reading what the forward saved packed: codes equal the forward's, bit for bit.
@@ -473,7 +474,7 @@ def test_hf_gpt2_linear_layers_fuse_and_attention_stays_on_inductor(fuse_on_cpu,
 def test_recover_codes_is_exact_and_reads_the_auto_grid(interpreted, monkeypatch):
     """Saved X̂/Ŵ are re-coded exactly: signed, unsigned-after-ReLU, the ambiguous non-negative
     group on the signed grid (tiny negatives rounded to 0), per-row groups, and bf16 copies."""
-    from qcompile.runtime.ops.int_quantizer import int_quantize_reference
+    from qcompile.runtime.reference.int_quant import int_quantize_reference
 
     if interpreted:
         pytest.importorskip("triton")

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import qcompile
 from qcompile.report.gradient_report import quantizer_stats
-from qcompile.runtime.ops.int_quantizer import int_clip
+from qcompile.runtime.reference.int_quant import int_clip
 from qcompile.testing.models import SmallResNet, mlp
 
 

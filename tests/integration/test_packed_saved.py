@@ -9,16 +9,13 @@ from torch import nn
 import qcompile
 from qcompile import PolicyError, Rule
 from qcompile.policy.files import policy_from_dict
-from qcompile.runtime.ops.int_quantizer import int_levels, int_quantize_reference
-from qcompile.runtime.ops.packed_codes import (
+from qcompile.runtime.reference.int_quant import int_levels, int_quantize_reference
+from qcompile.runtime.reference.packed_int import (
     int_dequantize_packed_reference,
     int_quantize_packed_reference,
     int_requantize_reference,
-    pack_bits,
-    pack_int4,
-    unpack_bits,
-    unpack_int4,
 )
+from qcompile.runtime.reference.packing import pack_bits, pack_int4, unpack_bits, unpack_int4
 
 ODD_SHAPES = [(1,), (3,), (2, 5), (4, 3, 7), (2, 1, 9)]
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import qcompile
-from qcompile.runtime.ops.aq_quantizer import aq_budget, aq_quantize_reference, keep_probabilities
 from qcompile.runtime.quantizer_state import measured_bits
+from qcompile.runtime.reference.aq import aq_budget, aq_quantize_reference, keep_probabilities
 from qcompile.runtime.spec import parse_spec
 
 aq_op = torch.ops.qcompile.aq_quantize

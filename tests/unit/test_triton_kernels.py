@@ -31,8 +31,8 @@ from qcompile.runtime.kernels import (  # noqa: E402
 )
 from qcompile.runtime.kernels.triton_int8_gemm import int8_mm_reference  # noqa: E402
 from qcompile.runtime.kernels.triton_pack_int4 import pack_reference, unpack_reference  # noqa: E402
-from qcompile.runtime.ops.int_quantizer import int_quantize_reference  # noqa: E402
-from qcompile.runtime.ops.luq_quantizer import luq_quantize_reference  # noqa: E402
+from qcompile.runtime.reference.int_quant import int_quantize_reference  # noqa: E402
+from qcompile.runtime.reference.luq import luq_quantize_reference  # noqa: E402
 
 # The kernels as the tests call them: on CPU tensors, run where `tests/kernel_device.py` says.
 int8_mm = on_device(triton_int8_gemm.int8_mm)
@@ -120,9 +120,9 @@ PACKED_LAYOUTS = LAYOUTS + [
 @pytest.mark.parametrize("kind", ["signed", "unsigned", "auto", "luq"])
 def test_quantizers_output_packed_codes(shape, dims, transpose, kind):
     """``pack=True``: the quantizer also writes its codes two per byte along the last dim, in the
-    format backward saves (`packed_codes.pack_int4` for INT, LUQ's sign + exponent nibbles),
+    format backward saves (`packing.pack_int4` for INT, LUQ's sign + exponent nibbles),
     for every grouping, odd lengths included, into poisoned buffers."""
-    from qcompile.runtime.ops.packed_codes import pack_int4, unpack_int4
+    from qcompile.runtime.reference.packing import pack_int4, unpack_int4
 
     x = _make(shape, transpose)
     if kind == "luq":
@@ -261,7 +261,7 @@ def test_sawb_moments_in_one_pass_give_the_references_clip(dtype):
     to float64 rounding, and SAWB's clip (`sawb_clip`) equals `int_clip`'s bit for bit, in
     every grouping, over groups longer than one tile (several loop steps) and on a constant
     group (SAWB's estimate is negative there, so max|x| is the clip)."""
-    from qcompile.runtime.ops.int_quantizer import int_clip
+    from qcompile.runtime.reference.int_quant import int_clip
 
     x = _input((37, 301), seed=3, dtype=dtype)
     x[5] = 0.25  # a constant row
