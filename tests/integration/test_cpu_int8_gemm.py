@@ -142,15 +142,19 @@ def test_bad_kernels_option_names_the_choices():
 
 
 def _count_kernel_calls(monkeypatch) -> list[tuple[int, int, int]]:
-    """Record the (M, K, N) of every integer GEMM the compiled graphs run."""
+    """Record the (M, K, N) of every integer GEMM the compiled graphs run, on whichever path this
+    CPU's kernel decision takes (the AVX2 kernel, ``aten._int_mm`` with VNNI, or the reference)."""
     calls: list[tuple[int, int, int]] = []
-    real = gemm_module.avx2_int8_mm if HAS_AVX2_KERNEL else gemm_module.cpu_int8_mm_reference
+    path = {"avx2-maddubs": "avx2_int8_mm", "int-mm": "int_mm_scaled"}.get(
+        cpu_int8_kernel()[0], "cpu_int8_mm_reference"
+    )
+    real = getattr(gemm_module, path)
 
     def spy(a, b, *rest):
         calls.append((a.shape[0], a.shape[1], b.shape[1]))
         return real(a, b, *rest)
 
-    monkeypatch.setattr(gemm_module, "avx2_int8_mm" if HAS_AVX2_KERNEL else "cpu_int8_mm_reference", spy)
+    monkeypatch.setattr(gemm_module, path, spy)
     return calls
 
 
