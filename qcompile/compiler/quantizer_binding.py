@@ -23,6 +23,43 @@ from qcompile.runtime.quantizer_state import QuantizerState, attach_state, bind_
 GRAD_ROLES = ("grad_dgrad", "grad_wgrad")
 
 
+def resolve_source(source: Any, f_locals: dict[str, Any], f_globals: dict[str, Any]) -> Any:
+    """The object a Dynamo `Source` names, found by walking its chain (no ``eval`` of its name).
+
+    Dynamo names a parameter by how the compiled frame reaches it, e.g.
+    ``L['self']._modules['blocks']._modules['0']._parameters['weight']``: a `LocalSource` or
+    `GlobalSource` at the root, then attribute (`AttrSource`) and item (`GetItemSource`,
+    `DictGetItemSource`) steps, with module/parameter wrappers (`NNModuleSource` and kin) that
+    name the same object as their base. Raises LookupError for any other kind of source.
+    """
+    from torch._dynamo import source as dynamo_source
+
+    if isinstance(source, dynamo_source.LocalSource):
+        return f_locals[source.local_name]
+    if isinstance(source, dynamo_source.GlobalSource):
+        return f_globals[source.global_name]
+    if isinstance(source, dynamo_source.AttrSource):  # ParamBufferSource and kin are AttrSources
+        obj = resolve_source(source.base, f_locals, f_globals)
+        for member in source.member.split("."):
+            obj = getattr(obj, member)
+        return obj
+    if isinstance(source, (dynamo_source.GetItemSource, dynamo_source.DictGetItemSource)):
+        index = source.index
+        if not isinstance(index, (str, int)):
+            raise LookupError(f"cannot follow the item {index!r} of {source.name}")
+        return resolve_source(source.base, f_locals, f_globals)[index]
+    if isinstance(source, dynamo_source.NNModuleSource):
+        return resolve_source(source.base, f_locals, f_globals)
+    raise LookupError(f"cannot follow a {type(source).__name__} ({source.name})")
+
+
+def root_source(source: Any) -> Any:
+    """The outermost source of a chain (the frame's local or global that everything hangs from)."""
+    while getattr(source, "base", None) is not None:
+        source = source.base
+    return source
+
+
 def _root_module(gm: fx.GraphModule) -> torch.nn.Module | None:
     """The module whose forward Dynamo is compiling, from a parameter input's source."""
     try:
@@ -34,17 +71,13 @@ def _root_module(gm: fx.GraphModule) -> torch.nn.Module | None:
     if tx is None:
         return None
     tx = getattr(getattr(tx, "output", None), "root_tx", None) or tx
-    scope = {"L": tx.f_locals, "G": tx.f_globals}
     for node in gm.graph.find_nodes(op="placeholder"):
         arg = node.meta.get("grapharg")
         if arg is None or not isinstance(getattr(arg, "example", None), torch.nn.Parameter):
             continue
-        source = arg.source
-        while getattr(source, "base", None) is not None:
-            source = source.base
         try:
-            root = eval(source.name, {"__builtins__": {}}, scope)  # a Dynamo source name, e.g. L['self']
-        except Exception:  # noqa: BLE001
+            root = resolve_source(root_source(arg.source), tx.f_locals, tx.f_globals)
+        except (LookupError, AttributeError, TypeError):
             continue
         if isinstance(root, torch.nn.Module):
             return root
