@@ -11,6 +11,7 @@ across recompilations (`qcompile.runtime.quantizer_state`).
 from __future__ import annotations
 
 import collections
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -122,4 +123,36 @@ def bind_state(
         for rec in records:
             if tag.endswith(f"|{rec.key}"):
                 rec.extra.setdefault("state_slots", {})[tag.split("|")[-2]] = name
+    pass_learned_clips(gm, state, dict(slots))
     return state
+
+
+def pass_learned_clips(gm: fx.GraphModule, state: QuantizerState, slots: dict[str, str]) -> None:
+    """Give every learned-clip quantizer its α as an input: each
+    ``learned_clip_quantize.unbound(x, bits, signed, tag)`` node becomes
+    ``learned_clip_quantize(x, bits, signed, α, tag)``, where α, the slot's Parameter, is a
+    parameter of ``gm`` (read by a ``get_attr`` node) that AOTAutograd lifts into a graph input.
+    The op's backward then returns ∂L/∂α through autograd, so ``α.grad`` accumulates as any
+    parameter's does, where optimizers and DDP's and FSDP's gradient hooks see it."""
+    from torch._dynamo.source import ConstantSource
+
+    unbound = torch.ops.qcompile.learned_clip_quantize.unbound
+    for node in list(gm.graph.find_nodes(op="call_function", target=unbound)):
+        x, bits, signed, tag = node.args
+        attr = "qcompile_clip_" + re.sub(r"\W", "_", slots[tag])
+        if not hasattr(gm, attr):
+            gm.register_parameter(attr, state.clip(slots[tag]))
+            # AOTAutograd matches every parameter of a Dynamo graph to the source it came
+            # from; this one comes from no frame, so it is named as a constant of the graph.
+            sources = getattr(gm, "_param_name_to_source", None)
+            if sources is not None:
+                sources[attr] = ConstantSource(attr)
+        with gm.graph.inserting_before(node):
+            alpha = gm.graph.get_attr(attr)
+            bound = gm.graph.call_function(
+                torch.ops.qcompile.learned_clip_quantize.default, (x, bits, signed, alpha, tag)
+            )
+        bound.meta.update(node.meta)
+        node.replace_all_uses_with(bound)
+        gm.graph.erase_node(node)
+    gm.recompile()
