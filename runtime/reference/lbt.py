@@ -9,7 +9,6 @@ to Python for tests and reports.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import torch
@@ -76,15 +75,17 @@ def clipped_fraction(g: torch.Tensor, gamma: float, reduce_dims: Sequence[int] =
     return float(clipped_share(gf, group_amax(gf, normalize_dims(reduce_dims, g.ndim)), gamma))
 
 
-@functools.cache
-def gamma_schedule() -> tuple[float, ...]:
-    """The γ values the first-batch loop tries, in order: 1 − 1e-3, 1 − 2e-3, ... down to the
-    floor (accumulated as the paper's loop does, so each value is bit for bit the loop's)."""
+def _gamma_schedule() -> tuple[float, ...]:
     gammas, gamma = [], GAMMA_CEIL
     while gamma > GAMMA_FLOOR:
         gamma = max(gamma - GAMMA_STEP, GAMMA_FLOOR)
         gammas.append(gamma)
     return tuple(gammas)
+
+
+# The γ values the first-batch loop tries, in order: 1 − 1e-3, 1 − 2e-3, ... down to the floor,
+# accumulated as the paper's loop does, so that each value is bit for bit the loop's.
+GAMMA_SCHEDULE = _gamma_schedule()
 
 
 def initial_gamma_tensor(gf: torch.Tensor, amax: torch.Tensor, bits: int) -> torch.Tensor:
@@ -97,7 +98,7 @@ def initial_gamma_tensor(gf: torch.Tensor, amax: torch.Tensor, bits: int) -> tor
     lie at or below each γ. The EMA recursion ``e_k = 0.999·e_{k−1} + 0.001·r_k`` is summed in
     closed form, ``e_k = 0.999^k · Σ_{j≤k} 0.001·r_j·0.999^{−j}`` (float64; 0.999^{−999} ≈ 2.7).
     """
-    schedule = gamma_schedule()
+    schedule = GAMMA_SCHEDULE
     m = len(schedule)
     ascending = torch.tensor(schedule[::-1], dtype=torch.float64, device=gf.device)
     ratio = (gf.abs() / amax).nan_to_num(0.0).flatten().double()
@@ -113,7 +114,8 @@ def initial_gamma_tensor(gf: torch.Tensor, amax: torch.Tensor, bits: int) -> tor
     ema = torch.cumsum(share * INIT_EMA ** (-k), 0) * INIT_EMA**k
     over = ema > lbt_target(bits)
     stop = torch.where(over.any(), over.int().argmax(), m - 1)
-    return torch.tensor(schedule, dtype=torch.float64, device=gf.device)[stop]
+    candidates = torch.tensor(schedule, dtype=torch.float64, device=gf.device)
+    return candidates.gather(0, stop.reshape(1)).reshape(())  # a tensor index: no host read
 
 
 def initial_gamma(g: torch.Tensor, bits: int, reduce_dims: Sequence[int] = ()) -> float:
