@@ -9,11 +9,13 @@ It lives in a `QuantizerState` module whose buffers are saved and loaded with th
     qcompile_state.lbt_clip/<layer path>/<role>                        Parameter (lbt-int4-learned)
     qcompile_state.lbt_clip_ready/<layer path>/<role>                  bool (initialised from data)
 
-Why not graph inputs: the quantizer runs inside AOTAutograd's compiled backward, and a buffer
-would have to be read by the model's own forward code for Dynamo to lift it. Instead the LBT op
-is an opaque custom op (Inductor calls it as an extern kernel) that finds its slot by the tag
-baked into the graph; the tag → slot binding is remade on every compile, so recompilation keeps
-the state, and a checkpoint restores it bit for bit.
+Why γ is not a graph input: the quantizer runs inside AOTAutograd's compiled backward, and a
+buffer would have to be read by the model's own forward code for Dynamo to lift it. Instead the
+LBT graph op is an opaque custom op (Inductor calls it as an extern kernel) that finds its slot
+by the tag baked into the graph and hands the slot's tensors to ``qcompile::lbt_step``, whose
+schema declares the in-place update; the tag → slot binding is remade on every compile, so
+recompilation keeps the state, and a checkpoint restores it bit for bit. A learned clip α *is*
+a graph input (the binding adds it to the forward graph), so its gradient flows through autograd.
 
 The same registry counts the bits AQ really spends (kept elements x bits), for the plan.
 """
