@@ -86,6 +86,18 @@ def _gamma_schedule() -> tuple[float, ...]:
 # The γ values the first-batch loop tries, in order: 1 − 1e-3, 1 − 2e-3, ... down to the floor,
 # accumulated as the paper's loop does, so that each value is bit for bit the loop's.
 GAMMA_SCHEDULE = _gamma_schedule()
+_SCHEDULE_ON: dict[torch.device, torch.Tensor] = {}
+
+
+def gamma_schedule_on(device: torch.device) -> torch.Tensor:
+    """`GAMMA_SCHEDULE` as a float64 tensor on ``device``, copied there once: a blocking copy
+    from host memory would wait for the device on every step."""
+    if torch.compiler.is_compiling():  # traced: a constant of the graph
+        return torch.tensor(GAMMA_SCHEDULE, dtype=torch.float64, device=device)
+    schedule = _SCHEDULE_ON.get(device)
+    if schedule is None:
+        schedule = _SCHEDULE_ON[device] = torch.tensor(GAMMA_SCHEDULE, dtype=torch.float64, device=device)
+    return schedule
 
 
 def initial_gamma_tensor(gf: torch.Tensor, amax: torch.Tensor, bits: int) -> torch.Tensor:
@@ -98,9 +110,9 @@ def initial_gamma_tensor(gf: torch.Tensor, amax: torch.Tensor, bits: int) -> tor
     lie at or below each γ. The EMA recursion ``e_k = 0.999·e_{k−1} + 0.001·r_k`` is summed in
     closed form, ``e_k = 0.999^k · Σ_{j≤k} 0.001·r_j·0.999^{−j}`` (float64; 0.999^{−999} ≈ 2.7).
     """
-    schedule = GAMMA_SCHEDULE
-    m = len(schedule)
-    ascending = torch.tensor(schedule[::-1], dtype=torch.float64, device=gf.device)
+    candidates = gamma_schedule_on(gf.device)
+    m = candidates.numel()
+    ascending = candidates.flip(0)
     ratio = (gf.abs() / amax).nan_to_num(0.0).flatten().double()
     n = ratio.numel()
     # below[i] = #{schedule values < ratio}; ratio <= ascending[j] exactly when below <= j.
@@ -114,7 +126,6 @@ def initial_gamma_tensor(gf: torch.Tensor, amax: torch.Tensor, bits: int) -> tor
     ema = torch.cumsum(share * INIT_EMA ** (-k), 0) * INIT_EMA**k
     over = ema > lbt_target(bits)
     stop = torch.where(over.any(), over.int().argmax(), m - 1)
-    candidates = torch.tensor(schedule, dtype=torch.float64, device=gf.device)
     return candidates.gather(0, stop.reshape(1)).reshape(())  # a tensor index: no host read
 
 
