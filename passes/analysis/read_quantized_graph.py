@@ -13,19 +13,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx
 
-from qcompile.passes.joint.recompute import RECOMPUTE_META
+from qcompile.passes.fx_utils import GEMM_TARGETS
+from qcompile.passes.graph_meta import RECOMPUTE_META
 from qcompile.passes.post_aot.gemm_kernel_choice import INT8_KERNELS, KERNEL_META, kernel_label
+from qcompile.runtime.quant_tag import QuantTag
 from qcompile.runtime.reference.scaling_groups import granularity_of
 from qcompile.runtime.spec import QuantSpec
 
 aten = torch.ops.aten
 qops = torch.ops.qcompile
 
-GEMM_TARGETS = {
-    aten.mm.default, aten.bmm.default, aten.addmm.default, aten.baddbmm.default,
-    aten.convolution.default, aten.convolution_backward.default, aten.matmul.default,
-    qops.qmatmul.default, qops.qconv.default,
-}  # fmt: skip
 QUANTIZER_TARGETS = {
     qops.int_quantize.default, qops.luq_quantize.default, qops.lbt_quantize.default, qops.aq_quantize.default,
     qops.learned_clip_quantize.default, qops.int_quantize_packed.default,
@@ -56,11 +53,12 @@ class OperandFact:
 
 
 def parse_tag(tag: str) -> tuple[str, str, str]:
-    """``"<layer>|<role>|<site key>[|extra]"`` → (layer, role, key)."""
-    parts = tag.split("|")
-    if len(parts) < 3:
+    """``"<layer>|<role>|<site key>[#draw]"`` → (layer, role, key); a string that is not a tag
+    reads as (itself, "", "")."""
+    if not QuantTag.is_tag(tag):
         return tag, "", ""
-    return parts[0], parts[1], parts[2].split("#")[0]  # "#n": the SMP draw of an INT gradient
+    t = QuantTag.parse(tag)
+    return t.layer, t.role, t.key
 
 
 def _tensor_inputs(node: fx.Node) -> list[fx.Node]:

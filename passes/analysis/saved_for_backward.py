@@ -30,7 +30,9 @@ import torch
 from torch import fx
 
 from qcompile.passes.analysis.subgraphs import higher_order_call
-from qcompile.passes.joint.recompute import RECOMPUTE_META, TARGET_META
+from qcompile.passes.fx_utils import hinted_numel, size_hint
+from qcompile.passes.graph_meta import RECOMPUTE_META, TARGET_META
+from qcompile.runtime.quant_tag import QuantTag
 
 qops = torch.ops.qcompile
 
@@ -50,33 +52,22 @@ class SavedTensor:
         return dict(self.__dict__)
 
 
-def _hint(s) -> int:
-    if isinstance(s, int):
-        return s
-    hint = getattr(getattr(s, "node", None), "hint", None)
-    return int(hint) if hint is not None else 0
-
-
-def _numel(val: torch.Tensor) -> int:
-    n = 1
-    for s in val.shape:
-        n *= _hint(s)
-    return n
-
-
 def _site(tag: str) -> tuple[str | None, str | None]:
-    parts = tag.split("|")
-    return (parts[2], parts[1]) if len(parts) >= 3 else (None, None)
+    """(GEMM key, role) of a quantizer's tag; (None, None) for a string that is not a tag."""
+    if not QuantTag.is_tag(tag):
+        return None, None
+    t = QuantTag.parse(tag)
+    return t.key, t.role
 
 
 def _recomputed(node: fx.Node) -> SavedTensor:
     """A tensor the forward would have saved and backward recomputes instead: no bytes held,
     and as much "FP32 would save" as the tensor itself (floats at float32)."""
     val = node.meta["val"]
-    numel = _numel(val)
+    numel = hinted_numel(val) or 0
     fp32 = numel * 4 if val.is_floating_point() else numel * val.element_size()
     return SavedTensor(
-        node.meta[RECOMPUTE_META], "recomputed", [_hint(s) for s in val.shape],
+        node.meta[RECOMPUTE_META], "recomputed", [(size_hint(s) or 0) for s in val.shape],
         str(val.dtype).removeprefix("torch."), 0, fp32,
     )  # fmt: skip
 
@@ -120,14 +111,17 @@ def read_saved_tensors(
         val = node.meta.get("val")
         if not isinstance(val, torch.Tensor):
             continue
-        numel = _numel(val)
+        numel = hinted_numel(val) or 0
         nbytes = numel * val.element_size()
         kind, fp32, site, role = "other", nbytes, None, None
         for user, seen in [] if node.name in input_aliases else _readers(node, backward):
             if user.target is qops.int_dequantize_packed.default:
                 site, role = _site(user.args[-1])
                 if user.args[0] is seen:
-                    kind, fp32 = "packed", 0 if (site, role) in from_inputs else _numel(user.meta["val"]) * 4
+                    kind, fp32 = (
+                        "packed",
+                        0 if (site, role) in from_inputs else (hinted_numel(user.meta["val"]) or 0) * 4,
+                    )
                 else:
                     kind, fp32 = "scale", 0
                 break
@@ -136,7 +130,7 @@ def read_saved_tensors(
                 kind, fp32 = "scale", 0
                 break
             if user.target is qops.unpack_bits.default:
-                kind, fp32 = "bits", _numel(user.meta["val"])
+                kind, fp32 = "bits", (hinted_numel(user.meta["val"]) or 0)
                 break
         else:
             if str(node.target).startswith("primals") or node.name in input_aliases:
@@ -149,7 +143,7 @@ def read_saved_tensors(
                 fp32 = numel * 4
         out.append(
             SavedTensor(
-                node.name, kind, [_hint(s) for s in val.shape], str(val.dtype).removeprefix("torch."),
+                node.name, kind, [(size_hint(s) or 0) for s in val.shape], str(val.dtype).removeprefix("torch."),
                 nbytes, fp32, site, role,
             )
         )  # fmt: skip

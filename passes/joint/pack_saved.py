@@ -26,64 +26,15 @@ from collections.abc import Callable
 
 import torch
 from torch import fx
-from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils.checkpoint import CheckpointPolicy
+
+from qcompile.passes.fx_utils import fake_mode_of, joint_regions, new_node, node_value
+from qcompile.passes.graph_meta import RECOMPUTE_META
 
 qops = torch.ops.qcompile
 aten = torch.ops.aten
 
 MIN_MASK_ELEMENTS = 64  # smaller masks are not worth two extra kernels
-
-
-def _val(n):
-    return n.meta.get("val") if isinstance(n, fx.Node) else n
-
-
-def _fake_mode(vals):
-    for v in vals:
-        if isinstance(v, FakeTensor):
-            return v.fake_mode
-    return None
-
-
-def _new_node(graph: fx.Graph, target, args: tuple, like: fx.Node, recompute=None, kwargs=None) -> fx.Node:
-    """A call node whose ``meta["val"]`` comes from running ``target`` on the args' fake values."""
-    kwargs = kwargs or {}
-    node = graph.call_function(target, args, kwargs)
-    fake_args = fx.map_arg(args, _val)
-    mode = _fake_mode(torch.utils._pytree.tree_leaves(fake_args))
-    with mode if mode is not None else contextlib.nullcontext():
-        if target is operator.getitem:
-            node.meta["val"] = fake_args[0][fake_args[1]]
-        else:
-            node.meta["val"] = target(*fake_args, **kwargs)
-    for key in ("stack_trace", "nn_module_stack", "seq_nr", "original_aten"):
-        if key in like.meta:
-            node.meta.setdefault(key, like.meta[key])
-    if recompute is not None:
-        node.meta["recompute"] = recompute
-    return node
-
-
-def _regions(graph: fx.Graph) -> tuple[set[fx.Node], set[fx.Node]]:
-    """(backward nodes: everything depending on a tangent, forward nodes: every ancestor of an
-    output that does not depend on a tangent)."""
-    backward: set[fx.Node] = set()
-    for node in graph.nodes:
-        if (node.op == "placeholder" and "tangents" in str(node.target)) or any(
-            a in backward for a in node.all_input_nodes
-        ):
-            backward.add(node)
-    output = next(n for n in reversed(graph.nodes) if n.op == "output")
-    stack = [a for a in output.all_input_nodes if a not in backward]
-    forward: set[fx.Node] = set()
-    while stack:
-        n = stack.pop()
-        if n in forward:
-            continue
-        forward.add(n)
-        stack.extend(n.all_input_nodes)
-    return backward, forward
 
 
 def _packable(val) -> bool:
@@ -146,7 +97,7 @@ def _redirect(graph: fx.Graph, root: fx.Node, replacement: fx.Node, uses) -> Non
             src = copy_of(n.args[0])
             with graph.inserting_after(src):
                 args = (src, *n.args[1:])
-                new = _new_node(graph, n.target, args, n, CheckpointPolicy.MUST_RECOMPUTE, dict(n.kwargs))
+                new = new_node(graph, n.target, args, n, CheckpointPolicy.MUST_RECOMPUTE, dict(n.kwargs))
             copies[n] = new
         return copies[n]
 
@@ -160,11 +111,11 @@ def _restride(graph: fx.Graph, rebuilt: fx.Node, order: list[int], like: fx.Node
     without packing and pick the same kernels."""
     inverse = sorted(range(len(order)), key=order.__getitem__)
     must = CheckpointPolicy.MUST_RECOMPUTE
-    permuted = _new_node(graph, aten.permute.default, (rebuilt, order), like, must)
-    dense = _new_node(
+    permuted = new_node(graph, aten.permute.default, (rebuilt, order), like, must)
+    dense = new_node(
         graph, aten.clone.default, (permuted,), like, must, {"memory_format": torch.contiguous_format}
     )
-    return _new_node(graph, aten.permute.default, (dense, inverse), like, must)
+    return new_node(graph, aten.permute.default, (dense, inverse), like, must)
 
 
 def _first(graph: fx.Graph, nodes) -> fx.Node:
@@ -191,7 +142,7 @@ def _copy_views(graph: fx.Graph, chain: list[fx.Node]) -> fx.Node:
     """The chain ``chain[1:]`` (views, dtype casts) replayed in backward on ``chain[0]``."""
     out = chain[0]
     for view in chain[1:]:
-        out = _new_node(
+        out = new_node(
             graph,
             view.target,
             (out, *view.args[1:]),
@@ -214,7 +165,7 @@ def pack_quantized_operands(
     backward holds anyway) is rebuilt by `int_requantize` from ``W`` and the saved clip instead
     of from saved codes: only two scalars (per-channel: two vectors) are kept for ``Ŵ``.
     ``skip``: quantizers left as they are (those a user's activation checkpoint replays)."""
-    backward, forward = _regions(graph)
+    backward, forward = joint_regions(graph)
     rebuilt_for: dict[fx.Node, fx.Node] = {}
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target is not qops.int_quantize.default or node in backward:
@@ -222,7 +173,7 @@ def pack_quantized_operands(
         if skip is not None and skip(node):
             continue
         x, bits, scaling, signed, reduce_dims, stochastic, tag = node.args
-        val = _val(node)
+        val = node_value(node)
         order = dense_order(val) if _packable(val) else None
         if bits > 4 or bits < 2 or order is None:  # binary (1-bit) forms keep their own path
             continue
@@ -231,14 +182,14 @@ def pack_quantized_operands(
             continue
         source = _graph_input_view_chain(x) if requantize_inputs and not stochastic else None
         with graph.inserting_before(node):
-            packed_all = _new_node(graph, qops.int_quantize_packed.default, node.args, node)
-            items = [_new_node(graph, operator.getitem, (packed_all, i), node) for i in range(4)]
+            packed_all = new_node(graph, qops.int_quantize_packed.default, node.args, node)
+            items = [new_node(graph, operator.getitem, (packed_all, i), node) for i in range(4)]
         xq, packed, clip, hi = items
         for saved in (clip, hi) if source else (packed, clip, hi):
             saved.meta["recompute"] = CheckpointPolicy.MUST_SAVE
         with graph.inserting_before(_first(graph, [u for _, u in uses])):
             if source:
-                rebuilt = _new_node(
+                rebuilt = new_node(
                     graph,
                     qops.int_requantize.default,
                     (_copy_views(graph, source), clip, hi, bits, signed, val.dtype, tag),
@@ -246,7 +197,7 @@ def pack_quantized_operands(
                     CheckpointPolicy.MUST_RECOMPUTE,
                 )
             else:
-                rebuilt = _new_node(
+                rebuilt = new_node(
                     graph,
                     qops.int_dequantize_packed.default,
                     (packed, clip, hi, val.shape[-1], bits, signed, val.dtype, tag),
@@ -254,7 +205,7 @@ def pack_quantized_operands(
                     CheckpointPolicy.MUST_RECOMPUTE,
                 )
             rebuilt_for[xq] = rebuilt  # in the layout of an intermediate, as the forward's GEMM read it
-            if dense_order(_val(rebuilt)) != order:
+            if dense_order(node_value(rebuilt)) != order:
                 rebuilt = _restride(graph, rebuilt, order, node)
         _redirect(graph, node, rebuilt, uses)
         node.replace_all_uses_with(xq)
@@ -264,10 +215,10 @@ def pack_quantized_operands(
 
 def pack_boolean_masks(graph: fx.Graph) -> int:
     """Route boolean tensors that backward reads through pack_bits/unpack_bits; returns how many."""
-    backward, forward = _regions(graph)
+    backward, forward = joint_regions(graph)
     count = 0
     for node in list(graph.nodes):
-        val = _val(node)
+        val = node_value(node)
         if (
             node.op not in ("call_function", "placeholder")
             or node in backward
@@ -283,9 +234,9 @@ def pack_boolean_masks(graph: fx.Graph) -> int:
         if not users:
             continue
         with graph.inserting_after(node):
-            packed = _new_node(graph, qops.pack_bits.default, (node,), node)
+            packed = new_node(graph, qops.pack_bits.default, (node,), node)
         with graph.inserting_before(_first(graph, users)):
-            unpacked = _new_node(
+            unpacked = new_node(
                 graph,
                 qops.unpack_bits.default,
                 (packed, val.shape[-1]),
@@ -314,10 +265,10 @@ def _channels_last(graph: fx.Graph, operand: fx.Node) -> fx.Node:
     """``operand`` copied channels-last, with channels-last strides stated explicitly: for a single
     channel both stride patterns describe the same memory, and Inductor would otherwise pick the
     contiguous one, which sends the convolution down another oneDNN path than the forward's."""
-    val = _val(operand)
+    val = node_value(operand)
     n, c, h, w = val.shape
     strides = [c * h * w, 1, w * c, c]
-    mode = _fake_mode([val])
+    mode = fake_mode_of([val])
     with graph.inserting_after(operand):
         clone = graph.call_function(aten.clone.default, (operand,), {"memory_format": torch.channels_last})
         with graph.inserting_after(clone):
@@ -336,17 +287,18 @@ def match_forward_layout(gm: fx.GraphModule, channels_last: bool) -> int:
     without packing: same results, bit for bit. Returns how many operands it re-laid out."""
     if not channels_last:
         return 0
-    from qcompile.passes.joint.recompute import RECOMPUTE_META
 
     rebuilt_ops = (qops.int_dequantize_packed.default, qops.int_requantize.default)
     pairs: list[tuple[fx.Node, list[fx.Node]]] = []
     for node in gm.graph.nodes:
-        if node.target in rebuilt_ops and _val(node).ndim == 4:
+        if node.target in rebuilt_ops and node_value(node).ndim == 4:
             users = [u for u in node.users if u.target is aten.convolution_backward.default]
             if users:
                 pairs.append((node, users))
         if node.target in (qops.qconv.default, aten.convolution.default) and RECOMPUTE_META in node.meta:
-            pairs.extend((a, [node]) for a in node.args[:2] if isinstance(a, fx.Node) and _val(a).ndim == 4)
+            pairs.extend(
+                (a, [node]) for a in node.args[:2] if isinstance(a, fx.Node) and node_value(a).ndim == 4
+            )
     for operand, users in pairs:
         laid_out = _channels_last(gm.graph, operand)
         for user in users:

@@ -39,19 +39,15 @@ import torch
 from torch import fx
 from torch.utils.checkpoint import CheckpointPolicy
 
-from qcompile.passes.joint.pack_saved import MIN_MASK_ELEMENTS, _new_node, _regions, _val
+from qcompile.passes.fx_utils import FORWARD_GEMM_TARGETS, hinted_numel, joint_regions, new_node, node_value
+from qcompile.passes.graph_meta import RECOMPUTE_META, TARGET_META
+from qcompile.passes.joint.pack_saved import MIN_MASK_ELEMENTS
 
 aten = torch.ops.aten
 qops = torch.ops.qcompile
 
-RECOMPUTE_META = "qcompile_recompute"  # on every clone: the forward node it recomputes
-TARGET_META = "qcompile_recomputed_target"  # on a clone that replaces a tensor backward read
 LEAF_FRACTION = 8  # a new (not otherwise saved) leaf has at most 1/8 of the target's elements
 
-GEMM_TARGETS = {
-    qops.qmatmul.default, qops.qconv.default, aten.mm.default, aten.bmm.default, aten.addmm.default,
-    aten.baddbmm.default, aten.convolution.default,
-}  # fmt: skip
 # Deterministic, one output element from a few input elements: cheap to replay.
 COPY_TARGETS = {
     aten.clone.default, aten.embedding.default, aten._to_copy.default, aten.cat.default,
@@ -60,19 +56,6 @@ COPY_TARGETS = {
     aten.zeros.default, aten.ones.default, aten.lift_fresh_copy.default,
     torch.ops.prims.convert_element_type.default, torch.ops.prims.iota.default,
 }  # fmt: skip
-
-
-def _numel(val) -> int | None:
-    """Elements of a tensor value; a symbolic size counts at its hint (sizes are only compared)."""
-    if not isinstance(val, torch.Tensor):
-        return None
-    n = 1
-    for s in val.shape:
-        hint = s if isinstance(s, int) else getattr(s.node, "hint", None)
-        if hint is None:
-            return None
-        n *= int(hint)
-    return n
 
 
 def _replayable_here(node: fx.Node) -> bool:
@@ -86,7 +69,7 @@ def _replayable_here(node: fx.Node) -> bool:
 
 def _replayable(node: fx.Node) -> bool:
     target = node.target
-    if target in GEMM_TARGETS or target in COPY_TARGETS:
+    if target in FORWARD_GEMM_TARGETS or target in COPY_TARGETS:
         return True
     if not isinstance(target, torch._ops.OpOverload):
         return False
@@ -110,7 +93,7 @@ class _Planner:
         self.graph = graph
         self.rebuilt = rebuilt
         self.max_gemms = max_gemms
-        self.backward, self.forward = _regions(graph)  # the rest needs no tangent: computable before
+        self.backward, self.forward = joint_regions(graph)  # the rest needs no tangent: computable before
         self.saved: set[fx.Node] = set()  # targets decided to stay saved
         self.clones: dict[fx.Node, fx.Node] = {}  # forward node -> its recompute in backward
         self.chains: dict[fx.Node, _Chain] = {}
@@ -151,7 +134,7 @@ class _Planner:
         if not _replayable_here(node) or _is_statistic(node):
             c.ok = False
             return c
-        if node.target in GEMM_TARGETS:
+        if node.target in FORWARD_GEMM_TARGETS:
             c.gemms.add(node)
         for arg in node.all_input_nodes:
             if self.free(arg):
@@ -166,15 +149,15 @@ class _Planner:
 
     def accept(self, target: fx.Node) -> bool:
         """Whether recomputing ``target`` saves memory at an acceptable cost (module docstring)."""
-        val = _val(target)
-        numel = _numel(val)
+        val = node_value(target)
+        numel = hinted_numel(val)
         if numel is None or numel < MIN_MASK_ELEMENTS:
             return False
         c = self.chain(target)
         if not c.ok:
             return False
         for leaf in c.new_leaves:
-            leaf_numel = _numel(_val(leaf))
+            leaf_numel = hinted_numel(node_value(leaf))
             if leaf_numel is None or leaf_numel * LEAF_FRACTION > numel:
                 return False
         if len(c.gemms) > self.max_gemms:
@@ -205,7 +188,7 @@ class _Planner:
             args = fx.map_arg(node.args, self._read)
             kwargs = fx.map_arg(node.kwargs, self._read)
             with self.graph.inserting_before(self.graph.output_node()):
-                new = _new_node(
+                new = new_node(
                     self.graph, node.target, args, node, CheckpointPolicy.MUST_RECOMPUTE, dict(kwargs)
                 )
             new.meta[RECOMPUTE_META] = node.name
@@ -220,7 +203,7 @@ class _Planner:
         reads_a_tensor = any(self._leaf(a) for n in chain for a in n.all_input_nodes)
         if (
             base in self.clones
-            and _val(base).is_floating_point()
+            and node_value(base).is_floating_point()
             and reads_a_tensor
             and not chain & self.counted
         ):
@@ -236,10 +219,10 @@ class _Planner:
         identity marker: a clone whose inputs were all the forward node's own would otherwise be
         merged back into it by the partitioner's common-subexpression elimination (and saved).
         A symbolic size (a SymInt input under dynamic shapes) is read as it is."""
-        if node.op == "placeholder" and isinstance(_val(node), torch.Tensor):
+        if node.op == "placeholder" and isinstance(node_value(node), torch.Tensor):
             if node not in self.barriers:
                 with self.graph.inserting_before(self.graph.output_node()):
-                    self.barriers[node] = _new_node(
+                    self.barriers[node] = new_node(
                         self.graph, qops.mark_layer.default, (node, "|recompute|"), node,
                         CheckpointPolicy.MUST_RECOMPUTE,
                     )  # fmt: skip
@@ -289,10 +272,10 @@ def _is_statistic(node: fx.Node) -> bool:
     as a leaf, saved as it is, even where it could be replayed. Saving it costs next to nothing,
     and replaying it would recompute a transcendental function in another kernel, where its
     vectorisation, and so its last bit, may differ."""
-    numel = _numel(_val(node))
+    numel = hinted_numel(node_value(node))
     if numel is None or not node.all_input_nodes:
         return False
-    return any((_numel(_val(u)) or 0) >= LEAF_FRACTION * numel for u in node.users)
+    return any((hinted_numel(node_value(u)) or 0) >= LEAF_FRACTION * numel for u in node.users)
 
 
 def _reads_in_backward(user: fx.Node, backward: set[fx.Node]) -> bool:

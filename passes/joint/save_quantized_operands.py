@@ -1,12 +1,17 @@
-"""Joint-graph pass: backward GEMMs read the forward's quantized operands, never recompute them.
+"""Joint-graph pass: backward GEMMs read exactly the operands the forward quantized, stored small.
 
 The min-cut partitioner may choose to save the FP32 input of a forward quantizer and recompute
 ``Q(X)`` in the backward graph when that looks cheaper. For a stochastic forward quantizer that
 would be wrong (backward would see other values than forward used), and for every quantizer it
 is against the design: ``X̂`` and ``Ŵ`` are exactly what dgrad and wgrad consume, and the natural
-thing to store packed. This pass tags every forward quantizer ``MUST_SAVE`` before the
-partitioner runs, except inside regions the user checkpoints: there the quantizer is replayed
-from the region's input like everything else in it (`replayed_by_checkpoint`).
+thing to store packed. So this pass tags every forward quantizer ``MUST_SAVE`` before the
+partitioner runs, then (with packing) stores the codes packed, and lets backward *rebuild* what
+it can reproduce bit for bit rather than save it: a deterministic weight quantizer is
+requantized from ``W`` and its saved clip, an FP32 activation is recomputed from saved codes
+(`recompute_from_codes`). What backward reads is therefore always the forward's own quantized
+values, never a fresh quantization with new random draws. Inside regions the user checkpoints
+the quantizer is replayed from the region's input like everything else in it
+(`replayed_by_checkpoint`).
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ class SaveQuantizedOperands(CustomGraphPass):
     the forward's rounding, between packed and unpacked training.
 
     ``pack=True`` (the default) then stores what backward reads packed
-    (`pack_saved_tensors`): 4-bit codes two per byte, boolean masks as bits. ``pack=False``
+    (`pack_quantized_operands`): 4-bit codes two per byte, boolean masks as bits. ``pack=False``
     keeps the dequantized operands and bool masks as they are (for comparison and debugging).
 
     ``recompute`` (with packing) lets backward rebuild instead of save: ``"pointwise"`` rebuilds

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from qcompile.runtime import QuantSpec, int_quantize, parse_spec, qmatmul
+from qcompile.runtime.quant_tag import QuantTag
 
 
 def forward_quantize(
@@ -40,10 +41,12 @@ def quantized_gemm(
 ) -> torch.Tensor:
     """``a @ b`` with both operands activations: ``specs`` = (activation for a, activation for b,
     grad_dgrad, grad_wgrad-or-"shared") as spec strings; ``tag`` = ``"<layer>|gemm|<site>"``."""
-    layer, _, site = tag.rsplit("|", 2)
+    gemm = QuantTag.parse(tag)
     act_a, act_b, grad_a, grad_b = specs
-    aq = forward_quantize(a, act_a, activation_dims(act_a, a.ndim, False), f"{layer}|activation|{site}")
-    bq = forward_quantize(b, act_b, activation_dims(act_b, b.ndim, True), f"{layer}|weight|{site}")
+    aq = forward_quantize(
+        a, act_a, activation_dims(act_a, a.ndim, False), gemm.with_role("activation").encode()
+    )
+    bq = forward_quantize(b, act_b, activation_dims(act_b, b.ndim, True), gemm.with_role("weight").encode())
     return qmatmul(aq, bq, grad_a, grad_b, tag)
 
 

@@ -19,9 +19,11 @@ import torch
 from torch import fx
 
 from qcompile.passes.analysis.gemm_sites import GemmSite, example_value, find_gemm_sites, rank_of, shape_of
+from qcompile.passes.fx_utils import size_hint
 from qcompile.passes.pre_aot.attention_gemms import quantized_attention
 from qcompile.policy.config import LayerDecision, Policy
 from qcompile.runtime import SHARED, QuantSpec
+from qcompile.runtime.quant_tag import encode_tag
 
 
 def _hinted(n) -> list[int | str]:
@@ -34,9 +36,8 @@ def _hinted(n) -> list[int | str]:
         if isinstance(s, int):
             out.append(s)
             continue
-        # Never int() a SymInt here: that would specialise the graph to this size.
-        hint = getattr(getattr(s, "node", None), "hint", None)
-        out.append(int(hint) if hint is not None else str(s))
+        hint = size_hint(s)
+        out.append(hint if hint is not None else str(s))
     return out
 
 
@@ -118,7 +119,7 @@ class _Rewriter:
         return node
 
     def tag(self, role: str) -> str:
-        return f"{self.layer}|{role}|{self.key}"
+        return encode_tag(self.layer, role, self.key)
 
     def quantize(self, value: fx.Node, spec: QuantSpec, reduce_dims: list[int], role: str) -> fx.Node:
         if not spec.is_quantized:

@@ -49,7 +49,10 @@ class PolicyError(ValueError):
     """A policy, rule or quantizer spec that cannot be honoured; the message names valid choices."""
 
 
-def _role_spec(role: str, value: object) -> QuantSpec:
+def role_spec(role: str, value: object) -> QuantSpec:
+    """``value`` parsed as the quantizer of operand ``role``, or a `PolicyError` naming the role
+    and, for a spec the role cannot take, the ones it can (shared by policies and policy files,
+    so both reject the same values with the same words)."""
     try:
         spec = parse_spec(value)  # type: ignore[arg-type]
     except ValueError as e:
@@ -107,7 +110,7 @@ class Rule:
         for role in ROLES:
             value = getattr(self, role)
             if value is not None:
-                object.__setattr__(self, role, _role_spec(role, value))
+                object.__setattr__(self, role, role_spec(role, value))
         if all(getattr(self, r) is None for r in ROLES):
             raise PolicyError(
                 f"rule for layer={self.layer!r} op={self.op!r} overrides no role; set one of {ROLES}"
@@ -177,7 +180,7 @@ class Policy:
 
     def __post_init__(self) -> None:
         for role in ROLES:
-            object.__setattr__(self, role, _role_spec(role, getattr(self, role)))
+            object.__setattr__(self, role, role_spec(role, getattr(self, role)))
         rules = tuple(self.rules) if isinstance(self.rules, (list, tuple)) else None
         if rules is None or not all(isinstance(r, Rule) for r in rules):
             raise PolicyError("rules must be a sequence of qcompile.Rule")

@@ -16,7 +16,7 @@ from typing import Any
 
 import tomllib
 
-from qcompile.policy.config import ROLES, Policy, PolicyError, Rule, _role_spec
+from qcompile.policy.config import ROLES, Policy, PolicyError, Rule, role_spec
 from qcompile.policy.file_lines import format_key_path, json_key_lines, line_of, toml_key_lines
 from qcompile.policy.recipes import DEFAULT_PRESET, preset
 
@@ -85,7 +85,7 @@ def _check_field(key_path: tuple, key: str, value: Any) -> None:
     """Validate one policy/rule field on its own, so an error can point at its key."""
     try:
         if key in ROLES:
-            _role_spec(key, value)
+            role_spec(key, value)
         elif key in ("share_gradient_sample", "keep_first_last", "high_precision") and not isinstance(
             value, bool
         ):

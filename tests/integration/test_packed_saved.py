@@ -8,6 +8,7 @@ from torch import nn
 
 import qcompile
 from qcompile import PolicyError, Rule
+from qcompile.policy.files import policy_from_dict
 from qcompile.runtime.ops.int_quantizer import int_levels, int_quantize_reference
 from qcompile.runtime.ops.packed_codes import (
     int_dequantize_packed_reference,
@@ -120,7 +121,7 @@ def test_pack_saved_policy_field():
     assert qcompile.preset("luq-int4").replace(pack_saved=False).pack_saved is False
     with pytest.raises(PolicyError, match="pack_saved"):
         qcompile.Policy(pack_saved="no")
-    assert qcompile.policy_files.policy_from_dict({"pack_saved": False}).pack_saved is False
+    assert policy_from_dict({"pack_saved": False}).pack_saved is False
 
 
 # ------------------------------------------------------------------------------- compiled

@@ -15,9 +15,11 @@ from torch.utils.checkpoint import CheckpointPolicy
 import qcompile
 from qcompile import PolicyError
 from qcompile.passes import SaveQuantizedOperands
+from qcompile.policy.files import policy_from_dict
 
 recompute_module = importlib.import_module("qcompile.passes.joint.recompute")
-RECOMPUTE_META = recompute_module.RECOMPUTE_META
+from qcompile.passes.graph_meta import RECOMPUTE_META  # noqa: E402
+
 aten, qops = torch.ops.aten, torch.ops.qcompile
 
 
@@ -159,7 +161,7 @@ def test_recompute_policy_field_is_validated():
     assert qcompile.preset("luq-int4").recompute == "gemm"
     with pytest.raises(PolicyError, match=r"recompute must be one of \('gemm', 'pointwise', 'none'\)"):
         qcompile.Policy(recompute="all")
-    assert qcompile.policy_files.policy_from_dict({"recompute": "none"}).recompute == "none"
+    assert policy_from_dict({"recompute": "none"}).recompute == "none"
     with pytest.raises(ValueError, match="recompute must be one of"):
         SaveQuantizedOperands(recompute="sometimes")
 
