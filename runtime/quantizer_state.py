@@ -9,11 +9,13 @@ It lives in a `QuantizerState` module whose buffers are saved and loaded with th
     qcompile_state.lbt_clip/<layer path>/<role>                        Parameter (lbt-int4-learned)
     qcompile_state.lbt_clip_ready/<layer path>/<role>                  bool (initialised from data)
 
-Why not graph inputs: the quantizer runs inside AOTAutograd's compiled backward, and a buffer
-would have to be read by the model's own forward code for Dynamo to lift it. Instead the LBT op
-is an opaque custom op (Inductor calls it as an extern kernel) that finds its slot by the tag
-baked into the graph; the tag → slot binding is remade on every compile, so recompilation keeps
-the state, and a checkpoint restores it bit for bit.
+Why γ is not a graph input: the quantizer runs inside AOTAutograd's compiled backward, and a
+buffer would have to be read by the model's own forward code for Dynamo to lift it. Instead the
+LBT graph op is an opaque custom op (Inductor calls it as an extern kernel) that finds its slot
+by the tag baked into the graph and hands the slot's tensors to ``qcompile::lbt_step``, whose
+schema declares the in-place update; the tag → slot binding is remade on every compile, so
+recompilation keeps the state, and a checkpoint restores it bit for bit. A learned clip α *is*
+a graph input (the binding adds it to the forward graph), so its gradient flows through autograd.
 
 The same registry counts the bits AQ really spends (kept elements x bits), for the plan.
 """
@@ -39,7 +41,7 @@ class QuantizerState(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.last_clipped: dict[str, float] = {}  # fraction clipped at the last step (not saved)
+        self.clipped_now: dict[str, torch.Tensor] = {}  # share clipped at the last step (not saved)
 
     @staticmethod
     def slot_name(layer: str, role: str) -> str:
@@ -76,6 +78,26 @@ class QuantizerState(torch.nn.Module):
 
     def updates(self, name: str) -> torch.Tensor:
         return self._buffers[_UPDATES + name]
+
+    def lbt_tensors(self, name: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(γ, update count, last clipped share) of slot ``name``, on ``device``: the tensors
+        `qcompile::lbt_step` updates in place. The slot moves to the gradient's device on its
+        first use there (once), so no step copies state between host and device."""
+        gamma, updates = self.gamma(name), self.updates(name)
+        if gamma.device != device:
+            gamma, updates = gamma.to(device), updates.to(device)
+            self._buffers[_GAMMA + name], self._buffers[_UPDATES + name] = gamma, updates
+        clipped = self.clipped_now.get(name)
+        if clipped is None or clipped.device != device:
+            clipped = torch.full((), float("nan"), dtype=torch.float64, device=device)
+            self.clipped_now[name] = clipped
+        return gamma, updates, clipped
+
+    @property
+    def last_clipped(self) -> dict[str, float]:
+        """Share of elements clipped at each slot's last step (NaN after a non-finite one); read
+        back from the device only here, for reports."""
+        return {k: float(v) for k, v in self.clipped_now.items()}
 
     def gammas(self) -> dict[str, float]:
         """Current γ per slot, e.g. ``{"fc1/grad_dgrad": 0.712}``."""

@@ -119,7 +119,7 @@ def describe_quantizers(nodes: list[fx.Node], role: str) -> QuantSpec:
     val = n.meta.get("val")
     ndim = val.ndim if isinstance(val, torch.Tensor) else len(n.args[0].meta["val"].shape)
     if n.target is qops.learned_clip_quantize.default:
-        _, bits, signed, _ = n.args
+        _, bits, signed, _, _ = n.args  # x, bits, signed, α, tag
         return QuantSpec("int", bits, "learned", "per-tensor", "nearest", signed, 1)
     if n.target is qops.lbt_quantize.default:
         _, bits, dims, _ = n.args

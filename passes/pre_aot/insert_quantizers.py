@@ -43,7 +43,7 @@ def _hinted(n) -> list[int | str]:
 
 _graph_ids = itertools.count()
 int_quantize = torch.ops.qcompile.int_quantize.default
-learned_clip_quantize = torch.ops.qcompile.learned_clip_quantize.default
+learned_clip_quantize = torch.ops.qcompile.learned_clip_quantize.unbound  # α is passed in at binding
 qmatmul = torch.ops.qcompile.qmatmul.default
 qconv = torch.ops.qcompile.qconv.default
 

@@ -11,6 +11,7 @@ across recompilations (`qcompile.runtime.quantizer_state`).
 from __future__ import annotations
 
 import collections
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,43 @@ from qcompile.passes import SiteRecord
 from qcompile.runtime.quantizer_state import QuantizerState, attach_state, bind_tag, state_for_params
 
 GRAD_ROLES = ("grad_dgrad", "grad_wgrad")
+
+
+def resolve_source(source: Any, f_locals: dict[str, Any], f_globals: dict[str, Any]) -> Any:
+    """The object a Dynamo `Source` names, found by walking its chain (no ``eval`` of its name).
+
+    Dynamo names a parameter by how the compiled frame reaches it, e.g.
+    ``L['self']._modules['blocks']._modules['0']._parameters['weight']``: a `LocalSource` or
+    `GlobalSource` at the root, then attribute (`AttrSource`) and item (`GetItemSource`,
+    `DictGetItemSource`) steps, with module/parameter wrappers (`NNModuleSource` and kin) that
+    name the same object as their base. Raises LookupError for any other kind of source.
+    """
+    from torch._dynamo import source as dynamo_source
+
+    if isinstance(source, dynamo_source.LocalSource):
+        return f_locals[source.local_name]
+    if isinstance(source, dynamo_source.GlobalSource):
+        return f_globals[source.global_name]
+    if isinstance(source, dynamo_source.AttrSource):  # ParamBufferSource and kin are AttrSources
+        obj = resolve_source(source.base, f_locals, f_globals)
+        for member in source.member.split("."):
+            obj = getattr(obj, member)
+        return obj
+    if isinstance(source, (dynamo_source.GetItemSource, dynamo_source.DictGetItemSource)):
+        index = source.index
+        if not isinstance(index, (str, int)):
+            raise LookupError(f"cannot follow the item {index!r} of {source.name}")
+        return resolve_source(source.base, f_locals, f_globals)[index]
+    if isinstance(source, dynamo_source.NNModuleSource):
+        return resolve_source(source.base, f_locals, f_globals)
+    raise LookupError(f"cannot follow a {type(source).__name__} ({source.name})")
+
+
+def root_source(source: Any) -> Any:
+    """The outermost source of a chain (the frame's local or global that everything hangs from)."""
+    while getattr(source, "base", None) is not None:
+        source = source.base
+    return source
 
 
 def _root_module(gm: fx.GraphModule) -> torch.nn.Module | None:
@@ -34,17 +72,13 @@ def _root_module(gm: fx.GraphModule) -> torch.nn.Module | None:
     if tx is None:
         return None
     tx = getattr(getattr(tx, "output", None), "root_tx", None) or tx
-    scope = {"L": tx.f_locals, "G": tx.f_globals}
     for node in gm.graph.find_nodes(op="placeholder"):
         arg = node.meta.get("grapharg")
         if arg is None or not isinstance(getattr(arg, "example", None), torch.nn.Parameter):
             continue
-        source = arg.source
-        while getattr(source, "base", None) is not None:
-            source = source.base
         try:
-            root = eval(source.name, {"__builtins__": {}}, scope)  # a Dynamo source name, e.g. L['self']
-        except Exception:  # noqa: BLE001
+            root = resolve_source(root_source(arg.source), tx.f_locals, tx.f_globals)
+        except (LookupError, AttributeError, TypeError):
             continue
         if isinstance(root, torch.nn.Module):
             return root
@@ -89,4 +123,36 @@ def bind_state(
         for rec in records:
             if tag.endswith(f"|{rec.key}"):
                 rec.extra.setdefault("state_slots", {})[tag.split("|")[-2]] = name
+    pass_learned_clips(gm, state, dict(slots))
     return state
+
+
+def pass_learned_clips(gm: fx.GraphModule, state: QuantizerState, slots: dict[str, str]) -> None:
+    """Give every learned-clip quantizer its α as an input: each
+    ``learned_clip_quantize.unbound(x, bits, signed, tag)`` node becomes
+    ``learned_clip_quantize(x, bits, signed, α, tag)``, where α, the slot's Parameter, is a
+    parameter of ``gm`` (read by a ``get_attr`` node) that AOTAutograd lifts into a graph input.
+    The op's backward then returns ∂L/∂α through autograd, so ``α.grad`` accumulates as any
+    parameter's does, where optimizers and DDP's and FSDP's gradient hooks see it."""
+    from torch._dynamo.source import ConstantSource
+
+    unbound = torch.ops.qcompile.learned_clip_quantize.unbound
+    for node in list(gm.graph.find_nodes(op="call_function", target=unbound)):
+        x, bits, signed, tag = node.args
+        attr = "qcompile_clip_" + re.sub(r"\W", "_", slots[tag])
+        if not hasattr(gm, attr):
+            gm.register_parameter(attr, state.clip(slots[tag]))
+            # AOTAutograd matches every parameter of a Dynamo graph to the source it came
+            # from; this one comes from no frame, so it is named as a constant of the graph.
+            sources = getattr(gm, "_param_name_to_source", None)
+            if sources is not None:
+                sources[attr] = ConstantSource(attr)
+        with gm.graph.inserting_before(node):
+            alpha = gm.graph.get_attr(attr)
+            bound = gm.graph.call_function(
+                torch.ops.qcompile.learned_clip_quantize.default, (x, bits, signed, alpha, tag)
+            )
+        bound.meta.update(node.meta)
+        node.replace_all_uses_with(bound)
+        gm.graph.erase_node(node)
+    gm.recompile()
