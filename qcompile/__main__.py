@@ -1,5 +1,8 @@
+"""``python -m qcompile``: the command line (`qcompile.cli`)."""
+
 import sys
 
 from qcompile.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

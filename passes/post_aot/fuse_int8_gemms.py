@@ -40,7 +40,7 @@ from qcompile.passes.post_aot.gemm_kernel_choice import (
     KERNEL_CPU,
     KERNEL_META,
     SavedQuantized,
-    _quantizer_facts,
+    quantizer_facts,
     find_source,
     gemm_operands,
 )
@@ -113,7 +113,7 @@ def _codes_for(src_node: fx.Node, b: _Builder, cache: dict, saved: dict[str, Sav
     if src_node.target in _FROM_SAVED_CODES:
         cache[src_node] = _FROM_SAVED_CODES[src_node.target](src_node, b)
         return cache[src_node]
-    kind, bits, signed, stochastic, dims = _quantizer_facts(src_node)
+    kind, bits, signed, stochastic, dims = quantizer_facts(src_node)
     scaling = "max" if kind == "luq" else src_node.args[2]
     x = src_node.args[0]
     b.kernel_quantized.add(src_node.args[-1])

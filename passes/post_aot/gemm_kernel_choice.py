@@ -331,7 +331,7 @@ def _regroup(old: list[int], flags: list[str], new: list[int]) -> list[str] | No
     return out
 
 
-def _quantizer_facts(q: fx.Node) -> tuple[str, int, str, bool, list[int]]:
+def quantizer_facts(q: fx.Node) -> tuple[str, int, str, bool, list[int]]:
     """(kind, bits, signed, stochastic, reduce_dims) of a quantizer node, or of a node rebuilding
     a quantizer's value from what the forward saved (its codes are exact: not stochastic)."""
     if q.target is qops.luq_quantize.default:
@@ -384,7 +384,7 @@ def saved_quantized_outputs(gm: fx.GraphModule) -> dict[str, SavedQuantized]:
         src = find_source(node)
         if src.node is None or src.node.op == "placeholder":
             continue
-        kind, bits, signed, stochastic, dims = _quantizer_facts(src.node)
+        kind, bits, signed, stochastic, dims = quantizer_facts(src.node)
         shape = value_shape(src.node)
         tracked = track_kept_dims(shape, _kept_flags(shape, dims), src.chain) if shape else None
         reduce_dims = None
@@ -452,7 +452,7 @@ def _check(src: Source, extra, axis: int, saved: dict[str, SavedQuantized]) -> O
         shape = _static_shape(src.node)
         source = "saved"
     else:
-        kind, bits, signed, stochastic, dims = _quantizer_facts(src.node)
+        kind, bits, signed, stochastic, dims = quantizer_facts(src.node)
         shape = value_shape(src.node)
         source = _source_kind(src.node)
     if shape is None:

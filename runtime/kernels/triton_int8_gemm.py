@@ -110,7 +110,7 @@ if triton is not None:
     )(_int8_mm_kernel)
 
 
-def _vector(s: torch.Tensor | None, n: int) -> torch.Tensor | None:
+def vector_of(s: torch.Tensor | None, n: int) -> torch.Tensor | None:
     """A float32 contiguous length-``n`` scale (a per-tensor scale broadcasts)."""
     if s is None:
         return None
@@ -146,7 +146,7 @@ def int8_mm(
         return c
     if k == 0:
         return c.copy_(int8_mm_reference(a, b, row_scale, col_scale, bias, dtype))
-    rs, cs = _vector(row_scale, m), _vector(col_scale, n)
+    rs, cs = vector_of(row_scale, m), vector_of(col_scale, n)
     bias_v = bias.reshape(n).contiguous() if bias is not None else None
     dummy = c
     args = (

@@ -44,7 +44,7 @@ SCALE_PER_ROW, SCALE_PER_COL, SCALE_PER_TENSOR = 0, 1, 2
 if triton is not None:
 
     @triton.jit
-    def _group_index(offs_r, offs_c, SCALE_AXIS: tl.constexpr):
+    def group_index(offs_r, offs_c, SCALE_AXIS: tl.constexpr):
         if SCALE_AXIS == 0:
             return offs_r[:, None] + 0 * offs_c[None, :]
         elif SCALE_AXIS == 1:
@@ -75,7 +75,7 @@ if triton is not None:
         r64 = offs_r[:, None].to(tl.int64)
         c64 = offs_c[None, :].to(tl.int64)
         x = tl.load(x_ptr + r64 * s_r + c64 * s_c, mask=mask, other=0.0).to(tl.float32)
-        gi = _group_index(offs_r, offs_c, SCALE_AXIS)
+        gi = group_index(offs_r, offs_c, SCALE_AXIS)
         scale = tl.load(scale_ptr + gi, mask=mask, other=1.0)
         lo = tl.load(lo_ptr + gi, mask=mask, other=0.0)
         hi = tl.load(hi_ptr + gi, mask=mask, other=0.0)

@@ -23,7 +23,7 @@ from qcompile.runtime.kernels.triton_int_quantize import (
     SCALE_PER_ROW,
     SCALE_PER_TENSOR,
     Codes,
-    _group_index,
+    group_index,
     alloc_packed,
     packed_of,
     packs_in_kernel,
@@ -57,7 +57,7 @@ if triton is not None:
         r64 = offs_r[:, None].to(tl.int64)
         c64 = offs_c[None, :].to(tl.int64)
         g = tl.load(g_ptr + r64 * s_r + c64 * s_c, mask=mask, other=0.0).to(tl.float32)
-        alpha = tl.load(alpha_ptr + _group_index(offs_r, offs_c, SCALE_AXIS), mask=mask, other=1.0)
+        alpha = tl.load(alpha_ptr + group_index(offs_r, offs_c, SCALE_AXIS), mask=mask, other=1.0)
         x = tl.math.div_rn(tl.abs(g), alpha)
         if USE_NOISE:
             u = tl.load(noise_ptr + r64 * n_r + c64 * n_c, mask=mask, other=0.0).to(tl.float32)

@@ -214,7 +214,7 @@ def packed_mm(
 ) -> torch.Tensor:
     """`int8_mm` whose operands may be `Packed` 4-bit codes (unpacked in registers, never in
     memory): ``diag(row_scale) · (A·B) · diag(col_scale) (+ bias)``."""
-    from qcompile.runtime.kernels.triton_int8_gemm import _vector
+    from qcompile.runtime.kernels.triton_int8_gemm import vector_of
 
     a_data, (m, k), a_pack, a_enc = _operand(a)
     b_data, (k2, n), b_pack, b_enc = _operand(b)
@@ -225,7 +225,7 @@ def packed_mm(
         return c
     if k == 0:
         return c.copy_(torch.zeros(m, n, device=c.device) + (bias.float() if bias is not None else 0.0))
-    rs, cs = _vector(row_scale, m), _vector(col_scale, n)
+    rs, cs = vector_of(row_scale, m), vector_of(col_scale, n)
     bias_v = bias.reshape(n).contiguous() if bias is not None else c
     # GPU: 8 warps. At 4 warps the 128x128 int32 accumulator plus the nibble decoding took all
     # 255 registers and spilled to the stack on sm_90 (`benchmarks/gpu_compile_report.py`).

@@ -70,14 +70,14 @@ def philox_key(
     is mixed into the seed (as `random_bits.draw_seed` does) so data-parallel ranks draw
     independent noise. An explicit ``seed``/``offset`` (tests, or splitting one stream) is used
     as given; it is copied from the host, so it is not for use under CUDA-graph capture."""
-    from qcompile.runtime.reference.random_bits import _RANK_MIX, process_rank
+    from qcompile.runtime.reference.random_bits import RANK_MIX, process_rank
 
     if seed is not None:  # a host-to-device copy: for tests and explicit streams, not for capture
         return torch.tensor([seed, offset], dtype=torch.int64, device=device)
     key = torch.randint(0, 2**31 - 1, (2,), device=device, dtype=torch.int64, generator=generator)
     rank = process_rank()
     if rank:  # a scalar add on the device (no copy from the host), kept below 2^31 - 1
-        key[:1] = (key[:1] + rank * _RANK_MIX) % (2**31 - 1)
+        key[:1] = (key[:1] + rank * RANK_MIX) % (2**31 - 1)
     return key
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 
 from qcompile.runtime.reference.int_quant import (
-    int_levels,  # noqa: F401  (still imported from here by learned_clip_quantizer)
     int_quantize_reference,
 )
 

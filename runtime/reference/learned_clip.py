@@ -9,14 +9,7 @@ import math
 
 import torch
 
-
-def clip_levels(bits: int, unsigned: bool) -> tuple[int, int]:
-    """(lowest, highest) integer code: symmetric -7..7 for 4 signed bits, 0..15 unsigned (the
-    INT grid of every quantizer in this package)."""
-    if unsigned:
-        return 0, 2**bits - 1
-    top = 2 ** (bits - 1) - 1
-    return -top, top
+from qcompile.runtime.reference.int_quant import int_levels
 
 
 def learned_clip_reference(
@@ -26,7 +19,7 @@ def learned_clip_reference(
     unsigned grid when x has no negative value (after ReLU)."""
     xf = x.float()
     unsigned = signed == "unsigned" or (signed == "auto" and bool((xf >= 0).all()))
-    lo, hi = clip_levels(bits, unsigned)
+    lo, hi = int_levels(bits, unsigned)
     a = float(alpha.detach()) if isinstance(alpha, torch.Tensor) else float(alpha)
     scale = a / hi if a > 0 else 1.0
     return (torch.clamp(torch.round(xf / scale), lo, hi) * scale).to(x.dtype)

@@ -22,7 +22,7 @@ _M2 = 0x346CA68B
 _SEED_MIX = 0x9E3779B1 & 0x7FFFFFFF
 
 
-_RANK_MIX = 0x632BE5AB
+RANK_MIX = 0x632BE5AB  # odd multiplier that mixes the data-parallel rank into every key
 
 
 def process_rank() -> int:
@@ -43,7 +43,7 @@ def draw_seed(device: torch.device | str = "cpu") -> torch.Tensor:
     """
     seed = torch.randint(0, 2**31 - 1, (2,), device=device, dtype=torch.int64).sum()
     rank = process_rank()
-    return seed + rank * _RANK_MIX if rank else seed
+    return seed + rank * RANK_MIX if rank else seed
 
 
 def hash_uniform(like: torch.Tensor, seed: torch.Tensor | int) -> torch.Tensor:
