@@ -40,9 +40,9 @@ from qcompile.passes.post_aot.gemm_kernel_choice import (
     KERNEL_CPU,
     KERNEL_META,
     SavedQuantized,
-    quantizer_facts,
     find_source,
     gemm_operands,
+    quantizer_facts,
 )
 from qcompile.runtime.ops import gemm_codes as triton_gemm_ops  # noqa: F401  (registers the ops)
 from qcompile.runtime.reference.view_chains import encode_views

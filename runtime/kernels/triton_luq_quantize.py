@@ -23,8 +23,8 @@ from qcompile.runtime.kernels.triton_int_quantize import (
     SCALE_PER_ROW,
     SCALE_PER_TENSOR,
     Codes,
-    group_index,
     alloc_packed,
+    group_index,
     packed_of,
     packs_in_kernel,
 )
