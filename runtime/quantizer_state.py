@@ -29,6 +29,8 @@ from collections.abc import Iterable
 
 import torch
 
+from qcompile.runtime.quant_tag import QuantTag
+
 STATE_PREFIX = "qcompile_state."
 _GAMMA = "lbt_gamma/"
 _UPDATES = "lbt_updates/"
@@ -185,7 +187,7 @@ def state_for_params(params: Iterable[torch.Tensor]) -> QuantizerState | None:
 def bind_tag(tag: str, state: QuantizerState, name: str) -> None:
     """Route the quantizer op carrying ``tag`` to slot ``name`` of ``state`` (made if missing):
     a learned clip for forward roles, LBT's γ for gradient roles."""
-    if tag.split("|")[1] in ("weight", "activation"):
+    if QuantTag.parse(tag).role in ("weight", "activation"):
         state.ensure_clip(name)
     else:
         state.ensure_lbt(name)

@@ -19,6 +19,7 @@ import torch
 from torch import fx
 
 from qcompile.passes import SiteRecord
+from qcompile.runtime.quant_tag import QuantTag
 from qcompile.runtime.quantizer_state import QuantizerState, attach_state, bind_tag, state_for_params
 
 GRAD_ROLES = ("grad_dgrad", "grad_wgrad")
@@ -101,7 +102,9 @@ def stateful_slots(records: Sequence[SiteRecord]) -> list[tuple[str, str]]:
             if role == "grad_wgrad" and d.share_gradient_sample:
                 continue  # wgrad reuses the dgrad draw: one γ for the layer
             if getattr(d, role).is_stateful:
-                out.append((f"{rec.layer}|{role}|{rec.key}", QuantizerState.slot_name(layer, role)))
+                out.append(
+                    (QuantTag(rec.layer, role, rec.key).encode(), QuantizerState.slot_name(layer, role))
+                )
     return out
 
 
@@ -120,9 +123,10 @@ def bind_state(
         state = attach_state(root) if root is not None else QuantizerState()
     for tag, name in slots:
         bind_tag(tag, state, name)
+        parsed = QuantTag.parse(tag)
         for rec in records:
-            if tag.endswith(f"|{rec.key}"):
-                rec.extra.setdefault("state_slots", {})[tag.split("|")[-2]] = name
+            if parsed.key == rec.key:
+                rec.extra.setdefault("state_slots", {})[parsed.role] = name
     pass_learned_clips(gm, state, dict(slots))
     return state
 

@@ -13,6 +13,7 @@ from qcompile.runtime.ops.int_quantizer import int_quantize
 from qcompile.runtime.ops.layer_marker import mark_layer
 from qcompile.runtime.ops.lbt_quantizer import lbt_quantize
 from qcompile.runtime.ops.luq_quantizer import luq_quantize
+from qcompile.runtime.quant_tag import QuantTag
 from qcompile.runtime.reference.scaling_groups import gradient_reduce_dims
 from qcompile.runtime.spec import QuantSpec, parse_spec
 
@@ -43,7 +44,7 @@ def quantize_gradient(dy: torch.Tensor, spec: QuantSpec | str, channel_dim: int,
                     spec.signed,
                     dims,
                     spec.rounding == "stochastic",
-                    f"{tag}#{sample}",
+                    QuantTag.parse(tag).with_draw(sample).encode(),
                 )
             )
     if len(draws) == 1:

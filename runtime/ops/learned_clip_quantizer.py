@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from qcompile.runtime.quant_tag import QuantTag
 from qcompile.runtime.quantizer_state import clip_slot
 from qcompile.runtime.reference.learned_clip import (
     initial_clip,
@@ -44,7 +45,7 @@ def learned_clip_quantize(
     ready = state.clip_ready(name)
     if not bool(ready):
         with torch.no_grad():
-            alpha.fill_(initial_clip(x.detach(), tag.split("|")[1]))
+            alpha.fill_(initial_clip(x.detach(), QuantTag.parse(tag).role))
             ready.fill_(True)
     return learned_clip_reference(x.detach(), float(alpha.detach()), bits, signed).contiguous()
 

@@ -15,6 +15,7 @@ from qcompile.runtime.ops.autocast_rule import common_gemm_dtype, register_gemm_
 from qcompile.runtime.ops.gradient_quantizer import quantize_gradient
 from qcompile.runtime.ops.layer_marker import mark_layer
 from qcompile.runtime.ops.qmatmul_op import SHARED
+from qcompile.runtime.quant_tag import QuantTag
 
 
 def conv_forward(
@@ -64,7 +65,7 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, dy):
     x, w = ctx.saved_tensors
-    layer, _, site = ctx.tag.rsplit("|", 2)
+    gemm = QuantTag.parse(ctx.tag)
     stride, padding, dilation, transposed, output_padding, groups = ctx.conv
     xd, wd = x.to(dy.dtype), w.to(dy.dtype)
     dx = dw = gx = None
@@ -75,14 +76,14 @@ def _backward(ctx, dy):
         )
 
     if ctx.needs_input_grad[0] or ctx.grad_w == SHARED:
-        gx = quantize_gradient(dy, ctx.grad_x, 1, f"{layer}|grad_dgrad|{site}")
+        gx = quantize_gradient(dy, ctx.grad_x, 1, gemm.with_role("grad_dgrad").encode())
     if ctx.needs_input_grad[0]:
         dx = conv_bwd(gx, [True, False, False])[0].to(x.dtype)
     if ctx.needs_input_grad[1]:
         if ctx.grad_w == SHARED:
-            gw = mark_layer(gx, f"{layer}|grad_wgrad|{site}")  # same draw; the marker names its GEMM
+            gw = mark_layer(gx, gemm.with_role("grad_wgrad").encode())  # same draw; the marker names its GEMM
         else:
-            gw = quantize_gradient(dy, ctx.grad_w, 1, f"{layer}|grad_wgrad|{site}")
+            gw = quantize_gradient(dy, ctx.grad_w, 1, gemm.with_role("grad_wgrad").encode())
         dw = conv_bwd(gw, [False, True, False])[1].to(w.dtype)
     return dx, dw, None, None, None, None, None, None, None, None, None
 

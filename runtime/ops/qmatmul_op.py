@@ -17,6 +17,7 @@ import torch
 from qcompile.runtime.ops.autocast_rule import common_gemm_dtype, register_gemm_autocast
 from qcompile.runtime.ops.gradient_quantizer import quantize_gradient
 from qcompile.runtime.ops.layer_marker import mark_layer
+from qcompile.runtime.quant_tag import QuantTag
 
 SHARED = "shared"
 
@@ -67,17 +68,17 @@ def _grad_b(gb: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _backward(ctx, dy):
     a, b = ctx.saved_tensors
-    layer, _, site = ctx.tag.rsplit("|", 2)
+    gemm = QuantTag.parse(ctx.tag)
     da = db = ga = None
     if ctx.needs_input_grad[0] or ctx.grad_b == SHARED:
-        ga = quantize_gradient(dy, ctx.grad_a, -1, f"{layer}|grad_dgrad|{site}")
+        ga = quantize_gradient(dy, ctx.grad_a, -1, gemm.with_role("grad_dgrad").encode())
     if ctx.needs_input_grad[0]:
         da = _grad_a(ga, a, b)
     if ctx.needs_input_grad[1]:
         if ctx.grad_b == SHARED:
-            gb = mark_layer(ga, f"{layer}|grad_wgrad|{site}")  # same draw; the marker names its GEMM
+            gb = mark_layer(ga, gemm.with_role("grad_wgrad").encode())  # same draw; the marker names its GEMM
         else:
-            gb = quantize_gradient(dy, ctx.grad_b, -1, f"{layer}|grad_wgrad|{site}")
+            gb = quantize_gradient(dy, ctx.grad_b, -1, gemm.with_role("grad_wgrad").encode())
         db = _grad_b(gb, a, b)
     return da, db, None, None, None
 
