@@ -11,20 +11,19 @@ Inductor's `compile_fx_inner`. Everything qcompile does not touch compiles exact
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import copy
 import functools
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import fx
 
+from qcompile.compiler import graph_hooks, trace_rules
 from qcompile.compiler.compiled_graphs import CompiledGraph, register
+from qcompile.compiler.graph_hooks import graphs_only
 from qcompile.compiler.quantizer_binding import bind_state
-from qcompile.exporters import capture as export_capture
 from qcompile.passes import (
     KERNEL_MODES,
     SaveQuantizedOperands,
@@ -50,19 +49,7 @@ from qcompile.policy.files import resolve_policy
 from qcompile.report.shortfalls import report_shortfalls
 
 BACKEND_NAME = "fqt"
-_READ_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("qcompile_read_only", default=False)
-
-
-@contextlib.contextmanager
-def graphs_only() -> Iterator[None]:
-    """Compile with every qcompile pass but run the resulting ATen graphs eagerly instead of
-    generating Inductor kernels: what `qcompile.plan(model, example_inputs)` needs (the plan is
-    read from the graphs before Inductor sees them), minutes faster on a cold cache."""
-    token = _READ_ONLY.set(True)
-    try:
-        yield
-    finally:
-        _READ_ONLY.reset(token)
+__all__ = ["BACKEND_NAME", "OUR_OPTIONS", "fqt_backend", "graphs_only"]
 
 
 OUR_OPTIONS = ("policy", "kernels", "strict")
@@ -111,9 +98,9 @@ def _inner_compile(
     for sub in subgraphs:
         annotate_gemm_kernels(sub, record.saved_quantized, kernels=record.kernels)
         demote_triton_gemms(sub, "inside a higher-order op's body, not fused")
-    capturing = export_capture.active_sink() is not None
-    if capturing:  # `qcompile.export` takes the graph as AOTAutograd gave it, markers and all
-        export_capture.add_aot_graph(kind, gm)
+    observer = graph_hooks.observer()
+    if observer is not None:  # `qcompile.export` takes the graph as AOTAutograd gave it, markers and all
+        observer.add_aot_graph(kind, gm)
     if kind == "backward":
         record.saved = read_saved_tensors(
             gm, record.forward_roles, record.quantized_inputs, record.input_aliases
@@ -139,7 +126,7 @@ def _inner_compile(
     decompose_quantizers(gm)
     if kind == "forward":
         record.forward_channels_last = forward_uses_channels_last(gm)
-    if capturing or _READ_ONLY.get():  # export / planning: the graphs are what is wanted; run
+    if graph_hooks.read_only():  # export / planning: the graphs are what is wanted; run
         from torch._functorch.aot_autograd import make_boxed_func  # them eagerly, skip Inductor
 
         return make_boxed_func(gm.forward)
@@ -180,7 +167,9 @@ def fqt_backend(
     patches = {"joint_custom_post_pass": joint_pass, **_inductor_config_patches(mode, options)}
     records = insert_fqt_quantizers(gm, policy)
     record = register(CompiledGraph(policy, records, kernels=kernels, strict=strict), example_inputs)
-    export_capture.begin_graph(gm, example_inputs, record)
+    observer = graph_hooks.observer()
+    if observer is not None:
+        observer.begin_graph(gm, example_inputs, record)
     record.state = bind_state(gm, example_inputs, records)
     inner = functools.partial(_inner_compile, record=record)
     # AOTAutograd's cache would hand back compiled graphs without calling our inner compile,
@@ -189,10 +178,6 @@ def fqt_backend(
         return compile_fx(gm, example_inputs, inner_compile=inner, config_patches=patches)
 
 
-def register_fqt_backend() -> None:
-    """Register ``"fqt"`` with Dynamo unless the installed entry point already provides it
-    (registering both would make Dynamo's lookup fail on a duplicate name)."""
-    from torch._dynamo.backends import registry
-
-    if BACKEND_NAME not in registry._BACKENDS and BACKEND_NAME not in registry._COMPILER_FNS:
-        torch._dynamo.register_backend(fqt_backend, name=BACKEND_NAME)
+# Frames compiled with this backend trace into nn.MultiheadAttention (see `trace_rules`); Dynamo
+# imports this module when it resolves the "fqt" entry point, before it traces anything.
+trace_rules.install(fqt_backend)
