@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from qcompile.compiler import graph_hooks, trace_rules
+from qcompile.compiler import graph_hooks, plan_store, trace_rules
 from qcompile.compiler.compiled_graphs import CompiledGraph, register
 from qcompile.compiler.graph_hooks import graphs_only
 from qcompile.compiler.quantizer_binding import bind_state
@@ -77,7 +77,7 @@ def _inductor_config_patches(mode: str | None, options: dict[str, Any]) -> dict[
 
 
 def _inner_compile(
-    gm: fx.GraphModule, example_inputs: Sequence[Any], *, record: CompiledGraph, **kwargs: Any
+    gm: fx.GraphModule, example_inputs: Sequence[Any], *, record: CompiledGraph, store_key: str, **kwargs: Any
 ):
     from torch._inductor.compile_fx import compile_fx_inner
 
@@ -130,7 +130,10 @@ def _inner_compile(
         from torch._functorch.aot_autograd import make_boxed_func  # them eagerly, skip Inductor
 
         return make_boxed_func(gm.forward)
-    return compile_fx_inner(gm, example_inputs, **kwargs)
+    compiled = compile_fx_inner(gm, example_inputs, **kwargs)
+    if kind != "forward":  # the record is complete: keep it for AOTAutograd cache hits
+        plan_store.save(store_key, record)
+    return compiled
 
 
 def fqt_backend(
@@ -171,11 +174,20 @@ def fqt_backend(
     if observer is not None:
         observer.begin_graph(gm, example_inputs, record)
     record.state = bind_state(gm, example_inputs, records)
-    inner = functools.partial(_inner_compile, record=record)
-    # AOTAutograd's cache would hand back compiled graphs without calling our inner compile,
-    # leaving the plan nothing to read; Inductor's own FX graph cache (inside it) still applies.
-    with torch._functorch.config.patch(enable_autograd_cache=False):
-        return compile_fx(gm, example_inputs, inner_compile=inner, config_patches=patches)
+    store_key = plan_store.graph_key(gm, example_inputs, record, patches)
+    inner = functools.partial(_inner_compile, record=record, store_key=store_key)
+    with torch.compiler.config.patch(cache_key_tag=plan_store.cache_key_tag()):
+        compiled = compile_fx(gm, example_inputs, inner_compile=inner, config_patches=patches)
+        if record.compiled:  # our inner compile ran: no AOTAutograd cache hit
+            return compiled
+        # A cache hit: AOTAutograd handed back compiled code without calling our inner compile;
+        # the plan comes from what that compile stored, or from compiling again without the cache.
+        if plan_store.restore(store_key, record):
+            for kind in record.compiled:
+                report_shortfalls(record, kind, record.strict)
+            return compiled
+        with torch._functorch.config.patch(enable_autograd_cache=False):
+            return compile_fx(gm, example_inputs, inner_compile=inner, config_patches=patches)
 
 
 # Frames compiled with this backend trace into nn.MultiheadAttention (see `trace_rules`); Dynamo
