@@ -155,6 +155,7 @@ def fqt_backend(
     """
     from torch._inductor.compile_fx import compile_fx
 
+    trace_rules.install(fqt_backend)  # again: `torch._dynamo.reset` drops Dynamo's compile callbacks
     options = dict(options or {})
     policy = resolve_policy(options.pop("policy", None))
     kernels = options.pop("kernels", "auto")

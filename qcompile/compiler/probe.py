@@ -4,14 +4,15 @@ Shared by `qcompile.plan(model, example_inputs)` and `qcompile.export`: both wan
 our passes produce for a model without touching the model (its parameters, gradients and
 compiled code stay as they are) and without Inductor's code generation (`graphs_only`).
 
-The copy gets its own ``torch.compile`` wrapper, so Dynamo calls the backend for it even when
-the user's model of the same class is compiled already, and nothing of the user's is evicted:
-no `torch._dynamo.reset`.
+The copy gets its own ``torch.compile`` call and backend object, so Dynamo calls the backend for
+it even when a model of the same class is compiled already, and nothing of the user's is
+evicted: no `torch._dynamo.reset`.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,7 +42,11 @@ def compile_and_step(
     shadow = copy.deepcopy(model)
     if eval_mode:
         shadow.eval()
-    compiled = torch.compile(shadow, backend=fqt_backend, options=options)
+    # A backend object of its own: Dynamo never reuses code compiled for another `torch.compile`
+    # call (an earlier probe of the same class would otherwise answer without calling the
+    # backend); isolated recompiles: the probe's entries count against no limit of the user's.
+    backend = functools.partial(fqt_backend)
+    compiled = torch.compile(shadow, backend=backend, options=options, isolate_recompiles=True)
     with graphs_only(observer), torch.set_grad_enabled(grad):
         out = compiled(*example_inputs)
         leaves = [

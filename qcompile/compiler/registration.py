@@ -15,9 +15,12 @@ def register() -> None:
     """
     from torch._dynamo.backends.registry import list_backends, lookup_backend
 
+    from qcompile.compiler import trace_rules
     from qcompile.compiler.backend import BACKEND_NAME, fqt_backend  # here: importing it hooks Dynamo
 
+    trace_rules.install(fqt_backend)  # again, in case `torch._dynamo.reset` dropped the hooks
+
     if BACKEND_NAME in list_backends(exclude_tags=()):
-        lookup_backend(BACKEND_NAME)  # loads the entry point, so the tracing hooks are in place
+        lookup_backend(BACKEND_NAME)  # loads the entry point (once)
         return
     torch._dynamo.register_backend(fqt_backend, name=BACKEND_NAME)

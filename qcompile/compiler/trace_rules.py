@@ -7,14 +7,20 @@ GEMMs and output projection appear as ordinary ``linear`` / SDPA / ``bmm`` calls
 can quantize. The ATen graph, and so the numerics, are the same either way.
 
 The rule has to be in force before our backend is called (Dynamo traces first, then hands the
-graph over), and only for frames compiled with ``fqt``: other backends' graphs must stay as
-torch makes them. Dynamo runs compile-start and compile-end callbacks around each frame it
-compiles (`torch._dynamo.callback_handler`), but they do not say which backend compiles; the
+graph over), and should hold only for frames compiled with ``fqt``: other backends' graphs stay
+as torch makes them. Dynamo runs compile-start and compile-end callbacks around each frame it
+compiles (`torch._dynamo.callback_handler`); they do not say which backend compiles, but the
 backend is the ``compiler_fn`` argument of Dynamo's frame compile (`convert_frame._compile`),
-found on the calling stack. The start callback lifts the rule when that backend is ``fqt``, the
-end callback puts it back. The callbacks are installed by `install`, which the backend module
-calls when it is imported (Dynamo's entry-point lookup or `qcompile.register`), so nothing is
-changed by ``import qcompile`` alone beyond two inert callbacks.
+found on the calling stack.
+
+`install` (run when the backend module is imported: Dynamo resolving the ``"fqt"`` entry point,
+`qcompile.register`, `qcompile.plan`, `qcompile.export`; never by ``import qcompile``) lifts the
+rule and registers the callbacks: the start callback puts the rule back for a frame compiled
+with any other backend, the end callback lifts it again. `torch._dynamo.reset` drops every
+compile callback, so the lifted rule is the default that survives it: an ``fqt`` compile right
+after a reset still traces into attention, and the backend re-installs the callbacks on its
+next call. Between a reset and that call, another backend's compile would trace into attention
+too (same ATen graph, same numerics, only Dynamo's graph differs).
 """
 
 from __future__ import annotations
@@ -29,8 +35,8 @@ import torch
 _OPAQUE_BY_DEFAULT: tuple[Callable[..., Any], ...] = (torch.nn.functional.multi_head_attention_forward,)
 
 _LOCK = threading.Lock()
-_installed = False
-_lifted: dict[Callable[..., Any], Any] = {}  # rule-map entries taken out for the compile in flight
+_hooks: tuple[Callable[..., None], Callable[..., None]] | None = None  # the callbacks, made once
+_lifted: dict[Callable[..., Any], Any] = {}  # the rule-map entries taken out while lifted
 
 
 def backend_in_flight() -> Callable[..., Any] | None:
@@ -85,24 +91,30 @@ def restore_rules() -> None:
 
 
 def install(backend: Callable[..., Any]) -> None:
-    """Hook Dynamo's compile start/end so frames compiled with ``backend`` trace into attention.
-
-    Idempotent. Dynamo runs the start callbacks only for the outermost compile in flight and the
-    end callbacks when it finishes, so a lift is always followed by its restore.
-    """
-    global _installed
+    """Lift the rule and hook Dynamo's compile start/end so that only frames compiled with
+    ``backend`` see it lifted. Idempotent; call again after `torch._dynamo.reset` (which drops
+    the hooks). Dynamo runs the start callbacks only for the outermost compile in flight and the
+    end callbacks when it finishes, so every restore is followed by a lift."""
     from torch._dynamo.callback import CallbackArgs, CallbackTrigger
 
-    def on_start(args: CallbackArgs) -> None:
-        if args.callback_trigger is CallbackTrigger.DYNAMO and compiles_with(backend_in_flight(), backend):
-            lift_rules()
-
-    def on_end(args: CallbackArgs) -> None:
-        restore_rules()
-
+    global _hooks
     with _LOCK:
-        if _installed:
-            return
-        torch._dynamo.callback_handler.register_start_callback(on_start)
-        torch._dynamo.callback_handler.register_end_callback(on_end)
-        _installed = True
+        if _hooks is None:
+
+            def on_start(args: CallbackArgs) -> None:
+                if args.callback_trigger is CallbackTrigger.DYNAMO and not compiles_with(
+                    backend_in_flight(), backend
+                ):
+                    restore_rules()
+
+            def on_end(args: CallbackArgs) -> None:
+                lift_rules()
+
+            _hooks = (on_start, on_end)
+        on_start, on_end = _hooks
+        handler = torch._dynamo.callback_handler
+        if on_start not in handler.start_callbacks:
+            handler.register_start_callback(on_start)
+        if on_end not in handler.end_callbacks:
+            handler.register_end_callback(on_end)
+        lift_rules()

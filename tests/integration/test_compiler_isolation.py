@@ -4,6 +4,7 @@ compiled code, and AOTAutograd's cache is on with the plan surviving a hit."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -64,6 +65,9 @@ def test_import_changes_nothing_in_dynamo():
 
 
 def test_attention_rule_only_for_fqt_frames():
+    # The hooks are in place once the backend has been resolved (here by hand: the conftest's
+    # `torch._dynamo.reset` drops Dynamo's compile callbacks, see `qcompile.compiler.trace_rules`).
+    qcompile.register()
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
     x = torch.randn(2, 5, 16)
@@ -82,13 +86,20 @@ def test_attention_rule_only_for_fqt_frames():
     assert all(r.weight.bits == 4 for r in projections)
 
     # Other backends' graphs after an fqt compile are still as torch makes them.
-    torch._dynamo.reset()
     graphs.clear()
-    torch.compile(layer, backend=counting)(x)
+    torch.compile(copy.deepcopy(layer), backend=lambda gm, inputs: counting(gm, inputs))(x)
     assert graphs and any(_opaque_attention(g) for g in graphs)
-    from torch._dynamo import trace_rules
 
-    assert torch.nn.functional.multi_head_attention_forward in trace_rules.get_torch_obj_rule_map()
+
+def test_fqt_traces_into_attention_right_after_a_dynamo_reset():
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(16, 2, batch_first=True)
+    x = torch.randn(2, 5, 16)
+    qcompile.plan(mha, (x, x, x))  # the backend is resolved and has run once
+    torch._dynamo.reset()  # drops Dynamo's compile callbacks
+    compiled = torch.compile(mha, backend="fqt", options={"policy": "luq-int4"})
+    compiled(x, x, x)[0].sum().backward()
+    assert [r.op for r in qcompile.plan(compiled)] == ["linear", "bmm", "bmm", "linear"]
 
 
 def test_export_keeps_the_users_compiled_code(tmp_path):
