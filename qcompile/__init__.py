@@ -2,12 +2,16 @@
 
 model = torch.compile(model, backend="fqt", options={"policy": "luq-int4"})
 print(qcompile.plan(model))
+
+``backend="fqt"`` comes from the package's ``torch_dynamo_backends`` entry point;
+`qcompile.register()` registers it where entry points are not installed.
 """
 
+from typing import Any
+
 from qcompile import runtime  # noqa: F401  (registers the qcompile:: ops)
-from qcompile.compiler.backend import fqt_backend, register_fqt_backend
 from qcompile.compiler.compiled_graphs import clear as clear_plans
-from qcompile.compiler.trace_rules import trace_into_attention_functions
+from qcompile.compiler.registration import register
 from qcompile.exporters.api import export
 from qcompile.policy.config import ROLES, LayerDecision, Policy, PolicyError, Rule
 from qcompile.policy.files import load_policy_file, resolve_policy
@@ -22,8 +26,16 @@ from qcompile.tensor_quantize import quantize
 
 __version__ = "0.1.0"
 
-register_fqt_backend()
-trace_into_attention_functions()
+
+def __getattr__(name: str) -> Any:
+    """``qcompile.fqt_backend``, imported on first use: importing the backend installs its Dynamo
+    tracing hooks (`qcompile.compiler.trace_rules`), which ``import qcompile`` alone must not do."""
+    if name == "fqt_backend":
+        from qcompile.compiler.backend import fqt_backend
+
+        return fqt_backend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_PRESET",
@@ -55,6 +67,7 @@ __all__ = [
     "preset",
     "presets",
     "quantize",
+    "register",
     "resolve_policy",
     "state_of",
 ]

@@ -11,20 +11,19 @@ Inductor's `compile_fx_inner`. Everything qcompile does not touch compiles exact
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import copy
 import functools
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import fx
 
+from qcompile.compiler import graph_hooks, plan_store, trace_rules
 from qcompile.compiler.compiled_graphs import CompiledGraph, register
+from qcompile.compiler.graph_hooks import graphs_only
 from qcompile.compiler.quantizer_binding import bind_state
-from qcompile.exporters import capture as export_capture
 from qcompile.passes import (
     KERNEL_MODES,
     SaveQuantizedOperands,
@@ -50,19 +49,7 @@ from qcompile.policy.files import resolve_policy
 from qcompile.report.shortfalls import report_shortfalls
 
 BACKEND_NAME = "fqt"
-_READ_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("qcompile_read_only", default=False)
-
-
-@contextlib.contextmanager
-def graphs_only() -> Iterator[None]:
-    """Compile with every qcompile pass but run the resulting ATen graphs eagerly instead of
-    generating Inductor kernels: what `qcompile.plan(model, example_inputs)` needs (the plan is
-    read from the graphs before Inductor sees them), minutes faster on a cold cache."""
-    token = _READ_ONLY.set(True)
-    try:
-        yield
-    finally:
-        _READ_ONLY.reset(token)
+__all__ = ["BACKEND_NAME", "OUR_OPTIONS", "fqt_backend", "graphs_only"]
 
 
 OUR_OPTIONS = ("policy", "kernels", "strict")
@@ -90,7 +77,7 @@ def _inductor_config_patches(mode: str | None, options: dict[str, Any]) -> dict[
 
 
 def _inner_compile(
-    gm: fx.GraphModule, example_inputs: Sequence[Any], *, record: CompiledGraph, **kwargs: Any
+    gm: fx.GraphModule, example_inputs: Sequence[Any], *, record: CompiledGraph, store_key: str, **kwargs: Any
 ):
     from torch._inductor.compile_fx import compile_fx_inner
 
@@ -111,9 +98,9 @@ def _inner_compile(
     for sub in subgraphs:
         annotate_gemm_kernels(sub, record.saved_quantized, kernels=record.kernels)
         demote_triton_gemms(sub, "inside a higher-order op's body, not fused")
-    capturing = export_capture.active_sink() is not None
-    if capturing:  # `qcompile.export` takes the graph as AOTAutograd gave it, markers and all
-        export_capture.add_aot_graph(kind, gm)
+    observer = graph_hooks.observer()
+    if observer is not None:  # `qcompile.export` takes the graph as AOTAutograd gave it, markers and all
+        observer.add_aot_graph(kind, gm)
     if kind == "backward":
         record.saved = read_saved_tensors(
             gm, record.forward_roles, record.quantized_inputs, record.input_aliases
@@ -139,11 +126,14 @@ def _inner_compile(
     decompose_quantizers(gm)
     if kind == "forward":
         record.forward_channels_last = forward_uses_channels_last(gm)
-    if capturing or _READ_ONLY.get():  # export / planning: the graphs are what is wanted; run
+    if graph_hooks.read_only():  # export / planning: the graphs are what is wanted; run
         from torch._functorch.aot_autograd import make_boxed_func  # them eagerly, skip Inductor
 
         return make_boxed_func(gm.forward)
-    return compile_fx_inner(gm, example_inputs, **kwargs)
+    compiled = compile_fx_inner(gm, example_inputs, **kwargs)
+    if kind != "forward":  # the record is complete: keep it for AOTAutograd cache hits
+        plan_store.save(store_key, record)
+    return compiled
 
 
 def fqt_backend(
@@ -165,6 +155,7 @@ def fqt_backend(
     """
     from torch._inductor.compile_fx import compile_fx
 
+    trace_rules.install(fqt_backend)  # again: `torch._dynamo.reset` drops Dynamo's compile callbacks
     options = dict(options or {})
     policy = resolve_policy(options.pop("policy", None))
     kernels = options.pop("kernels", "auto")
@@ -180,19 +171,26 @@ def fqt_backend(
     patches = {"joint_custom_post_pass": joint_pass, **_inductor_config_patches(mode, options)}
     records = insert_fqt_quantizers(gm, policy)
     record = register(CompiledGraph(policy, records, kernels=kernels, strict=strict), example_inputs)
-    export_capture.begin_graph(gm, example_inputs, record)
+    observer = graph_hooks.observer()
+    if observer is not None:
+        observer.begin_graph(gm, example_inputs, record)
     record.state = bind_state(gm, example_inputs, records)
-    inner = functools.partial(_inner_compile, record=record)
-    # AOTAutograd's cache would hand back compiled graphs without calling our inner compile,
-    # leaving the plan nothing to read; Inductor's own FX graph cache (inside it) still applies.
-    with torch._functorch.config.patch(enable_autograd_cache=False):
-        return compile_fx(gm, example_inputs, inner_compile=inner, config_patches=patches)
+    store_key = plan_store.graph_key(gm, example_inputs, record, patches)
+    inner = functools.partial(_inner_compile, record=record, store_key=store_key)
+    with torch.compiler.config.patch(cache_key_tag=plan_store.cache_key_tag()):
+        compiled = compile_fx(gm, example_inputs, inner_compile=inner, config_patches=patches)
+        if record.compiled:  # our inner compile ran: no AOTAutograd cache hit
+            return compiled
+        # A cache hit: AOTAutograd handed back compiled code without calling our inner compile;
+        # the plan comes from what that compile stored, or from compiling again without the cache.
+        if plan_store.restore(store_key, record):
+            for kind in record.compiled:
+                report_shortfalls(record, kind, record.strict)
+            return compiled
+        with torch._functorch.config.patch(enable_autograd_cache=False):
+            return compile_fx(gm, example_inputs, inner_compile=inner, config_patches=patches)
 
 
-def register_fqt_backend() -> None:
-    """Register ``"fqt"`` with Dynamo unless the installed entry point already provides it
-    (registering both would make Dynamo's lookup fail on a duplicate name)."""
-    from torch._dynamo.backends import registry
-
-    if BACKEND_NAME not in registry._BACKENDS and BACKEND_NAME not in registry._COMPILER_FNS:
-        torch._dynamo.register_backend(fqt_backend, name=BACKEND_NAME)
+# Frames compiled with this backend trace into nn.MultiheadAttention (see `trace_rules`); Dynamo
+# imports this module when it resolves the "fqt" entry point, before it traces anything.
+trace_rules.install(fqt_backend)

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from qcompile.passes import OperandFact, SavedTensor, SiteRecord
+from qcompile.passes import OperandFact, SavedQuantized, SavedTensor, SiteRecord
 from qcompile.policy.config import Policy
+from qcompile.runtime.quantizer_state import QuantizerState
 
 
 @dataclass
@@ -24,9 +27,9 @@ class CompiledGraph:
     facts: dict[tuple[str, str], OperandFact] = field(default_factory=dict)
     compiled: list[str] = field(default_factory=list)
     forward_roles: dict[str, tuple] = field(default_factory=dict)
-    saved_quantized: dict[str, object] = field(default_factory=dict)  # forward output -> SavedQuantized
+    saved_quantized: dict[str, SavedQuantized] = field(default_factory=dict)  # by forward output
     had_params: bool = False
-    state: object = None  # the model's QuantizerState when the graph has stateful quantizers
+    state: QuantizerState | None = None  # when the graph has stateful quantizers
     saved: list[SavedTensor] = field(default_factory=list)
     quantized_inputs: set[str] = field(
         default_factory=set
@@ -49,7 +52,7 @@ _LOCK = threading.Lock()
 _GRAPHS: list[CompiledGraph] = []
 
 
-def register(graph: CompiledGraph, example_inputs) -> CompiledGraph:
+def register(graph: CompiledGraph, example_inputs: Sequence[Any]) -> CompiledGraph:
     for t in example_inputs:
         if isinstance(t, torch.nn.Parameter):
             graph.params.add(t)

@@ -27,10 +27,15 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import fx
+
+from qcompile.exporters.errors import ExportError
+
+if TYPE_CHECKING:  # imported where used: the capture imports the backend, which hooks Dynamo
+    from qcompile.exporters.capture import CapturedGraphs
 
 FORMATS = ("onnx", "mlir")
 GRAPHS = ("training", "inference")
@@ -91,9 +96,7 @@ class Boundary:
     bw_outputs: list[dict[str, Any]]  # per backward FX output position
 
 
-def describe_boundary(shadow: torch.nn.Module, captured: Any) -> Boundary:
-    from qcompile.exporters.onnx_graph import ExportError
-
+def describe_boundary(shadow: torch.nn.Module, captured: CapturedGraphs) -> Boundary:
     fw, bw, md = captured.forward, captured.backward, captured.fw_metadata
     # Tied weights (GPT-2's lm_head and wte) take their first name, as `named_parameters` gives it.
     params: dict[int, str] = {}
@@ -181,7 +184,9 @@ def _manifest_value(entry: dict[str, Any], spec: dict[str, Any]) -> dict[str, An
     return {**keep, **spec}
 
 
-def _write_onnx(tmp: Path, captured: Any, boundary: Boundary, external_threshold: int) -> dict[str, Any]:
+def _write_onnx(
+    tmp: Path, captured: CapturedGraphs, boundary: Boundary, external_threshold: int
+) -> dict[str, Any]:
     from qcompile.exporters.onnx_model import GraphIO, check_model, save_model, translate_graph
 
     def io_for(entries: list[dict[str, Any]]) -> GraphIO:
@@ -237,7 +242,7 @@ def _write_onnx(tmp: Path, captured: Any, boundary: Boundary, external_threshold
 
 
 def _write_inference_onnx(
-    tmp: Path, captured: Any, boundary: Boundary, external_threshold: int
+    tmp: Path, captured: CapturedGraphs, boundary: Boundary, external_threshold: int
 ) -> tuple[dict[str, Any], list[Any]]:
     """``inference.onnx``: the eval forward with each foldable weight stored as 4-bit codes."""
     import copy
@@ -279,7 +284,7 @@ def _write_inference_onnx(
     return files, folded
 
 
-def _write_mlir(tmp: Path, captured: Any, boundary: Boundary) -> dict[str, Any]:
+def _write_mlir(tmp: Path, captured: CapturedGraphs, boundary: Boundary) -> dict[str, Any]:
     import copy
 
     from qcompile.exporters.mlir import functional_outputs, import_raw, lower_linalg
@@ -362,7 +367,7 @@ class ExportResult:
 
     path: Path
     model: torch.nn.Module  # the compiled deep copy whose parameters the graphs read
-    graphs: Any  # qcompile.export_capture.CapturedGraphs
+    graphs: CapturedGraphs
     boundary: Boundary
 
 
@@ -398,8 +403,8 @@ def export_with_graphs(
     resolved = resolve_policy(policy).replace(pack_saved=False)
     inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
 
+    # Here, not at the top: the backend's import hooks Dynamo, which `import qcompile` must not do.
     from qcompile.exporters.capture import capture_training_graphs
-    from qcompile.exporters.onnx_graph import ExportError
 
     inference = graphs == "inference"
     shadow, captured_graphs = capture_training_graphs(

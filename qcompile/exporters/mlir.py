@@ -58,6 +58,7 @@ import torch._inductor.inductor_prims  # noqa: F401  (registers prims.fma and th
 from torch import fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from qcompile.exporters.errors import ExportError
 from qcompile.runtime.ops import qconv_op as quantized_conv
 from qcompile.runtime.ops import qmatmul_op as quantized_matmul
 from qcompile.runtime.reference.int_quant import int_quantize_reference
@@ -423,8 +424,6 @@ def _annotate(module: Any, name: str, calls: list[tuple[QuantizerFunction, dict[
 def _checked(graph: fx.GraphModule, keep: Iterable[Any]) -> fx.GraphModule:
     """``graph``, if no qcompile op but those in ``keep`` is left in it: torch-mlir cannot lower
     the others (e.g. LBT's and AQ's quantizers, which have no portable decomposition yet)."""
-    from qcompile.exporters.onnx_graph import ExportError
-
     for node in graph.graph.nodes:
         target = node.target
         if (

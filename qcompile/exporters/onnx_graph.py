@@ -19,6 +19,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import fx
 
+from qcompile.exporters.errors import ExportError
 from qcompile.passes import layer_name
 from qcompile.passes.analysis.read_quantized_graph import parse_tag
 
@@ -45,10 +46,6 @@ TORCH_TO_NUMPY = {
     torch.uint8: np.uint8,
     torch.bool: np.bool_,
 }
-
-
-class ExportError(ValueError):
-    """A graph that cannot be exported as asked; the message names the op and the layer."""
 
 
 def onnx_dtype(dtype: torch.dtype) -> int:

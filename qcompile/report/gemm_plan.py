@@ -8,7 +8,6 @@ the plan would say ``fp32`` there.
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -515,7 +514,8 @@ def plan(
                 "to plan it without training"
             )
         return plan_from_graphs(graphs)
-    from qcompile.compiler.backend import fqt_backend, graphs_only
+    # Here, not at the top: the backend's import hooks Dynamo, which `import qcompile` must not do.
+    from qcompile.compiler.probe import compile_and_step
     from qcompile.policy.files import resolve_policy
 
     if policy is not None:
@@ -534,14 +534,6 @@ def plan(
     if kernels not in KERNEL_MODES:  # here, as a ValueError, not wrapped inside Dynamo's error
         raise PolicyError(f"unknown kernels={kernels!r}; valid choices: {KERNEL_MODES}")
     options = {"kernels": kernels} if policy is None else {"policy": policy, "kernels": kernels}
-    shadow = copy.deepcopy(base)
-    compiled = torch.compile(shadow, backend=fqt_backend, options=options)
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    with graphs_only():  # the plan is read before Inductor: skip its code generation
-        out = compiled(*inputs)
-        leaves = [
-            t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.requires_grad
-        ]
-        if leaves and torch.is_grad_enabled():
-            torch.autograd.backward([t.float().sum() for t in leaves])
+    shadow = compile_and_step(base, inputs, options, grad=torch.is_grad_enabled())
     return plan_from_graphs(graphs_for(shadow))

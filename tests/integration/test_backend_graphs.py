@@ -30,9 +30,10 @@ def _capture_graphs(model, x, policy):
         return original(gm, example_inputs, **kwargs)
 
     backend_mod._inner_compile = spy
-    try:
+    try:  # AOTAutograd's cache off: a hit (a warm cache from an earlier run) skips the inner compile
         c = torch.compile(model, backend="fqt", options={"policy": policy})
-        c(x).sum().backward()
+        with torch._functorch.config.patch(enable_autograd_cache=False):
+            c(x).sum().backward()
     finally:
         backend_mod._inner_compile = original
     return graphs
