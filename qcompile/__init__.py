@@ -23,8 +23,7 @@ from qcompile.report.shortfalls import HighPrecisionGemmError, HighPrecisionGemm
 from qcompile.runtime.quantizer_state import QuantizerState, attach_state, state_of
 from qcompile.runtime.spec import NAMED_SPECS, QuantSpec, parse_spec
 from qcompile.tensor_quantize import quantize
-
-__version__ = "0.1.0"
+from qcompile.version import __version__
 
 
 def __getattr__(name: str) -> Any:
@@ -38,6 +37,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "__version__",
     "DEFAULT_PRESET",
     "GradientReport",
     "HighPrecisionGemmError",

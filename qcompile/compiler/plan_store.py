@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import os
 import pickle
 import threading
@@ -50,13 +51,9 @@ _MEMORY: dict[str, bytes] = {}  # this process's records: no disk read for a gra
 @functools.cache
 def source_fingerprint() -> str:
     """A hash of qcompile's Python source (the package, its passes and its runtime)."""
-    import qcompile
-    import qcompile.passes
-    import qcompile.runtime
-
     digest = hashlib.sha256()
-    for package in (qcompile, qcompile.passes, qcompile.runtime):
-        root = Path(package.__file__).parent
+    for package in ("qcompile", "qcompile.passes", "qcompile.runtime"):  # found, not imported:
+        root = Path(importlib.util.find_spec(package).origin).parent  # no import cycle
         for path in sorted(root.rglob("*.py")):
             digest.update(str(path.relative_to(root)).encode())
             digest.update(path.read_bytes())

@@ -469,6 +469,6 @@ def _swap_in(new: Path, out: Path) -> None:
 
 
 def _version() -> str:
-    from qcompile import __version__
+    from qcompile.version import __version__
 
     return __version__
