@@ -61,6 +61,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from qcompile.exporters.errors import ExportError
 from qcompile.runtime.ops import qconv_op as quantized_conv
 from qcompile.runtime.ops import qmatmul_op as quantized_matmul
+from qcompile.runtime.quant_tag import QuantTag
 from qcompile.runtime.reference.int_quant import int_quantize_reference
 from qcompile.runtime.reference.luq import luq_levels
 from qcompile.runtime.reference.scaling_groups import group_amax, normalize_dims
@@ -262,10 +263,14 @@ class QuantizerFunction:
 def _call_site(args: dict[str, Any]) -> dict[str, Any]:
     """Where one quantizer call sits: its tag ``<layer>|<role>|<plan site>`` split up."""
     tag = str(args.get("tag", ""))
-    parts = tag.rsplit("|", 2)
-    site: dict[str, Any] = {"tag": tag, "layer": parts[0]}
-    if len(parts) == 3:
-        site.update(role=parts[1], site=parts[2])
+    site: dict[str, Any] = {"tag": tag, "layer": tag}
+    if QuantTag.is_tag(tag):
+        parsed = QuantTag.parse(tag)
+        site.update(
+            layer=parsed.layer,
+            role=parsed.role,
+            site=parsed.key if parsed.draw is None else f"{parsed.key}#{parsed.draw}",
+        )
     if "sample" in args:
         site["sample"] = int(args["sample"])
     return site
@@ -431,8 +436,8 @@ def _checked(graph: fx.GraphModule, keep: Iterable[Any]) -> fx.GraphModule:
             and getattr(target, "namespace", None) == "qcompile"
             and target not in keep
         ):
-            tag = next((a for a in reversed(node.args) if isinstance(a, str) and "|" in a), "")
-            layer = f" of layer '{tag.split('|')[0]}'" if tag else ""
+            tag = next((a for a in reversed(node.args) if QuantTag.is_tag(a)), "")
+            layer = f" of layer '{QuantTag.parse(tag).layer}'" if tag else ""
             raise ExportError(
                 f"cannot export op {target} (node '{node.name}'){layer} to MLIR: it has no portable "
                 f"decomposition (the MLIR export lowers the quantizers {', '.join(q.op for q in QUANTIZERS.values())})"

@@ -21,7 +21,7 @@ from torch import fx
 
 from qcompile.exporters.errors import ExportError
 from qcompile.passes import layer_name
-from qcompile.passes.analysis.read_quantized_graph import parse_tag
+from qcompile.runtime.quant_tag import QuantTag
 
 TORCH_TO_ONNX = {
     torch.float32: TensorProto.FLOAT,
@@ -75,9 +75,9 @@ def node_layer(node: fx.Node) -> str:
             return layer_name(SimpleNamespace(meta={"nn_module_stack": node.meta[key]}))  # type: ignore[arg-type]
     for a in itertools.chain([node], node.args, node.users):
         if isinstance(a, fx.Node):
-            tag = next((x for x in a.args if isinstance(x, str) and "|" in x), None)
+            tag = next((x for x in a.args if QuantTag.is_tag(x)), None)
             if tag:
-                return parse_tag(tag)[0]
+                return QuantTag.parse(tag).layer
     return "<unknown layer: the node carries no module metadata>"
 
 

@@ -118,7 +118,7 @@ def translate_graph(gm: fx.GraphModule, io: GraphIO, graph_name: str, doc: str =
             if handler is None:
                 raise ExportError(
                     f"cannot export op {node.target} (node {node.name!r}) of layer {node_layer(node)!r} to ONNX: "
-                    f"no translation for it (qcompile.export_onnx.supported_ops() lists the "
+                    f"no translation for it (qcompile.exporters.onnx_model.supported_ops() lists the "
                     f"{len(HANDLERS)} ops that have one)"
                 )
             env[node] = handler(NodeContext(b, env, node))

@@ -3,7 +3,7 @@
 One small function per ATen op; each returns the ONNX value name(s) of the node's output(s).
 Shapes are static (the graphs were traced at the example inputs' shapes), so views become
 ``Reshape`` to the node's recorded output shape. An op missing here raises `ExportError`
-naming the op and the layer (`qcompile.export_onnx.translate_graph`).
+naming the op and the layer (`qcompile.exporters.onnx_model.translate_graph`).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from qcompile.compiler.compiled_graphs import CompiledGraph, graphs_for
 from qcompile.passes import OperandFact, SavedTensor, SiteRecord
 from qcompile.passes.analysis.read_quantized_graph import REPLAYED
 from qcompile.policy.config import ROLES
+from qcompile.runtime.quant_tag import QuantTag
 from qcompile.runtime.quantizer_state import QuantizerState, measured_bits
 from qcompile.runtime.spec import QuantSpec
 
@@ -337,7 +338,7 @@ def _avg_bits(record: SiteRecord, role: str, spec: QuantSpec, shared_from: str |
     if not spec.is_quantized:
         return 32.0
     if spec.format == "aq":
-        found = measured_bits(f"{record.layer}|{shared_from or role}|{record.key}")
+        found = measured_bits(QuantTag(record.layer, shared_from or role, record.key).encode())
         if found is not None:
             return found[0]
         return 1.0  # the design budget (n/b groups of b bits) until a backward has run
