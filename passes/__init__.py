@@ -1,15 +1,16 @@
-"""qcompile.passes: graph passes, grouped by compile phase.
+"""qcompile.passes: graph passes, one folder per compile phase; `pipeline` lists them in order.
 
-Before AOTAutograd (Dynamo's torch-level graph):
-    `find_gemm_sites`, `insert_fqt_quantizers` (uses `quantized_attention` for SDPA).
-On AOTAutograd's joint graph, after Inductor's joint-graph patterns and before partitioning:
-`SaveQuantizedOperands` (which packs what backward reads and recomputes what it can:
-`pack_quantized_operands`, `recompute_from_codes`, `pack_boolean_masks`).
-After AOTAutograd, per forward/backward ATen graph, before Inductor:
-    `unwrap_rng_replays` (quantizers a user's checkpoint replays, unwrapped first),
-    `annotate_gemm_kernels` (which kernel each GEMM runs), `read_graph` and `read_saved_tensors`
-    (what the plan reports), `match_forward_layout`, `strip_layer_markers`, `fuse_triton_gemms`
-    (int8 GEMMs: Triton on CUDA, the integer kernel on the CPU), `decompose_quantizers`.
+- ``pre_aot/``: Dynamo's torch-level graph, before AOTAutograd: `insert_fqt_quantizers` (with
+  `quantized_attention` for SDPA).
+- ``joint/``: AOTAutograd's joint graph, after Inductor's joint-graph patterns and before
+  partitioning: `SaveQuantizedOperands` (packs what backward reads and rebuilds what it can:
+  `pack_quantized_operands`, `recompute_from_codes`, `pack_boolean_masks`).
+- ``post_aot/``: each forward/backward ATen graph, before Inductor: `unwrap_rng_replays`,
+  `annotate_gemm_kernels`, `match_forward_layout`, `strip_layer_markers`, `fuse_triton_gemms`
+  (int8 GEMMs: Triton on CUDA, the integer kernel on the CPU), `decompose_quantizers`.
+- ``analysis/``: read-only, shared by the passes and the plan: `find_gemm_sites`, `read_graph`,
+  `read_saved_tensors`, `subgraph_modules`.
+- `fx_utils`, `graph_meta`: FX helpers and node-meta keys every phase shares.
 """
 
 from qcompile.passes.analysis.gemm_sites import GemmSite, find_gemm_sites, layer_name

@@ -1,7 +1,8 @@
 """The ``fqt`` torch.compile backend.
 
-Pipeline: Dynamo graph → `insert_fqt_quantizers` (policy) → Inductor's `compile_fx`, whose
-AOTAutograd produces the forward and backward graphs; our inner compile decides each GEMM's
+Pipeline (the passes and their order: `qcompile.passes.pipeline`): Dynamo graph → the pre-AOT
+rewrite (policy) → Inductor's `compile_fx`, whose AOTAutograd produces the forward and backward
+graphs (our joint pass runs on them first); our inner compile decides each GEMM's
 kernel (`choose_gemm_kernel`: the CPU integer GEMM, the Triton int8 GEMM on CUDA, or Inductor's
 float GEMM; the ``kernels`` option), reads each graph into the plan, strips layer markers, rewrites
 the integer GEMMs onto codes, inlines the quantizers as ATen and hands the graph to
@@ -11,9 +12,7 @@ Inductor's `compile_fx_inner`. Everything qcompile does not touch compiles exact
 
 from __future__ import annotations
 
-import copy
 import functools
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,25 +23,14 @@ from qcompile.compiler import graph_hooks, plan_store, trace_rules
 from qcompile.compiler.compiled_graphs import CompiledGraph, register
 from qcompile.compiler.graph_hooks import graphs_only
 from qcompile.compiler.quantizer_binding import bind_state
-from qcompile.passes import (
-    KERNEL_MODES,
-    SaveQuantizedOperands,
-    annotate_gemm_kernels,
-    decompose_quantizers,
-    demote_triton_gemms,
-    forward_tensor_roles,
-    forward_uses_channels_last,
-    fuse_triton_gemms,
-    input_aliases,
-    insert_fqt_quantizers,
-    match_forward_layout,
-    quantized_graph_inputs,
-    read_graph,
-    read_saved_tensors,
-    saved_quantized_outputs,
-    strip_layer_markers,
-    subgraph_modules,
-    unwrap_rng_replays,
+from qcompile.passes import KERNEL_MODES
+from qcompile.passes.pipeline import (
+    JOINT_PASS,
+    POST_AOT_LOWER,
+    POST_AOT_PREPARE,
+    PRE_AOT,
+    GraphInCompile,
+    run_post_aot,
 )
 from qcompile.policy.config import PolicyError
 from qcompile.policy.files import resolve_policy
@@ -84,48 +72,13 @@ def _inner_compile(
     kind = (
         "backward" if kwargs.get("is_backward") else "inference" if kwargs.get("is_inference") else "forward"
     )
-    # Bodies of higher-order ops AOTAutograd kept (torch.cond branches, nested compile regions):
-    # read and inlined like the top level, their GEMMs left on Inductor's float path.
-    subgraphs = subgraph_modules(gm)
-    for g in (gm, *subgraphs):
-        unwrap_rng_replays(g)  # quantizers a user's activation checkpoint replays, as plain calls
-    if kind != "backward":
-        record.forward_roles.update(forward_tensor_roles(gm))
-        record.saved_quantized.update(saved_quantized_outputs(gm))
-        record.quantized_inputs.update(quantized_graph_inputs(gm))
-        record.input_aliases.update(input_aliases(gm))
-    annotate_gemm_kernels(gm, record.saved_quantized, kernels=record.kernels)
-    for sub in subgraphs:
-        annotate_gemm_kernels(sub, record.saved_quantized, kernels=record.kernels)
-        demote_triton_gemms(sub, "inside a higher-order op's body, not fused")
+    graph = GraphInCompile.of(gm, kind, record)  # passes/pipeline.py: the passes, in order
+    run_post_aot(POST_AOT_PREPARE, graph)
     observer = graph_hooks.observer()
     if observer is not None:  # `qcompile.export` takes the graph as AOTAutograd gave it, markers and all
         observer.add_aot_graph(kind, gm)
-    if kind == "backward":
-        record.saved = read_saved_tensors(
-            gm, record.forward_roles, record.quantized_inputs, record.input_aliases
-        )
-        match_forward_layout(gm, record.forward_channels_last)
-    backup = copy.deepcopy(gm.graph)  # nodes copied, metadata shared: cheap
-    try:
-        facts = read_graph(gm, kind)
-        strip_layer_markers(gm)
-        fuse_triton_gemms(gm, record.saved_quantized, record.kernel_quantized)
-    except Exception as exc:  # never fail a compile over the fast path: fall back, and say so in the plan
-        gm.graph = backup
-        demote_triton_gemms(gm, f"fusion failed ({type(exc).__name__})")
-        warnings.warn(f"qcompile: Triton GEMM fusion failed, Inductor path kept: {exc!r}", stacklevel=2)
-        facts = read_graph(gm, kind)
-        strip_layer_markers(gm)
-    for sub in subgraphs:
-        facts.update(read_graph(sub, kind))
-        strip_layer_markers(sub)
-        decompose_quantizers(sub)
-    record.add_facts(kind, facts)
+    run_post_aot(POST_AOT_LOWER, graph)
     report_shortfalls(record, kind, record.strict)  # never a silent high-precision GEMM
-    decompose_quantizers(gm)
-    if kind == "forward":
-        record.forward_channels_last = forward_uses_channels_last(gm)
     if graph_hooks.read_only():  # export / planning: the graphs are what is wanted; run
         from torch._functorch.aot_autograd import make_boxed_func  # them eagerly, skip Inductor
 
@@ -167,9 +120,9 @@ def fqt_backend(
     # A policy with nothing quantized compiles exactly as Inductor does (no codes to pack or
     # recompute from). The fused Triton GEMMs (CUDA) read the packed codes directly.
     pack = policy.pack_saved and not policy.is_high_precision
-    joint_pass = SaveQuantizedOperands(pack=pack, recompute=policy.recompute)
+    joint_pass = JOINT_PASS(pack=pack, recompute=policy.recompute)
     patches = {"joint_custom_post_pass": joint_pass, **_inductor_config_patches(mode, options)}
-    records = insert_fqt_quantizers(gm, policy)
+    records = [record for rewrite in PRE_AOT for record in rewrite(gm, policy)]
     record = register(CompiledGraph(policy, records, kernels=kernels, strict=strict), example_inputs)
     observer = graph_hooks.observer()
     if observer is not None:

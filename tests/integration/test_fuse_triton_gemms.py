@@ -170,7 +170,7 @@ def test_fused_graph_runs_the_kernels_and_matches_the_unfused_graph(fuse_on_cpu)
 
 def _spy_fused_gemms(monkeypatch) -> list[fx.Node]:
     """Record every ``scaled_int8_gemm`` node the backend's fusion pass leaves in a graph."""
-    backend = importlib.import_module("qcompile.compiler.backend")
+    pipeline = importlib.import_module("qcompile.passes.pipeline")
     found: list[fx.Node] = []
 
     def spy(gm, *args, **kwargs):
@@ -179,7 +179,7 @@ def _spy_fused_gemms(monkeypatch) -> list[fx.Node]:
                                                                q.kernel_requantize_codes.default))  # fmt: skip
         return out
 
-    monkeypatch.setattr(backend, "fuse_triton_gemms", spy)
+    monkeypatch.setattr(pipeline, "fuse_triton_gemms", spy)
     return found
 
 
