@@ -58,6 +58,19 @@ def _library():
 
 
 @functools.cache
+def avx2_kernel_available() -> bool:
+    """Whether this CPU runs the AVX2 kernel (AVX2 present and the C++ source compiled), whether
+    or not `cpu_int8_kernel` picks it: a VNNI CPU prefers ``aten._int_mm`` but runs this kernel
+    too, so its exactness is tested on every x86 machine."""
+    if not getattr(torch.cpu, "_is_avx2_supported", lambda: False)():
+        return False
+    try:
+        return bool(_library().qc_int8_mm_has_avx2())
+    except Exception:  # no C++ compiler
+        return False
+
+
+@functools.cache
 def cpu_int8_kernel() -> tuple[str, str]:
     """(kernel, why): the integer GEMM this CPU runs fast, or ``("", reason)`` if none.
 

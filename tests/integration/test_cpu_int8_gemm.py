@@ -21,6 +21,7 @@ from qcompile.passes.post_aot.gemm_kernel_choice import (
 )
 from qcompile.runtime.kernels.cpu_int8_gemm import (
     avx2_int8_mm,
+    avx2_kernel_available,
     cpu_int8_kernel,
     cpu_int8_mm_reference,
     int_mm_scaled,
@@ -29,7 +30,7 @@ from qcompile.runtime.kernels.cpu_int8_gemm import (
 
 gemm_module = importlib.import_module("qcompile.runtime.kernels.cpu_int8_gemm")
 HAS_AVX2_KERNEL = cpu_int8_kernel()[0] == "avx2-maddubs"
-needs_avx2 = pytest.mark.skipif(not HAS_AVX2_KERNEL, reason=f"no AVX2 kernel here: {cpu_int8_kernel()[1]}")
+needs_avx2 = pytest.mark.skipif(not avx2_kernel_available(), reason="this CPU cannot run the AVX2 kernel")
 INT4 = OperandCheck("quantizer", "int", 4)
 UINT4 = OperandCheck("quantizer", "int", 4, signed="auto")
 LUQ4 = OperandCheck("quantizer", "luq", 4, stochastic=True)
