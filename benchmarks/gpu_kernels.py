@@ -148,7 +148,7 @@ def quantizer_rows(
     from qcompile.runtime.kernels.triton_pack_int4 import pack_codes, pack_reference
     from qcompile.runtime.kernels.triton_reductions import group_stats
     from qcompile.runtime.kernels.triton_support import as_2d
-    from qcompile.runtime.ops import gemm_codes as ops
+    from qcompile.runtime.reference.codes import quantizer_codes
     from qcompile.runtime.reference.packed_int import int_quantize_packed_reference
 
     timer = timer or bench
@@ -156,7 +156,7 @@ def quantizer_rows(
     codes = torch.randint(-7, 8, (rows, cols), device=device, dtype=torch.int8)
 
     def ref(kind, scaling, signed, dims, stochastic):
-        return lambda t: ops.codes_reference(t, kind, 4, scaling, signed, dims, stochastic)
+        return lambda t: quantizer_codes(t, kind, 4, scaling, signed, dims, stochastic)
 
     # name: (Triton kernel, PyTorch reference of the same output, bytes written per element)
     cases = {
