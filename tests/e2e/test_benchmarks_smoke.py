@@ -14,6 +14,10 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 @pytest.mark.slow
 def test_cpu_perf_quick_mode_writes_results(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
+    # cpu_perf switches Inductor's FX graph cache off for its timings (os.environ, at import):
+    # set here so that monkeypatch restores the session's environment afterwards.
+    monkeypatch.setenv("TORCHINDUCTOR_FX_GRAPH_CACHE", "0")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     import cpu_perf
 
     out, png = tmp_path / "perf.json", tmp_path / "sweep.png"
