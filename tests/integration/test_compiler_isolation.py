@@ -136,8 +136,11 @@ def _compile_in_fresh_process(cache_dir: Path) -> dict:
         """,
         # The caches on whatever the calling process's environment says (a benchmark imported
         # earlier in the session may have switched the FX graph cache off for its own timing).
-        env={"TORCHINDUCTOR_CACHE_DIR": str(cache_dir), "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
-             "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"},  # fmt: skip
+        env={
+            "TORCHINDUCTOR_CACHE_DIR": str(cache_dir),
+            "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
+            "TORCHINDUCTOR_AUTOGRAD_CACHE": "1",
+        },  # fmt: skip
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
