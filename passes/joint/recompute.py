@@ -5,7 +5,7 @@ softmax probabilities, the input of a high-precision (first/last) layer. Most of
 away from codes the backward holds anyway: a LayerNorm input is ``x + out_proj(Â)``, softmax's
 output is ``softmax(q̂·k̂ᵀ)``, the last layer's input is ``relu(X̂·Ŵᵀ + b)``. This pass clones such
 chains into the backward (each clone marked ``MUST_RECOMPUTE``) on top of the rebuilt ``X̂``/``Ŵ``
-(`pack_saved_tensors`), so the partitioner saves the codes and a few small statistics instead of
+(`joint.pack_saved`), so the partitioner saves the codes and a few small statistics instead of
 the FP32 tensor: flash attention's trick, applied to every tensor it fits.
 
 Which tensors, decided in forward order, one tensor (a *target*: a forward value the backward

@@ -7,7 +7,7 @@ quantizer and its GEMM are followed):
 
 * each operand's quantizer becomes ``qcompile::quantize_codes``; its other users read
   ``dequantize_codes`` of the same codes (the quantizer's value);
-* an operand the forward saves packed (`pack_saved_tensors`) is read as its codes: the forward's
+* an operand the forward saves packed (`joint.pack_saved`) is read as its codes: the forward's
   ``int_quantize_packed`` becomes ``int_quantize_packed_codes`` (one Triton pass writing the
   int8 codes and the saved nibbles), the backward's ``int_dequantize_packed`` gives
   ``unpack_int4_codes`` of the saved nibbles, a requantized ``Ŵ`` (``int_requantize``) gives

@@ -345,7 +345,7 @@ def export(
     graphs: ``"training"`` (the forward and backward graphs) or ``"inference"`` (ONNX only: one
         eval forward, no saved-for-backward outputs, each weight stored as its 4-bit codes and
         scale read by ``DequantizeLinear``, activations quantized as in training:
-        ``out_dir/inference.onnx``; see `qcompile.export_inference`).
+        ``out_dir/inference.onnx``; see `qcompile.exporters.inference`).
     external_data_threshold: ONNX models above this many bytes keep weights in ``<file>.data``.
     Returns the output directory. The model itself is not modified (a deep copy is compiled).
     """

@@ -1,4 +1,4 @@
-"""Graph ops of the fused quantize → int8 GEMM path that `passes.fuse_triton_gemms` inserts.
+"""Graph ops of the fused quantize → int8 GEMM path that `qcompile.passes.post_aot.fuse_int8_gemms` inserts.
 
     qcompile::quantize_codes(x, ...)      -> (codes int8, clip, top)   a quantizer, as codes
     qcompile::int_quantize_packed_codes(x, ...) -> (codes, packed, clip, hi) `int_quantize_packed`'s

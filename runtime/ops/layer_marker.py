@@ -2,7 +2,7 @@
 
 Quantizer ops carry their layer in their ``tag``; operands left in high precision carry it
 through this op, so the plan reader can attribute every GEMM of the backward graph to a layer.
-It is stripped (`qcompile.passes.strip_layer_markers`) before Inductor sees the graph.
+It is stripped (`qcompile.passes.post_aot.layer_markers`) before Inductor sees the graph.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ codes ``q`` (at most 4 bits each) and the small per-group ``clip`` / ``hi`` tens
 forward can save ``pack_int4(q)`` (half a byte per element) instead of ``X̂`` (four bytes) and the
 backward rebuild ``X̂`` with the same float operations, bit for bit.
 
-Ops (used by `qcompile.passes.pack_saved_tensors` on AOTAutograd's joint graph; no autograd,
+Ops (used by `qcompile.passes.joint.pack_saved` on AOTAutograd's joint graph; no autograd,
 they only ever appear after differentiation):
 
 * ``qcompile::int_quantize_packed``: `int_quantize`'s output plus the packed codes and scales;

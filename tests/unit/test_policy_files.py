@@ -1,5 +1,5 @@
 """Policies from TOML/JSON files, dicts and objects (`qcompile.resolve_policy`), and the backend's
-``options``/``mode`` handling (`qcompile.backend._inductor_config_patches`)."""
+``options``/``mode`` handling (`qcompile.compiler.backend._inductor_config_patches`)."""
 
 from __future__ import annotations
 
