@@ -19,11 +19,14 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/python -m qcompile demo
 
+# Two pytest-xdist workers, one test file each at a time (module fixtures stay shared): the
+# cold suite is mostly Inductor's single-threaded code generation, so two processes keep both
+# CI cores busy.
 test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .

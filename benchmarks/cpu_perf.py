@@ -10,7 +10,8 @@ round-robin, one step each in turn, so load changes on a shared machine hit all 
      path's quantizers and the integer path's codes writers;
   2. GEMMs: every integer GEMM of an fqt ``kernels="auto"`` MLP step, timed inside the compiled
      step, against the bare kernel on codes of the same shape and layout, ``aten._int_mm`` and the
-     float32 ``mm`` of that layout;
+     float32 ``mm`` of that layout (the AVX2 kernel, or ``aten._int_mm`` on VNNI CPUs); 2b. the
+     kernel as the backend runs it against float32 ``mm``, by size;
   3. training steps: FP32 eager, FP32 and bf16-autocast ``torch.compile`` (Inductor), the eager
      per-layer fake-quant baseline (the papers' reference style, `benchmarks/eager_fake_quant.py`),
      fqt ``kernels="reference"`` (every GEMM a float simulation) and fqt ``kernels="auto"`` (integer
@@ -221,32 +222,48 @@ def bench_steps(tasks, configs, steps, bar) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------- 2. GEMMs
+def _kernel_entry(kernel: str):
+    """(object, attribute) of the call the compiled step makes for each integer GEMM, looked up
+    at run time so that a wrapper sees every call: `cpu_int8_gemm.avx2_int8_mm` for the AVX2
+    kernel, Inductor's extern ``_int_mm`` for oneDNN's VNNI kernel (its scale epilogue is fused
+    into the next Inductor loop, so the GEMM alone is timed)."""
+    if kernel == "avx2-maddubs":
+        return cpu_int8_gemm, "avx2_int8_mm"
+    if kernel == "int-mm":
+        from torch._inductor.select_algorithm import extern_kernels
+
+        return extern_kernels, "_int_mm"
+    return None, ""
+
+
 def bench_gemms(width: int, batch: int, reps: int, int_mm_reps: int, config: str = "fqt auto") -> list[dict]:
     """Each integer GEMM of one fqt ``kernels="auto"`` MLP step, as the compiled step ran it
     (recorded by wrapping the kernel's entry point), against the bare kernel, ``aten._int_mm`` and
     float32 ``mm`` on operands of the same shape and strides."""
     kernel = cpu_int8_gemm.cpu_int8_kernel()[0]
-    if kernel != "avx2-maddubs":
+    owner, name = _kernel_entry(kernel)
+    if owner is None:
         return []
     calls: list[dict] = []
-    real = cpu_int8_gemm.avx2_int8_mm
+    real = getattr(owner, name)
 
-    def spy(a, b, rs, cs, a_bound, b_bound):
+    def spy(a, b, *rest, **kw):
         t0 = time.perf_counter()
-        out = real(a, b, rs, cs, a_bound, b_bound)
+        out = real(a, b, *rest, **kw)
+        bounds = list(rest[2:4]) if kernel == "avx2-maddubs" else [64, 15]  # _int_mm: any codes
         calls.append({"m": a.shape[0], "k": a.shape[1], "n": b.shape[1], "a_stride": list(a.stride()),
-                      "b_stride": list(b.stride()), "bounds": [a_bound, b_bound],
+                      "b_stride": list(b.stride()), "bounds": bounds,
                       "in_graph_seconds": time.perf_counter() - t0})  # fmt: skip
         return out
 
     torch._dynamo.reset()
     _, step = make_step("mlp", width, batch, config)
-    cpu_int8_gemm.avx2_int8_mm = spy
+    setattr(owner, name, spy)
     try:
         for _ in range(2 + reps):
             step()
     finally:
-        cpu_int8_gemm.avx2_int8_mm = real
+        setattr(owner, name, real)
     per_step = len(calls) // (2 + reps)
     rows = []
     for i in range(per_step):
@@ -256,13 +273,16 @@ def bench_gemms(width: int, batch: int, reps: int, int_mm_reps: int, config: str
         a = _strided_codes(c["m"], c["k"], c["a_stride"], c["bounds"][0])
         b = _strided_codes(c["k"], c["n"], c["b_stride"], c["bounds"][1])
         rs, cs = torch.rand(c["m"]) + 0.5, torch.rand(c["n"]) + 0.5
-        bare = median_time(lambda a=a, b=b, rs=rs, cs=cs, c=c: real(a, b, rs, cs, *c["bounds"]), reps)
+        if kernel == "avx2-maddubs":
+            bare = median_time(lambda a=a, b=b, rs=rs, cs=cs, c=c: real(a, b, rs, cs, *c["bounds"]), reps)
+        else:
+            bare = median_time(lambda a=a, b=b: torch._int_mm(a, b), reps)
         af, bf = _same_layout(a.float()), _same_layout(b.float())
         fp32 = median_time(lambda af=af, bf=bf: torch.mm(af, bf), reps)
         int_mm = median_time(lambda a=a, b=b: torch._int_mm(a, b), int_mm_reps, warmup=1)
         layout = ("A^T" if c["a_stride"][0] == 1 and c["k"] > 1 else "A") + "·" + (
             "B^T" if c["b_stride"][0] == 1 and c["n"] > 1 else "B")  # fmt: skip
-        rows.append({**c, "layout": layout, "in_graph_seconds": in_graph, "bare_seconds": bare,
+        rows.append({**c, "kernel": kernel, "layout": layout, "in_graph_seconds": in_graph, "bare_seconds": bare,
                      "fp32_mm_seconds": fp32, "int_mm_seconds": int_mm})  # fmt: skip
     return rows
 
@@ -279,9 +299,22 @@ LAYOUTS = {
 
 
 def bench_gemm_sizes(sizes, reps: int) -> list[dict]:
-    """The bare kernel against float32 ``mm`` of the same layout, by size: where int8 starts to
-    gain (the decision's ``CPU_MIN_MACS``)."""
-    if cpu_int8_gemm.cpu_int8_kernel()[0] != "avx2-maddubs":
+    """The kernel as the backend runs it against float32 ``mm`` of the same layout, by size:
+    where int8 starts to gain (the decision's ``CPU_MIN_MACS``). The AVX2 kernel includes its
+    epilogue; on VNNI CPUs it is ``aten._int_mm`` with the float64 scale epilogue compiled by
+    Inductor (`int_mm_scaled`, as the backend's decomposition emits it), against a compiled
+    ``mm``."""
+    kernel = cpu_int8_gemm.cpu_int8_kernel()[0]
+    float_mm = torch.mm
+    if kernel == "avx2-maddubs":
+        run = cpu_int8_gemm.avx2_int8_mm
+    elif kernel == "int-mm":
+        compiled = torch.compile(cpu_int8_gemm.int_mm_scaled, dynamic=False)
+        float_mm = torch.compile(torch.mm, dynamic=False)  # the same call overhead on both sides
+
+        def run(a, b, rs, cs, ab, bb):
+            return compiled(a, b, rs, cs)
+    else:
         return []
     rows = []
     for m, k, n in sizes:
@@ -289,13 +322,11 @@ def bench_gemm_sizes(sizes, reps: int) -> list[dict]:
             a = _strided_codes(m, k, [1, m] if la == "t" else [k, 1], ab)
             b = _strided_codes(k, n, [1, k] if lb == "t" else [n, 1], bb)
             rs, cs = torch.rand(m) + 0.5, torch.rand(n) + 0.5
-            kernel = median_time(lambda a=a, b=b, rs=rs, cs=cs, ab=ab, bb=bb:
-                                 cpu_int8_gemm.avx2_int8_mm(a, b, rs, cs, ab, bb), reps)  # fmt: skip
+            kernel_s = median_time(lambda a=a, b=b, rs=rs, cs=cs, ab=ab, bb=bb: run(a, b, rs, cs, ab, bb), reps)
             af, bf = _same_layout(a.float()), _same_layout(b.float())
-            fp32 = median_time(lambda af=af, bf=bf: torch.mm(af, bf), reps)
-            rows.append(
-                {"m": m, "k": k, "n": n, "layout": name, "kernel_seconds": kernel, "fp32_mm_seconds": fp32}
-            )
+            fp32 = median_time(lambda af=af, bf=bf: float_mm(af, bf), reps)
+            rows.append({"m": m, "k": k, "n": n, "layout": name, "kernel": kernel, "kernel_seconds": kernel_s,
+                         "fp32_mm_seconds": fp32})  # fmt: skip
     return rows
 
 

@@ -8,6 +8,11 @@ import tests.kernel_device  # noqa: F401
 import pytest
 import torch
 
+# The whole package, imported up front: pytest-xdist's controller re-imports the module of each
+# warning a worker reports (e.g. `HighPrecisionGemmWarning`), and that import must not be the
+# first one of qcompile in the controller.
+import qcompile  # noqa: F401
+
 
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():

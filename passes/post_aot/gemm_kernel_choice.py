@@ -37,7 +37,11 @@ KERNEL_MODES = ("auto", "int8", "reference")
 # Below this many multiply-adds a CPU int8 GEMM does not pay for its packing and call. Measured on
 # the 2-core AMD EPYC (Zen 3, AVX2), kernel against float32 mm of the same layout: 0.3-0.44x at 64^3,
 # 0.8-0.9x at 128^3, 1.1-1.3x at 256^3, 1.05-1.4x at 256x512x512, 1.5-1.7x at 256x1024x1024
-# (`benchmarks/cpu_perf.py` section 2b); the margin covers the call from the compiled graph.
+# (`benchmarks/cpu_perf.py` section 2b); the margin covers the call from the compiled graph. On an
+# Intel Xeon with AVX-512 VNNI (`aten._int_mm` with its epilogue compiled by Inductor, against the
+# compiled float32 mm): 0.64-0.96x at 64^3, 0.64-1.29x at 128^3, 0.88-1.0x at 256^3, 1.40-1.46x at
+# 256x512x512, 1.7-1.9x at 256x1024x1024, and 0.38-0.44x at 512x64x512 (the epilogue over M*N
+# outweighs a short contraction): the same threshold serves both.
 CPU_MIN_MACS = 256 * 512 * 512
 MIN_DIM = 16  # int8 tl.dot needs tiles of at least 16 along every axis
 KERNEL_META = "qcompile_kernel"

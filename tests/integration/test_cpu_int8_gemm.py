@@ -144,18 +144,23 @@ def test_bad_kernels_option_names_the_choices():
 
 def _count_kernel_calls(monkeypatch) -> list[tuple[int, int, int]]:
     """Record the (M, K, N) of every integer GEMM the compiled graphs run, on whichever path this
-    CPU's kernel decision takes (the AVX2 kernel, ``aten._int_mm`` with VNNI, or the reference)."""
+    CPU's kernel decision takes: the AVX2 kernel (called by `cpu_int8_mm`), ``aten._int_mm`` with
+    VNNI (an extern call in Inductor's generated code, looked up at run time), or the reference."""
     calls: list[tuple[int, int, int]] = []
-    path = {"avx2-maddubs": "avx2_int8_mm", "int-mm": "int_mm_scaled"}.get(
-        cpu_int8_kernel()[0], "cpu_int8_mm_reference"
-    )
-    real = getattr(gemm_module, path)
+    kernel = cpu_int8_kernel()[0]
+    if kernel == "int-mm":
+        from torch._inductor.select_algorithm import extern_kernels
 
-    def spy(a, b, *rest):
+        owner, path = extern_kernels, "_int_mm"
+    else:
+        owner, path = gemm_module, "avx2_int8_mm" if kernel == "avx2-maddubs" else "cpu_int8_mm_reference"
+    real = getattr(owner, path)
+
+    def spy(a, b, *rest, **kw):
         calls.append((a.shape[0], a.shape[1], b.shape[1]))
-        return real(a, b, *rest)
+        return real(a, b, *rest, **kw)
 
-    monkeypatch.setattr(gemm_module, path, spy)
+    monkeypatch.setattr(owner, path, spy)
     return calls
 
 

@@ -328,10 +328,6 @@ def test_recompute_is_bit_identical_on_transformers_and_gpt_blocks():
     """Post-norm LayerNorm inputs and softmax outputs (replayed q̂·k̂ᵀ), pre-norm causal GPT blocks
     with GELU: the same gradients as unpacked. (Conv nets with BatchNorm, whose inputs come from a
     replayed convolution, and `nn.MultiheadAttention`: `tests/test_packed_saved.py`.)"""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from qcompile.testing.benchmark_models import Block
 
     class Encoder(nn.Module):
