@@ -322,7 +322,9 @@ def bench_gemm_sizes(sizes, reps: int) -> list[dict]:
             a = _strided_codes(m, k, [1, m] if la == "t" else [k, 1], ab)
             b = _strided_codes(k, n, [1, k] if lb == "t" else [n, 1], bb)
             rs, cs = torch.rand(m) + 0.5, torch.rand(n) + 0.5
-            kernel_s = median_time(lambda a=a, b=b, rs=rs, cs=cs, ab=ab, bb=bb: run(a, b, rs, cs, ab, bb), reps)
+            kernel_s = median_time(
+                lambda a=a, b=b, rs=rs, cs=cs, ab=ab, bb=bb: run(a, b, rs, cs, ab, bb), reps
+            )
             af, bf = _same_layout(a.float()), _same_layout(b.float())
             fp32 = median_time(lambda af=af, bf=bf: float_mm(af, bf), reps)
             rows.append({"m": m, "k": k, "n": n, "layout": name, "kernel": kernel, "kernel_seconds": kernel_s,
