@@ -4,7 +4,8 @@
 ``row_scale[m] · col_scale[n] · Σ_k a[m,k]·b[k,n]`` for int8 code matrices of any strides (the
 transposed views of the dgrad and wgrad GEMMs are read in place by the kernel's packing, never
 copied first). The sum is exact in int32 and the epilogue runs in float64, so the result is the
-float64 product of the same codes and scales rounded once to float32.
+float64 product of the same codes and scales rounded once to float32. Compiled, the epilogue is
+`scale_int32_fma` (float32 error-free products, vectorised) wherever the sums fit float32 exactly.
 
 Which kernel runs (`cpu_int8_kernel`):
 
@@ -123,11 +124,45 @@ def avx2_int8_mm(a, b, row_scale, col_scale, a_bound: int, b_bound: int) -> torc
 
 
 def int_mm_scaled(a, b, row_scale, col_scale) -> torch.Tensor:
-    """``aten._int_mm`` (int32 sums; oneDNN's VNNI kernel) with the same float64 epilogue. Traced
-    by the backend's decomposition, so Inductor runs ``_int_mm`` as its extern GEMM and fuses the
-    epilogue into the loops that consume the product."""
+    """``aten._int_mm`` (int32 sums; oneDNN's VNNI kernel) with the float64 epilogue: the eager
+    path, bit for bit `cpu_int8_mm_reference`."""
     acc = torch._int_mm(a, b)
     return (acc.double() * row_scale.double()[:, None] * col_scale.double()[None, :]).float()
+
+
+# Largest |int32 sum| that converts to float32 exactly (24-bit significand).
+FLOAT32_EXACT_INT = 1 << 24
+
+
+def float32_epilogue_is_exact(a_bound: int, b_bound: int, k) -> bool:
+    """Whether every sum of ``k`` products of codes bounded by ``a_bound``/``b_bound`` is an
+    integer float32 holds exactly (the condition of `scale_int32_fma`)."""
+    return isinstance(k, int) and a_bound * b_bound * k < FLOAT32_EXACT_INT
+
+
+def scale_int32_fma(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor) -> torch.Tensor:
+    """``acc · r[:, None] · c[None, :]`` to float32 in float32 arithmetic, for Inductor to fuse.
+
+    Why not float64: ATen's CPU vectors have no int32/float ↔ double conversion, so Inductor's
+    float64 epilogue converts one element at a time (weight-gradient epilogue of a 1024×1024
+    layer: 0.95 ms against 0.44 ms vectorised). Why it is still the float64 product up to the
+    final rounding: with ``|acc| < 2^24`` (`float32_epilogue_is_exact`) ``a = float(acc)`` is
+    exact; ``q + e = r·c`` and ``h + l = a·q`` are exact error-free products (TwoProduct with a
+    fused multiply-add; Ogita, Rump & Oishi, "Accurate sum and dot product", SIAM J. Sci. Comput.
+    26(6), 2005), so ``a·r·c = h + l + a·e`` exactly, and ``h + fma(a, e, l)`` rounds it with a
+    relative error below 2^-47 before the final rounding: it equals the correctly rounded product
+    except within 2^-47 of a rounding tie (1 element in 16.8M differed from the float64 path, by
+    one ulp, on random sums up to 2^24 and scales over eight decades). Inductor emits the fused
+    multiply-adds as ``fmadd`` / ``std::fma``; run eagerly, its ``fma`` prim rounds the product
+    first, so only the compiled path uses this function."""
+    from torch._inductor.inductor_prims import fma
+
+    a = acc.float()
+    r, c = row_scale.float()[:, None], col_scale.float()[None, :]
+    q = r * c
+    e = fma(r, c, -q)
+    h = a * q
+    return h + fma(a, e, fma(a, q, -h))
 
 
 @torch.library.custom_op("qcompile::cpu_int8_mm", mutates_args=())
@@ -184,24 +219,29 @@ def scaled_int8_gemm_cpu(
     bias and cast fused into whatever consumes the output."""
     return scaled_int8_gemm_cpu_decomposition(
         a_codes, a_clip, a_top, b_codes, b_clip, b_top, bias, a_views, b_views, out_shape, out_dtype, a_bound,
-        b_bound,
+        b_bound, compiled=False,
     )  # fmt: skip
 
 
 def scaled_int8_gemm_cpu_decomposition(
-    a_codes, a_clip, a_top, b_codes, b_clip, b_top, bias, a_views, b_views, out_shape, out_dtype, a_bound, b_bound
+    a_codes, a_clip, a_top, b_codes, b_clip, b_top, bias, a_views, b_views, out_shape, out_dtype, a_bound, b_bound,
+    compiled: bool = True,
 ):  # fmt: skip
+    """`scaled_int8_gemm_cpu` as Inductor receives it (``compiled``), or as it runs eagerly."""
     a, rs = operand_2d(a_codes, a_clip, a_top, a_views, 0)
     b, cs = operand_2d(b_codes, b_clip, b_top, b_views, 1)
     if cpu_int8_kernel()[0] == "int-mm" and a_codes.device.type == "cpu":
-        # `aten._int_mm` as Inductor's own extern GEMM, and the float64 scale epilogue fused
-        # into the loops that read the product (bias, activation, the next quantizer), not
-        # three eager passes through float64 temporaries: those cost more than the GEMM itself
-        # (measured at 1024x256x1024: 0.55x the float32 `mm` eager, the bare `_int_mm` 3.5x).
-        # An opaque C++ epilogue (one vectorised float64 pass) was tried and lost in the step
-        # (MLP width 1024: 1.42x FP32 against 1.11x fused): the product is then written and
-        # read again instead of being recomputed inside the backward quantizer's loops.
-        out = int_mm_scaled(a, b, rs, cs)
+        # `aten._int_mm` as Inductor's own extern GEMM, and the scale epilogue fused into the
+        # loops that read the product (bias, activation, the next quantizer), not three eager
+        # passes through float64 temporaries: those cost more than the GEMM itself (measured at
+        # 1024x256x1024: 0.55x the float32 `mm` eager, the bare `_int_mm` 3.5x). An opaque C++
+        # epilogue (one vectorised float64 pass) was tried and lost in the step (MLP width 1024:
+        # 1.42x FP32 against 1.11x fused): the product is then written and read again instead of
+        # being recomputed inside the backward quantizer's loops.
+        if compiled and float32_epilogue_is_exact(a_bound, b_bound, a.shape[1]):
+            out = scale_int32_fma(torch._int_mm(a, b), rs, cs)
+        else:
+            out = int_mm_scaled(a, b, rs, cs)
     else:
         out = torch.ops.qcompile.cpu_int8_mm(a, b, rs, cs, a_bound, b_bound)
     if bias is not None:

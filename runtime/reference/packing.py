@@ -1,4 +1,5 @@
-"""Bit packing of what backward reads: 4-bit codes two per byte, boolean masks eight per byte.
+"""Bit packing of what backward reads: 4-bit codes two per byte, boolean masks eight per byte
+(in blocks of up to 128 elements, `pack_bits`).
 
 Packing runs along the last dimension (padded to whole bytes), so every other dimension, static
 or symbolic, is kept as it is and the ops' fake kernels need no size arguments beyond the last one.
@@ -26,34 +27,59 @@ def unpack_int4(packed: torch.Tensor, last: int, top: int | torch.Tensor = 7) ->
     """Inverse of `pack_int4` (int8 codes ``[..., last]``). A nibble above ``top`` (the highest
     code of the format: 7 signed, 15 unsigned, or a per-group tensor for auto-signed codes) is
     negative: ``code = nibble - 16``. Exact for any code in ``[top - 15, top]``, so also for -8."""
-    # Element j reads byte j // 2 (an expanded view: no copy) and shifts by 4·(j mod 2): one
-    # elementwise expression that Inductor fuses into the consumer, rather than a stack of two
-    # nibble tensors (a separate concatenation kernel and two intermediate buffers).
-    pairs = packed.unsqueeze(-1).expand(*packed.shape, 2).reshape(*packed.shape[:-1], 2 * packed.shape[-1])
-    shift = (torch.arange(2, dtype=torch.uint8, device=packed.device) * 4).repeat(packed.shape[-1])
-    nib = ((pairs >> shift) & 0xF)[..., :last].to(torch.int8)
-    return torch.where(nib > top, nib - 16, nib)
+    # Element j reads byte j // 2 (an expanded view: no copy) and takes its high nibble where j is
+    # odd: one elementwise expression that Inductor fuses into the consumer. It is written in
+    # int32 with constant shifts and a select on j's parity because Inductor's CPU code
+    # vectorises exactly that; uint8 vector shifts and shift amounts computed from the index
+    # made it a scalar loop (measured 1.07 ms against 0.42 ms for 256×1024 codes, 2 threads).
+    n2 = 2 * packed.shape[-1]
+    byte = packed.to(torch.int32).unsqueeze(-1).expand(*packed.shape, 2).reshape(*packed.shape[:-1], n2)
+    odd = torch.arange(n2, device=packed.device) % 2 == 1
+    nib = torch.where(odd, byte >> 4, byte & 0xF)[..., :last]
+    return torch.where(nib > top, nib - 16, nib).to(torch.int8)
+
+
+def bit_block(n: int) -> int:
+    """Bytes per block of `pack_bits` for rows of ``n`` elements: 16 (128 elements), or one block
+    of ``ceil(n/8)`` bytes for a row shorter than that."""
+    return torch.sym_min(16, (n + 7) // 8)
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """bool ``[..., n]`` → uint8 ``[..., ceil(n/8)]``, element ``8i+k`` in bit ``k`` of byte ``i``."""
+    """bool ``[..., n]`` → uint8 ``[..., ceil(n/8L)·L]`` with ``L = bit_block(n)``, in blocks of
+    ``8L`` elements: element ``k·L + i`` of a block is bit ``k`` of the block's byte ``i``.
+
+    Why blocks rather than element ``8i+k`` in bit ``k`` of byte ``i``: a vector of 16 consecutive
+    elements then reads 16 consecutive bytes and shifts them all by the same ``k``, which Inductor
+    vectorises; the interleaved layout made it gather 16 single bytes and shift each by a
+    different amount (ReLU-backward loop of the 4×1024 MLP: 1.38 ms → 0.09 ms per call)."""
     n = mask.shape[-1]
-    bits = mask.to(torch.uint8)
-    pad = (-n) % 8
-    if pad:
-        bits = F.pad(bits, (0, pad))
-    groups = bits.reshape(*bits.shape[:-1], (n + pad) // 8, 8)
-    out = groups[..., 0]
+    block = bit_block(n)
+    blocks = (n + 8 * block - 1) // (8 * block)
+    bits = mask.to(torch.int32)
+    if blocks * 8 * block != n:
+        bits = F.pad(bits, (0, blocks * 8 * block - n))
+    groups = bits.reshape(*bits.shape[:-1], blocks, 8, block)
+    out = groups[..., 0, :]
     for k in range(1, 8):
-        out = out | (groups[..., k] << k)
-    return out
+        out = out | (groups[..., k, :] << k)
+    return out.reshape(*bits.shape[:-1], blocks * block).to(torch.uint8)
 
 
 def unpack_bits(packed: torch.Tensor, last: int) -> torch.Tensor:
     """Inverse of `pack_bits`: bool ``[..., last]``."""
-    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
-    bits = (packed.unsqueeze(-1) >> shifts) & 1
-    return bits.reshape(*packed.shape[:-1], 8 * packed.shape[-1])[..., :last].to(torch.bool)
+    block = bit_block(last)
+    blocks = packed.shape[-1] // block
+    byte = packed.to(torch.int32).reshape(*packed.shape[:-1], blocks, 1, block)
+    shifts = torch.arange(8, dtype=torch.int32, device=packed.device).reshape(8, 1)
+    bits = ((byte >> shifts) & 1).reshape(*packed.shape[:-1], blocks * 8 * block)
+    return bits[..., :last] != 0
+
+
+def packed_bits_last(n: int) -> int:
+    """Last dimension of `pack_bits` for rows of ``n`` elements."""
+    block = bit_block(n)
+    return (n + 8 * block - 1) // (8 * block) * block
 
 
 def packed_last(n: int, per_byte: int) -> int:

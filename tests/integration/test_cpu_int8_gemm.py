@@ -24,8 +24,10 @@ from qcompile.runtime.kernels.cpu_int8_gemm import (
     avx2_kernel_available,
     cpu_int8_kernel,
     cpu_int8_mm_reference,
+    float32_epilogue_is_exact,
     int_mm_scaled,
     saturation_free_steps,
+    scale_int32_fma,
 )
 
 gemm_module = importlib.import_module("qcompile.runtime.kernels.cpu_int8_gemm")
@@ -83,6 +85,30 @@ def test_int_mm_path_equals_the_float64_product():
     a, b = _codes((32, 64), 64, gen), _codes((64, 24), 15, gen, "t")
     rs, cs = torch.rand(32, generator=gen), torch.rand(24, generator=gen)
     assert torch.equal(int_mm_scaled(a, b, rs, cs), cpu_int8_mm_reference(a, b, rs, cs))
+
+
+def test_compiled_float32_epilogue_is_the_float64_product():
+    """`scale_int32_fma` as Inductor compiles it (the backend's epilogue where sums fit float32)
+    against the float64 epilogue: at most one ulp apart, and only at near-ties; the plain float32
+    product (two roundings) is not, which shows the fused multiply-adds are really there."""
+    gen = torch.Generator().manual_seed(6)
+    acc = torch.randint(-(1 << 24) + 1, 1 << 24, (512, 512), generator=gen, dtype=torch.int32)
+    r = torch.rand(512, generator=gen) * 10.0 ** torch.randint(-6, 3, (512,), generator=gen)
+    c = torch.rand(512, generator=gen) * 10.0 ** torch.randint(-6, 3, (512,), generator=gen)
+    exact = (acc.double() * r.double()[:, None] * c.double()[None, :]).float()
+    got = torch.compile(scale_int32_fma, backend="inductor", fullgraph=True)(acc, r, c)
+    ulps = (got.view(torch.int32) - exact.view(torch.int32)).abs()
+    assert int(ulps.max()) <= 1 and int((ulps > 0).sum()) <= 3  # expected ~0.03 of 262,144
+    naive = acc.float() * r[:, None] * c[None, :]
+    assert (naive != exact).float().mean() > 0.05
+    # a power-of-two column scale: r·c exact, the result correctly rounded everywhere
+    got = torch.compile(scale_int32_fma, backend="inductor", fullgraph=True)(acc, r, torch.full((512,), 0.25))
+    assert torch.equal(got, (acc.double() * r.double()[:, None] * 0.25).float())
+
+
+def test_float32_epilogue_only_where_sums_fit_float32():
+    assert float32_epilogue_is_exact(64, 7, 1024)  # LUQ x INT4, K = 1024: |sum| <= 458,752
+    assert not float32_epilogue_is_exact(127, 127, 2048)  # 33M > 2^24: the float64 epilogue
 
 
 def test_op_opcheck_and_reference_fallback(monkeypatch):

@@ -15,7 +15,13 @@ from qcompile.runtime.reference.packed_int import (
     int_quantize_packed_reference,
     int_requantize_reference,
 )
-from qcompile.runtime.reference.packing import pack_bits, pack_int4, unpack_bits, unpack_int4
+from qcompile.runtime.reference.packing import (
+    pack_bits,
+    pack_int4,
+    packed_bits_last,
+    unpack_bits,
+    unpack_int4,
+)
 
 ODD_SHAPES = [(1,), (3,), (2, 5), (4, 3, 7), (2, 1, 9)]
 
@@ -47,13 +53,47 @@ def test_int4_round_trip_with_a_top_code_per_group():
     assert torch.equal(unpack_int4(pack_int4(codes), 5, top), codes)
 
 
-@pytest.mark.parametrize("shape", [(1,), (7,), (8,), (9,), (3, 17), (2, 2, 3)])
+@pytest.mark.parametrize("shape", [(1,), (7,), (8,), (9,), (3, 17), (2, 2, 3), (2, 128), (3, 200), (2, 1024)])
 def test_bits_round_trip(shape):
     g = torch.Generator().manual_seed(sum(shape))
+    n = shape[-1]
     for mask in (torch.rand(shape, generator=g) > 0.5, torch.ones(shape, dtype=torch.bool)):
         packed = pack_bits(mask)
-        assert packed.dtype == torch.uint8 and packed.shape[-1] == (shape[-1] + 7) // 8
-        assert torch.equal(unpack_bits(packed, shape[-1]), mask)
+        assert packed.dtype == torch.uint8 and packed.shape[-1] == packed_bits_last(n)
+        assert torch.equal(unpack_bits(packed, n), mask)
+    # one bit per element, up to a partial last block of 128 elements
+    assert packed_bits_last(n) == (n + 7) // 8 if n <= 128 else packed_bits_last(n) == -(-n // 128) * 16
+
+
+def test_bits_block_layout():
+    """Blocks of 128 elements in 16 bytes: element ``16k + i`` of a block is bit ``k`` of byte
+    ``i`` (the layout Inductor's CPU loops read as whole vectors)."""
+    mask = torch.zeros(2, 300, dtype=torch.bool)
+    mask[0, 16 * 3 + 5] = True  # block 0, bit 3 of byte 5
+    mask[1, 128 + 16 * 7 + 15] = True  # block 1, bit 7 of byte 16 + 15
+    mask[1, 299] = True  # block 2 (partial): element 43 = 16·2 + 11, bit 2 of byte 32 + 11
+    packed = pack_bits(mask)
+    expected = torch.zeros(2, 48, dtype=torch.uint8)
+    expected[0, 5], expected[1, 31], expected[1, 43] = 1 << 3, 1 << 7, 1 << 2
+    assert torch.equal(packed, expected)
+    # a short row is one block of ceil(n/8) bytes: n = 10 → 2 bytes, element 2k + i in bit k of byte i
+    short = torch.tensor([[True, False, False, False, False, True, True, True, True, True]])
+    assert torch.equal(pack_bits(short), torch.tensor([[1 | 8 | 16, 4 | 8 | 16]], dtype=torch.uint8))
+
+
+def test_packed_unpacking_compiles_to_the_same_values():
+    """The unpacking as Inductor compiles it (vectorised loops) reads the same bits and nibbles."""
+    g = torch.Generator().manual_seed(5)
+    mask = torch.rand(4, 1000, generator=g) > 0.5
+    codes = torch.randint(-7, 8, (4, 1000), generator=g, dtype=torch.int8)
+    grad = torch.randn(4, 1000, generator=g)
+
+    def backward_like(packed_mask, packed_codes, grad):
+        return torch.where(unpack_bits(packed_mask, 1000), grad, 0.0) * unpack_int4(packed_codes, 1000, 7)
+
+    compiled = torch.compile(backward_like, backend="inductor", fullgraph=True)
+    got = compiled(pack_bits(mask), pack_int4(codes), grad)
+    assert torch.equal(got, torch.where(mask, grad, 0.0) * codes)
 
 
 @pytest.mark.parametrize("signed", ["signed", "unsigned", "auto"])
