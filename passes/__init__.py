@@ -7,7 +7,8 @@
   `pack_quantized_operands`, `recompute_from_codes`, `pack_boolean_masks`).
 - ``post_aot/``: each forward/backward ATen graph, before Inductor: `unwrap_rng_replays`,
   `annotate_gemm_kernels`, `match_forward_layout`, `strip_layer_markers`, `fuse_triton_gemms`
-  (int8 GEMMs: Triton on CUDA, the integer kernel on the CPU), `decompose_quantizers`.
+  (int8 GEMMs: Triton on CUDA, the integer kernel on the CPU), `cancel_pack_round_trips`,
+  `decompose_quantizers`.
 - ``analysis/``: read-only, shared by the passes and the plan: `find_gemm_sites`, `read_graph`,
   `read_saved_tensors`, `subgraph_modules`.
 - `fx_utils`, `graph_meta`: FX helpers and node-meta keys every phase shares.
@@ -42,6 +43,7 @@ from qcompile.passes.post_aot.gemm_kernel_choice import (
 )
 from qcompile.passes.post_aot.inline_quantizers import decompose_quantizers
 from qcompile.passes.post_aot.layer_markers import strip_layer_markers
+from qcompile.passes.post_aot.pack_round_trips import cancel_pack_round_trips
 from qcompile.passes.post_aot.rng_replays import unwrap_rng_replays
 from qcompile.passes.pre_aot.attention_gemms import quantized_attention
 from qcompile.passes.pre_aot.insert_quantizers import SiteRecord, insert_fqt_quantizers
@@ -55,6 +57,7 @@ __all__ = [
     "SavedTensor",
     "SiteRecord",
     "annotate_gemm_kernels",
+    "cancel_pack_round_trips",
     "choose_gemm_kernel",
     "decompose_quantizers",
     "demote_triton_gemms",

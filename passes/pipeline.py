@@ -43,6 +43,7 @@ from qcompile.passes.post_aot.gemm_kernel_choice import (
 )
 from qcompile.passes.post_aot.inline_quantizers import decompose_quantizers
 from qcompile.passes.post_aot.layer_markers import strip_layer_markers
+from qcompile.passes.post_aot.pack_round_trips import cancel_pack_round_trips
 from qcompile.passes.post_aot.rng_replays import unwrap_rng_replays
 from qcompile.passes.pre_aot.insert_quantizers import insert_fqt_quantizers
 
@@ -137,6 +138,10 @@ def _read_plan_and_fuse_int8_gemms(g: GraphInCompile) -> None:
     g.record.add_facts(g.kind, facts)
 
 
+def _cancel_pack_round_trips(g: GraphInCompile) -> None:
+    cancel_pack_round_trips(g.gm)
+
+
 def _inline_quantizers(g: GraphInCompile) -> None:
     decompose_quantizers(g.gm)
 
@@ -158,6 +163,7 @@ POST_AOT_LOWER: Sequence[PostAotPass] = (
     PostAotPass("read_saved_for_backward", _read_saved_for_backward, ("backward",)),
     PostAotPass("match_forward_layout", _match_forward_layout, ("backward",)),
     PostAotPass("read_plan_and_fuse_int8_gemms", _read_plan_and_fuse_int8_gemms),
+    PostAotPass("cancel_pack_round_trips", _cancel_pack_round_trips, ("backward",)),
     PostAotPass("inline_quantizers", _inline_quantizers),
     PostAotPass("read_forward_layout", _read_forward_layout, ("forward",)),
 )

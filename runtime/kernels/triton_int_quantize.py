@@ -29,6 +29,7 @@ from qcompile.runtime.kernels.triton_reductions import GroupStats, group_stats
 from qcompile.runtime.kernels.triton_support import QUANTIZE_WARPS, View2d, as_2d, philox_key
 from qcompile.runtime.kernels.triton_tiles import tile_grid, tile_of_program
 from qcompile.runtime.reference.int_quant import sawb_clip_from_moments
+from qcompile.runtime.reference.packing import BLOCK_BYTES, packed_size
 from qcompile.runtime.reference.scaling_groups import normalize_dims
 
 try:
@@ -102,7 +103,7 @@ class Codes:
     (exactly the reference's value). ``clip`` and ``top`` have the group's keepdim shape.
 
     With ``pack=True`` the quantizer also returns ``packed``: the codes two per byte along the
-    last dimension (uint8 ``[..., ceil(last/2)]``, element ``2j`` in the low nibble), the format
+    last dimension (uint8 ``[..., packed_size(last, 2)]``, `packing.pack_int4`'s blocks), the format
     backward saves (`packing.pack_int4`: nibble ``code & 0xF``; LUQ: sign + exponent index,
     `triton_pack_int4`). ``encoding`` says how to read the nibbles back: ``"int"``, ``"uint"``,
     ``"luq"``, or ``"auto"`` (per group, with ``top``: `packing.unpack_int4`)."""
@@ -142,21 +143,22 @@ def sawb_clip(stats: GroupStats) -> torch.Tensor:
 
 
 def packs_in_kernel(x: torch.Tensor, reduce_dims: Sequence[int], view: View2d) -> bool:
-    """Whether a quantizer kernel's 2-D view (`as_2d`) packs pairs along ``x``'s last dimension,
-    so its packed output is ``x``'s packed codes row for row. Decided by the view's layout, not
-    its sizes: a 1-D or 2-D ``x`` (the view is ``x``), per tensor and per channel of the last dim
-    (rows of one last-dim row each), and per sample (kept dims leading) when the view's rows
-    hold one last-dim row or several of even length (no pair straddles two). A permuted view
-    (other groupings) packs along another dim."""
-    del view  # the layout follows from the grouping, as in `as_2d`
+    """Whether a quantizer kernel's 2-D view (`as_2d`) packs along ``x``'s last dimension, so its
+    packed output is ``x``'s packed codes row for row. The view's rows must be ``x``'s last-dim
+    rows laid end to end: a 1-D or 2-D ``x`` (the view is ``x``), per tensor and per channel of
+    the last dim (rows of one last-dim row each), and per sample (kept dims leading); a permuted
+    view (other groupings) packs along another dim. And the kernel stores whole 16-byte blocks
+    (`store_packed_tile`): a view row of one last-dim row of at least 32 codes, or of several
+    whose length is a multiple of 32 (no block straddles two). Otherwise a second pass packs."""
+    last = x.shape[-1] if x.ndim else 0
+    block = 2 * BLOCK_BYTES
+    whole_blocks = last % block == 0 or (view.x.shape[-1] == last and last >= block)
     if x.ndim <= 2:
-        return x.ndim >= 1
+        return x.ndim >= 1 and last >= block and view.x.shape[-1] == last
     dims = normalize_dims(reduce_dims, x.ndim)
     kept = [d for d in range(x.ndim) if d not in dims] if dims else []
-    if not dims or kept == [x.ndim - 1]:
-        return True
-    if kept == list(range(len(kept))):
-        return len(kept) == x.ndim - 1 or x.shape[-1] % 2 == 0
+    if not dims or kept == [x.ndim - 1] or kept == list(range(len(kept))):
+        return last > 0 and whole_blocks
     return False
 
 
@@ -170,12 +172,12 @@ def packed_of(
     last = x.shape[-1]
     if packed2d is None:
         packed2d = pack_codes(codes2d.reshape(-1, last), "int" if encoding != "luq" else "luq").data
-    return packed2d.reshape(*x.shape[:-1], (last + 1) // 2)
+    return packed2d.reshape(*x.shape[:-1], packed_size(last, 2))
 
 
 def alloc_packed(rows: int, cols: int, device: torch.device) -> torch.Tensor:
     """The uint8 buffer a quantizer kernel packs ``rows × cols`` codes into (tests poison it)."""
-    return triton_support.alloc_packed(rows, (cols + 1) // 2, device)
+    return triton_support.alloc_packed(rows, packed_size(cols, 2), device)
 
 
 def _launch_quantize(
@@ -194,7 +196,7 @@ def _launch_quantize(
     grid = tile_grid(rows, cols, block_r, block_c)
     _int_quantize_kernel[grid](
         x, codes, codes if packed is None else packed, scale, lo, hi, n2, scale if key is None else key,
-        rows, cols, (cols + 1) // 2, x.stride(0), x.stride(1), n2.stride(0), n2.stride(1),
+        rows, cols, packed_size(cols, 2), x.stride(0), x.stride(1), n2.stride(0), n2.stride(1),
         SCALE_AXIS=axis, STOCHASTIC=stochastic, USE_NOISE=use_noise, PACK=pack, BLOCK_R=block_r,
         BLOCK_C=block_c, num_warps=QUANTIZE_WARPS,
     )  # fmt: skip

@@ -32,6 +32,7 @@ from qcompile.runtime.kernels.triton_reductions import group_absmax_min
 from qcompile.runtime.kernels.triton_support import QUANTIZE_WARPS, as_2d, philox_key
 from qcompile.runtime.kernels.triton_tiles import tile_grid, tile_of_program
 from qcompile.runtime.reference.luq import luq_levels
+from qcompile.runtime.reference.packing import packed_size
 
 try:
     import triton
@@ -113,7 +114,7 @@ def luq_quantize_codes(
         axis = {0: SCALE_PER_ROW, 1: SCALE_PER_COL, None: SCALE_PER_TENSOR}[view.axis]
         _luq_quantize_kernel[grid](
             view.x, codes, codes if packed is None else packed, alpha, n2, key,
-            rows, cols, (cols + 1) // 2, view.x.stride(0), view.x.stride(1), n2.stride(0), n2.stride(1),
+            rows, cols, packed_size(cols, 2), view.x.stride(0), view.x.stride(1), n2.stride(0), n2.stride(1),
             SCALE_AXIS=axis, USE_NOISE=noise is not None, PACK=in_kernel, BLOCK_R=block_r, BLOCK_C=block_c,
             num_warps=QUANTIZE_WARPS,
         )  # fmt: skip

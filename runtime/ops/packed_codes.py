@@ -28,7 +28,7 @@ from qcompile.runtime.reference.packed_int import (
     int_quantize_packed_reference,
     int_requantize_reference,
 )
-from qcompile.runtime.reference.packing import pack_bits, packed_bits_last, packed_last, unpack_bits
+from qcompile.runtime.reference.packing import pack_bits, packed_size, unpack_bits
 
 
 @torch.library.custom_op(
@@ -55,7 +55,7 @@ def empty_saved_codes(
     kernels of every op that produces them)."""
     shape = list(x.shape)
     groups = group_shape(shape, reduce_dims)
-    packed = x.new_empty([*shape[:-1], packed_last(shape[-1], 2)], dtype=torch.uint8)
+    packed = x.new_empty([*shape[:-1], packed_size(shape[-1], 2)], dtype=torch.uint8)
     clip = x.new_empty(groups, dtype=torch.float32)
     hi = x.new_empty(groups if signed == "auto" else [], dtype=torch.float32)
     return packed, clip, hi
@@ -115,7 +115,7 @@ def pack_bits_op(mask: torch.Tensor) -> torch.Tensor:
 
 @pack_bits_op.register_fake
 def _pack_bits_fake(mask):
-    return mask.new_empty([*mask.shape[:-1], packed_bits_last(mask.shape[-1])], dtype=torch.uint8)
+    return mask.new_empty([*mask.shape[:-1], packed_size(mask.shape[-1], 8)], dtype=torch.uint8)
 
 
 @torch.library.custom_op("qcompile::unpack_bits", mutates_args=())

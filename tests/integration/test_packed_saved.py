@@ -18,12 +18,12 @@ from qcompile.runtime.reference.packed_int import (
 from qcompile.runtime.reference.packing import (
     pack_bits,
     pack_int4,
-    packed_bits_last,
+    packed_size,
     unpack_bits,
     unpack_int4,
 )
 
-ODD_SHAPES = [(1,), (3,), (2, 5), (4, 3, 7), (2, 1, 9)]
+ODD_SHAPES = [(1,), (3,), (2, 5), (4, 3, 7), (2, 1, 9), (3, 33), (2, 70), (2, 64)]
 
 
 @pytest.mark.parametrize("shape", ODD_SHAPES)
@@ -35,14 +35,16 @@ def test_int4_round_trip(shape, lo, hi):
     codes.view(-1)[-1] = hi
     packed = pack_int4(codes)
     assert packed.dtype == torch.uint8
-    assert packed.shape == (*shape[:-1], (shape[-1] + 1) // 2)
+    assert packed.shape == (*shape[:-1], packed_size(shape[-1], 2))
     assert torch.equal(unpack_int4(packed, shape[-1], hi), codes)
 
 
 def test_minus_eight_is_the_nibble_0x8_and_comes_back():
     codes = torch.tensor([[-8, 7, -1, 0, -7]], dtype=torch.int8)
     packed = pack_int4(codes)
-    assert packed.tolist() == [[0x78, 0x0F, 0x09]]  # low nibble first; -8 → 0x8, -1 → 0xF, -7 → 0x9
+    # one block of 3 bytes: elements 0-2 in the low nibbles, 3-4 in the high ones; -8 → 0x8,
+    # -1 → 0xF, -7 → 0x9
+    assert packed.tolist() == [[0x08, 0x97, 0x0F]]
     assert torch.equal(unpack_int4(packed, 5, 7), codes)
 
 
@@ -59,10 +61,10 @@ def test_bits_round_trip(shape):
     n = shape[-1]
     for mask in (torch.rand(shape, generator=g) > 0.5, torch.ones(shape, dtype=torch.bool)):
         packed = pack_bits(mask)
-        assert packed.dtype == torch.uint8 and packed.shape[-1] == packed_bits_last(n)
+        assert packed.dtype == torch.uint8 and packed.shape[-1] == packed_size(n, 8)
         assert torch.equal(unpack_bits(packed, n), mask)
     # one bit per element, up to a partial last block of 128 elements
-    assert packed_bits_last(n) == (n + 7) // 8 if n <= 128 else packed_bits_last(n) == -(-n // 128) * 16
+    assert packed_size(n, 8) == (n + 7) // 8 if n <= 128 else packed_size(n, 8) == -(-n // 128) * 16
 
 
 def test_bits_block_layout():
@@ -79,6 +81,18 @@ def test_bits_block_layout():
     # a short row is one block of ceil(n/8) bytes: n = 10 → 2 bytes, element 2k + i in bit k of byte i
     short = torch.tensor([[True, False, False, False, False, True, True, True, True, True]])
     assert torch.equal(pack_bits(short), torch.tensor([[1 | 8 | 16, 4 | 8 | 16]], dtype=torch.uint8))
+
+
+def test_int4_block_layout():
+    """Blocks of 32 codes in 16 bytes: code ``16k + i`` of a block in nibble ``k`` of byte ``i``;
+    a partial last block is padded with zero nibbles."""
+    codes = torch.zeros(1, 40, dtype=torch.int8)
+    codes[0, 3], codes[0, 16 + 3], codes[0, 32 + 7] = 1, -2, 5
+    packed = pack_int4(codes)
+    expected = torch.zeros(1, 32, dtype=torch.uint8)
+    expected[0, 3], expected[0, 16 + 7] = 0x1 | (0xE << 4), 0x5
+    assert torch.equal(packed, expected) and packed_size(40, 2) == 32
+    assert torch.equal(unpack_int4(packed, 40), codes)
 
 
 def test_packed_unpacking_compiles_to_the_same_values():
@@ -254,8 +268,9 @@ def test_saved_bytes_accounting_matches_the_tensors_autograd_holds(packed_and_un
 def test_plan_shows_saved_bytes_per_layer_and_in_total(packed_and_unpacked):
     (_, plan, _), _ = packed_and_unpacked
     row = plan.row("2")
-    # X̂ [12, 48] and Ŵ [40, 48] as codes: 12·24 + 40·24 bytes, plus four 0-d scales
-    assert row.saved_bytes == 12 * 24 + 40 * 24 + 4 * 4
+    # X̂ [12, 48] and Ŵ [40, 48] as codes: rows of 48 codes are two 16-byte blocks (the second
+    # half empty), so 12·32 + 40·32 bytes, plus four 0-d scales
+    assert row.saved_bytes == 12 * 32 + 40 * 32 + 4 * 4
     assert row.saved_fp32_bytes == 12 * 48 * 4 + 0  # Ŵ comes from a parameter: FP32 saves W itself
     text = str(plan)
     assert (

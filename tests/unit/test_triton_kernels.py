@@ -108,9 +108,11 @@ def test_int_quantize_kernel_matches_reference_exactly(shape, dims, transpose, s
 
 
 PACKED_LAYOUTS = LAYOUTS + [
-    ((3, 5, 12), [1, 2], False),  # per-sample over two dims, even last dim: packed in the kernel
-    ((3, 5, 11), [1, 2], False),  # the same with an odd last dim: packed by a second pass
-    ((57,), [], False),  # 1-D, odd length
+    ((3, 2, 64), [1, 2], False),  # per-sample over two dims, whole 32-code blocks: packed in the kernel
+    ((3, 5, 12), [1, 2], False),  # the same with rows shorter than a block: packed by a second pass
+    ((3, 2, 40), [1, 2], False),  # several rows of a partial last block per view row: a second pass
+    ((57,), [], False),  # 1-D, odd length: one row, a partial last block, packed in the kernel
+    ((5, 40), [1], False),  # 2-D rows of 40: packed in the kernel
     ((4, 3, 4), [0], False),  # permuted, its view's row length equal to the last dim by chance
     ((2, 6, 6), [1], False),  # the same with a square trailing pair
 ]
