@@ -154,7 +154,9 @@ def scale_int32_fma(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch
     except within 2^-47 of a rounding tie (1 element in 16.8M differed from the float64 path, by
     one ulp, on random sums up to 2^24 and scales over eight decades). Inductor emits the fused
     multiply-adds as ``fmadd`` / ``std::fma``; run eagerly, its ``fma`` prim rounds the product
-    first, so only the compiled path uses this function."""
+    first, so only the compiled path uses this function. The products are error-free while
+    ``r·c`` and ``a·q`` stay normal floats (above 2^-126); scales whose product is that small
+    (gradients below ~1e-36) lose precision here that the float64 path keeps."""
     from torch._inductor.inductor_prims import fma
 
     a = acc.float()
