@@ -21,7 +21,6 @@ import torch
 from qcompile.runtime.kernels import triton_support
 from qcompile.runtime.kernels.triton_tiles import tile_grid, tile_of_program
 from qcompile.runtime.reference.packing import (
-    BLOCK_BYTES,
     block_bytes,
     pack_fields,
     packed_size,
@@ -212,7 +211,7 @@ def pack_codes(codes: torch.Tensor, encoding: str = "int", out: torch.Tensor | N
     if rows and cols:
         block_r, block_p = (32, 64) if triton_support.gpu_tiles(codes.device) else (16, 16)
         grid = tile_grid(rows, p, block_r, block_p)
-        block = min(BLOCK_BYTES, (cols + 1) // 2)
+        block = block_bytes(cols, 2)
         _pack_kernel[grid](codes, data, rows, cols, codes.stride(0), codes.stride(1), p, block,
                            ENC=ENCODINGS[encoding], BLOCK_R=block_r, BLOCK_P=block_p)  # fmt: skip
     return Packed(data, (rows, cols), 1, encoding)
