@@ -19,7 +19,6 @@ LBT_A = 1e-3  # the paper's a in the optimal condition R(γ*) = a / (2^b - 1)
 GAMMA_STEP = 1e-3
 GAMMA_FLOOR = 1e-3
 GAMMA_CEIL = 1.0
-INIT_EMA = 0.999
 
 
 def lbt_target(bits: int) -> float:
@@ -101,16 +100,21 @@ def gamma_schedule_on(device: torch.device) -> torch.Tensor:
 
 
 def initial_gamma_tensor(gf: torch.Tensor, amax: torch.Tensor, bits: int) -> torch.Tensor:
-    """The paper's first-batch initialisation as tensor ops (float64 0-d): from γ = 1, step γ
-    down by 1e-3 while an EMA (factor 0.999) of the clipped fraction ``r(γ)`` stays at or below
-    the target; stop at the floor.
+    """A layer's first γ, solved on its first batch as tensor ops (float64 0-d): the smallest γ of
+    the 1e-3 schedule whose clipped fraction ``r(γ)`` still meets the optimal condition
+    ``r ≤ a/(2^b − 1)``; γ = 1 − 1e-3 when even that clips more, the floor when none does.
+
+    Why not the paper's loop (step γ down from 1 while an EMA, factor 0.999, of ``r`` stays at
+    or below the target): an EMA that starts at 0 needs ``r`` far above the target before its
+    average crosses it, so the loop stopped 15–350× past the optimum on Gaussian, Laplace and
+    Student-t gradients, and the per-step rule (±1e-3) then took ~200 steps to climb back.
+    Solving for the quantile directly is what the loop was approximating.
 
     Every ``r(γ)`` of the schedule at once: each element's ratio ``|g|/max|g|`` is placed among
     the (ascending) schedule by one `searchsorted`, and a cumulative count gives how many ratios
-    lie at or below each γ. The EMA recursion ``e_k = 0.999·e_{k−1} + 0.001·r_k`` is summed in
-    closed form, ``e_k = 0.999^k · Σ_{j≤k} 0.001·r_j·0.999^{−j}`` (float64; 0.999^{−999} ≈ 2.7).
+    lie at or below each γ. No value reaches the host.
     """
-    candidates = gamma_schedule_on(gf.device)
+    candidates = gamma_schedule_on(gf.device)  # descending: 1 − 1e-3, 1 − 2e-3, ..., floor
     m = candidates.numel()
     ascending = candidates.flip(0)
     ratio = (gf.abs() / amax).nan_to_num(0.0).flatten().double()
@@ -120,12 +124,11 @@ def initial_gamma_tensor(gf: torch.Tensor, amax: torch.Tensor, bits: int) -> tor
     hist = torch.zeros(m + 1, dtype=torch.int64, device=gf.device).scatter_add_(
         0, below, torch.ones_like(below)
     )
-    at_most = torch.cumsum(hist, 0)[:m].flip(0)  # per γ of the schedule, in the loop's order
-    share = (1 - INIT_EMA) * (n - at_most).double() / n
-    k = torch.arange(1, m + 1, dtype=torch.float64, device=gf.device)
-    ema = torch.cumsum(share * INIT_EMA ** (-k), 0) * INIT_EMA**k
-    over = ema > lbt_target(bits)
-    stop = torch.where(over.any(), over.int().argmax(), m - 1)
+    at_most = torch.cumsum(hist, 0)[:m].flip(0)  # per γ of the schedule, in descending order
+    share = (n - at_most).double() / n  # r(γ): non-decreasing along the schedule
+    over = share > lbt_target(bits)
+    last_ok = (over.int().argmax() - 1).clamp(min=0)
+    stop = torch.where(over.any(), last_ok, m - 1)
     return candidates.gather(0, stop.reshape(1)).reshape(())  # a tensor index: no host read
 
 
