@@ -366,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lm-evals", type=int, default=6, help="evaluations (curve points) over the steps")
     p.add_argument("--lm-d", type=int, default=64)
     p.add_argument("--lm-layers", type=int, default=2)
+    p.add_argument("--lm-heads", type=int, default=4)
+    p.add_argument("--lm-block", type=int, default=64, help="context length (characters)")
+    p.add_argument("--lm-batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     p.add_argument("--out", type=Path, default=RESULTS / "accuracy.json")
     p.add_argument("--plot", type=Path, default=RESULTS / "accuracy.png")
@@ -383,7 +386,8 @@ def make_task(name: str, args: argparse.Namespace) -> Task:
         return cifar10_task(archive, train=args.cifar_train, test=args.cifar_test, epochs=args.cifar_epochs,
                             width=args.cifar_width)  # fmt: skip
     text = args.text or args.data / "tinyshakespeare.txt"
-    return lm_task(text, steps=args.lm_steps, evals=args.lm_evals, d=args.lm_d, layers=args.lm_layers)
+    return lm_task(text, steps=args.lm_steps, evals=args.lm_evals, d=args.lm_d, layers=args.lm_layers,
+                   heads=args.lm_heads, block=args.lm_block, batch=args.lm_batch)  # fmt: skip
 
 
 def run_task(task: Task, args: argparse.Namespace, log: list[str], checkpoint=None) -> list[Run]:
