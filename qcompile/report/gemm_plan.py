@@ -167,6 +167,14 @@ class Plan:
             "replayed_gemms": sum(r.replayed for r in self.rows),
         }
 
+    def _aq_unmeasured(self) -> bool:
+        """Whether an AQ operand has no measured spend yet (left out of the bit averages)."""
+        return any(
+            e.ran and e.avg_bits is None and e.spec is not None and e.spec.format == "aq"
+            for r in self.rows
+            for e in r.roles().values()
+        )
+
     def totals(self) -> dict[str, Any]:
         """Share of matmul FLOPs whose GEMM ran with both operands at <= 4 bits (SMP counted N×)."""
         fwd = fwd_low = bwd = bwd_low = 0
@@ -273,6 +281,7 @@ class Plan:
                 else "backward: none compiled (inference only)"
             )
             + (f"\naverage bits per element: {bits}" if bits else "")
+            + (" (AQ operands: measured once a backward has run)" if self._aq_unmeasured() else "")
             + (f" (quantized operands only: {qbits})" if qbits else "")
         )
         counts = self.kernel_counts()
@@ -332,16 +341,15 @@ def _elements(record: SiteRecord, role: str) -> int | None:
     return n
 
 
-def _avg_bits(record: SiteRecord, role: str, spec: QuantSpec, shared_from: str | None) -> float:
-    """Bits per element this operand really cost: AQ's measured spend (kept elements × bits),
-    SMP's N draws, 32 for high precision."""
+def _avg_bits(record: SiteRecord, role: str, spec: QuantSpec, shared_from: str | None) -> float | None:
+    """Bits per element this operand really cost: AQ's measured spend (kept codes, their groups'
+    scales and zero points, the keep mask; None until a backward has run), SMP's N draws, 32 for
+    high precision."""
     if not spec.is_quantized:
         return 32.0
     if spec.format == "aq":
         found = measured_bits(QuantTag(record.layer, shared_from or role, record.key).encode())
-        if found is not None:
-            return found[0]
-        return 1.0  # the design budget (n/b groups of b bits) until a backward has run
+        return None if found is None else found[0]
     return float(spec.bits * spec.samples)
 
 

@@ -20,6 +20,19 @@ def aq_budget(groups: int, bits: int) -> float:
     return max(1.0, groups / bits)
 
 
+AQ_SCALE_BITS = 32  # each kept group's step ``s`` (the 1/p rescale folds into it), float32 as computed
+AQ_ZERO_BITS = 32  # each kept group's minimum (the zero point), float32 as computed
+AQ_KEEP_BITS = 1  # one keep/drop bit per group, kept or not
+
+
+def aq_storage_bits(kept_groups: int, groups: int, group_size: int, bits: int) -> int:
+    """Bits one AQ-quantized tensor costs to store or send: ``bits`` per kept element, a scale
+    and a zero point per kept group, a keep bit per group. Counting the data bits alone (the
+    paper's "1 bit per element") hides the metadata, which matters when groups are short: 64
+    bits of scale and zero point per kept 64-element row add a quarter of a bit per element."""
+    return kept_groups * (group_size * bits + AQ_SCALE_BITS + AQ_ZERO_BITS) + groups * AQ_KEEP_BITS
+
+
 def keep_probabilities(importance: torch.Tensor, budget: float) -> torch.Tensor:
     """``p_i = min(1, s·R_i)`` with ``s`` chosen so that ``Σ p_i = budget`` (1-bit FQT, AQ:
     ``p_i ∝ R_i``, mass above 1 redistributed to the others: water-filling).
