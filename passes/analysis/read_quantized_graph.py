@@ -81,6 +81,20 @@ class _Trace:
     recomputed: list[fx.Node] = field(default_factory=list)  # a forward value backward recomputes
 
 
+def _is_smp_draws(node: fx.Node) -> bool:
+    """SMP's ``torch.stack(draws).mean(0)`` as AOTAutograd lowers it, ``cat(draws) → view →
+    mean``: a ``cat`` of quantizer outputs that share one tag. Any other ``cat`` stops the trace
+    (it may join quantized and unquantized tensors)."""
+    if node.target is not aten.cat.default:
+        return False
+    parts = _tensor_inputs(node)
+    return (
+        len(parts) > 1
+        and all(p.op == "call_function" and p.target in QUANTIZER_TARGETS for p in parts)
+        and len({p.args[-1] for p in parts}) == 1
+    )
+
+
 def trace_operand(node: fx.Node) -> _Trace:
     """Walk upstream from a GEMM operand to its quantizers, tags and graph inputs."""
     t = _Trace()
@@ -106,6 +120,8 @@ def trace_operand(node: fx.Node) -> _Trace:
             t.recomputed.append(n)
         elif n.target is operator.getitem and getattr(n.args[0], "target", None) in QUANTIZER_TARGETS:
             stack.append(n.args[0])
+        elif _is_smp_draws(n):
+            stack.extend(reversed(_tensor_inputs(n)))
         elif n.target in _TRANSPARENT:
             if n.target is qops.mark_layer.default:
                 t.tags.append(n.args[1])

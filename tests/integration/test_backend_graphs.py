@@ -86,6 +86,55 @@ def test_shared_sample_preset_feeds_one_draw_to_both_gemms():
     assert all(f.shared_from is None for f in dgrad)
 
 
+def test_smp_draws_are_read_back_from_the_compiled_backward():
+    """SMP's ``stack(draws).mean(0)`` reaches the backward graph as ``cat → view → mean``; the plan
+    must follow it to the two draws, not report dY at 32 bits (nor warn of a high-precision GEMM)."""
+    import warnings
+
+    torch.manual_seed(0)
+    policy = qcompile.preset("luq-smp2").replace(keep_first_last=False)
+    model = mlp()
+    graphs = _capture_graphs(model, torch.randn(8, 16), policy)
+    assert any(n.target is torch.ops.aten.cat.default for n in graphs["backward"].graph.nodes)
+    facts = read_graph(graphs["backward"], "backward")
+    wgrad = [f for (k, r), f in facts.items() if r == "grad_wgrad"]
+    dgrad = [f for (k, r), f in facts.items() if r == "grad_dgrad"]
+    assert len(wgrad) == 3 and len(dgrad) == 2
+    assert all(f.spec.format == "luq" and f.spec.samples == 2 for f in wgrad + dgrad)
+    assert all(f.shared_from == "grad_dgrad" for f in wgrad)
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = torch.compile(mlp(), backend="fqt", options={"policy": "luq-smp2"})
+        compiled(torch.randn(8, 16)).sum().backward()
+    assert not [w for w in caught if issubclass(w.category, qcompile.HighPrecisionGemmWarning)]
+    plan = qcompile.plan(compiled)
+    middle = plan.row("2")
+    assert middle.grad_dgrad.spec.samples == 2 and middle.grad_wgrad.shared_from == "grad_dgrad"
+    assert plan.totals()["avg_bits_quantized"]["grad_dgrad"] == 8.0
+    assert "smp2" in str(plan)
+
+
+def test_a_cat_that_is_not_smp_stops_the_operand_trace():
+    """Only a ``cat`` of draws of one quantizer is SMP; one that joins a quantized tensor with a
+    plain one must not make the plan call the joined GEMM operand quantized."""
+    from torch import fx
+
+    from qcompile.passes.analysis.read_quantized_graph import trace_operand
+
+    g = fx.Graph()
+    x, other = g.placeholder("x"), g.placeholder("other")
+    for n, v in ((x, torch.randn(4, 8)), (other, torch.randn(4, 8))):
+        n.meta["val"] = v
+    luq = torch.ops.qcompile.luq_quantize.default
+    draws = [g.call_function(luq, (x, 4, [], i, "fc|grad_dgrad|k0")) for i in range(2)]
+    smp = g.call_function(torch.ops.aten.cat.default, (draws,))
+    mixed = g.call_function(torch.ops.aten.cat.default, ([draws[0], other],))
+    assert [n.args[3] for n in trace_operand(smp).quantizers] == [0, 1]
+    assert trace_operand(smp).tags == ["fc|grad_dgrad|k0"] * 2
+    assert trace_operand(mixed).quantizers == [] and trace_operand(mixed).tags == []
+
+
 def test_quantized_gradients_lie_on_the_luq_grid_of_each_sample():
     """With Ŵ = I exactly, dX = Q(dY)·Ŵ is the quantized dY: every row must be on its own LUQ grid
     {0, ±α_r·2^k}, α_r = max|dY_r|/64, and differ from the FP32 gradient."""
