@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import math
 import platform
@@ -41,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accuracy_tasks import DEFAULT_DATA, Task, cifar10_task, digits_task, lm_task  # noqa: E402
+from accuracy_tasks import DEFAULT_DATA, Task, cache_dir, cifar10_task, digits_task, lm_task  # noqa: E402
 
 import qcompile  # noqa: E402
 from qcompile import Policy, Rule  # noqa: E402
@@ -84,6 +85,24 @@ def ablation_policy(role: str) -> Policy:
     )
 
 
+ATTENTION_VARIANTS = {
+    # P = softmax(q·kᵀ) lies in [0, 1] with most entries near 1/T: one per-tensor SAWB scale rounds
+    # most of them to 0 (relative MSE 0.07-0.19, benchmarks/sawb_unsigned.py). A scale per row (per
+    # query for P and q, per key for kᵀ, per channel for v) is constant along the contraction: SCQ.
+    "attn-row": {"activation": "int4-max-auto-sample", "reason": "attention: INT4, a max scale per row"},
+    "attn-int8": {"activation": "int8-max-auto-sample", "reason": "attention: INT8, a max scale per row"},
+    "attn-fp32": {**dict.fromkeys(qcompile.ROLES, "fp32"), "reason": "attention in high precision"},
+}
+
+
+def attention_policy(base: str, variant: str) -> Policy:
+    """``base`` preset with both attention GEMMs (``q·kᵀ``, ``p·v``) set by one of
+    `ATTENTION_VARIANTS`, through a rule on ``op="attention.*"`` (what a user would write)."""
+    fields = dict(ATTENTION_VARIANTS[variant])
+    preset = qcompile.preset(base)
+    return preset.replace(name=f"{base}+{variant}", rules=(*preset.rules, Rule(op="attention.*", **fields)))
+
+
 def resolve(name: str) -> Policy | str | None:
     """The policy to compile with (``"fp32"`` means plain Inductor), or None when it does not exist."""
     if name == "fp32":
@@ -92,6 +111,9 @@ def resolve(name: str) -> Policy | str | None:
         return qcompile.preset("luq") if "luq" in qcompile.presets() else None
     if name.startswith("ablate:") and name[7:] in ("forward", "dgrad", "wgrad"):
         return ablation_policy(name[7:])
+    base, _, variant = name.partition("+")
+    if variant in ATTENTION_VARIANTS and base in qcompile.presets():
+        return attention_policy(base, variant)
     return qcompile.preset(name) if name in qcompile.presets() else None
 
 
@@ -145,9 +167,11 @@ def _plan_totals(compiled: Any, backend: str) -> dict[str, Any]:
     return qcompile.plan(compiled).totals() if backend == "fqt" else {}
 
 
-def _train_epochs(task: Task, model, compiled, opt, seed: int, epochs: range, lr_fn, bar, hist) -> float:
+def _train_epochs(task: Task, model, compiled, opt, seed: int, epochs: range, lr_fn, bar, hist,
+                  save=None) -> float:  # fmt: skip
     """Train the given epochs; append per-epoch train loss and test metric to ``hist``; return the
-    seconds until the first step finished (NaN when ``hist`` already had steps)."""
+    seconds until the first step finished (NaN when ``hist`` already had steps). ``save(epoch)``
+    runs after each epoch (a checkpoint)."""
     first = math.nan
     t0 = time.perf_counter()
     for epoch in epochs:
@@ -164,6 +188,7 @@ def _train_epochs(task: Task, model, compiled, opt, seed: int, epochs: range, lr
             losses.append(loss.item())
             if math.isnan(first) and not hist["train_loss"]:
                 first = time.perf_counter() - t0
+                hist.setdefault("first_step_s", first)
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         model.eval()
@@ -172,13 +197,45 @@ def _train_epochs(task: Task, model, compiled, opt, seed: int, epochs: range, lr
         hist["test_metric"].append(metrics[task.metric])
         hist["final"] = metrics
         bar.set_postfix(loss=f"{hist['train_loss'][-1]:.3f}", **{task.metric: f"{metrics[task.metric]:.3f}"})
+        if save is not None:
+            save(epoch + 1)
     return first
 
 
+class Checkpoint:
+    """One run's state after each finished epoch (model, optimizer, curves, the global RNG the
+    stochastic quantizers draw from, elapsed time), so an interrupted run resumes at its last
+    epoch boundary with the same batches and draws. Written atomically (temp file, rename)."""
+
+    def __init__(self, folder: Path | None, task: Task, policy: str, seed: int) -> None:
+        config = json.dumps([task.sizes, task.epochs, task.steps_per_epoch, task.lr], sort_keys=True, default=str)
+        key = hashlib.sha256(config.encode()).hexdigest()[:10]  # another size never resumes this run
+        name = f"{task.name}-{key}__{policy.replace(':', '_')}__s{seed}.pt"
+        self.path = None if folder is None else folder / name
+
+    def load(self) -> dict[str, Any] | None:
+        if self.path is None or not self.path.exists():
+            return None
+        return torch.load(self.path, map_location="cpu", weights_only=False)
+
+    def save(self, epoch: int, model, opt, hist: dict[str, Any], elapsed: float) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        state = {"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(), "hist": hist,
+                 "rng": torch.get_rng_state(), "elapsed": elapsed}  # fmt: skip
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.path)
+
+
 def train_policy(task: Task, name: str, policy: Policy | str, seed: int, initial: dict[str, torch.Tensor],
-                 *, fnt_epochs: int = 0, fnt_lr_scale: float = 0.1, progress: bool = True) -> list[Run]:  # fmt: skip
+                 *, fnt_epochs: int = 0, fnt_lr_scale: float = 0.1, progress: bool = True,
+                 checkpoints: Path | None = None) -> list[Run]:  # fmt: skip
     """Train one policy from ``initial`` weights; with ``fnt_epochs`` also branch off a ``luq+fnt`` run
-    that shares the first ``epochs - fnt_epochs`` epochs and replaces the rest with the FNT phase."""
+    that shares the first ``epochs - fnt_epochs`` epochs and replaces the rest with the FNT phase.
+    With ``checkpoints`` (a folder) the shared epochs are checkpointed after each epoch and a
+    run resumes from its checkpoint there (the short tail after the FNT branch point reruns)."""
     from tqdm.auto import tqdm
 
     torch._dynamo.reset()
@@ -192,8 +249,23 @@ def train_policy(task: Task, name: str, policy: Policy | str, seed: int, initial
     bar_total = total + fnt_epochs * task.steps_per_epoch
     bar = tqdm(total=bar_total, desc=f"{task.name}/{name}/s{seed}", unit="step", disable=not progress)
     hist: dict[str, Any] = {"train_loss": [], "test_metric": [], "final": {}}
-    start = time.perf_counter()
-    first = _train_epochs(task, model, compiled, opt, seed, range(0, branch), lambda s: lr_at(s, total, task.lr), bar, hist)  # fmt: skip
+    ckpt = Checkpoint(checkpoints, task, name, seed)
+    done, before = 0, 0.0
+    state = ckpt.load()
+    if state is not None:
+        if backend == "fqt":
+            qcompile.attach_state(model)  # so quantizer state (LBT's γ, learned clips) is restored too
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        hist, done, before = state["hist"], min(state["epoch"], branch), state["elapsed"]
+        torch.set_rng_state(state["rng"])
+        bar.update(done * task.steps_per_epoch)
+        bar.write(f"{task.name}/{name}/s{seed}: resumed after epoch {done} from {ckpt.path}")
+    start = time.perf_counter() - before
+    offset = done * task.steps_per_epoch  # `_train_epochs` counts steps from its first epoch
+    _train_epochs(task, model, compiled, opt, seed, range(done, branch), lambda s: lr_at(offset + s, total, task.lr),
+                  bar, hist, lambda epoch: ckpt.save(epoch, model, opt, hist, time.perf_counter() - start))  # fmt: skip
+    first = hist.get("first_step_s", math.nan)
     branch_s = time.perf_counter() - start
     snapshot = None
     if fnt_epochs:
@@ -375,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", nargs="+", type=Path, default=None,
                    help="combine these result JSONs (made by parallel runs) into --out/--plot; trains nothing")  # fmt: skip
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--checkpoints", type=Path, default=cache_dir() / "accuracy-checkpoints",
+                   help="folder for per-epoch checkpoints; a rerun of the same command resumes from them")  # fmt: skip
+    p.add_argument("--no-checkpoints", action="store_true", help="neither write nor resume checkpoints")
     return p
 
 
@@ -416,12 +491,14 @@ def run_task(task: Task, args: argparse.Namespace, log: list[str], checkpoint=No
                 continue
             branch = fnt_seed and name == "luq"
             runs += train_policy(task, name, policy, seed, initial[seed], fnt_epochs=args.fnt_epochs if branch else 0,
-                                 fnt_lr_scale=args.fnt_lr_scale, progress=not args.no_progress)  # fmt: skip
+                                 fnt_lr_scale=args.fnt_lr_scale, progress=not args.no_progress,
+                                 checkpoints=None if args.no_checkpoints else args.checkpoints)  # fmt: skip
             if checkpoint is not None:
                 checkpoint(runs)
         if fnt_seed and "luq" not in wanted:
             runs += train_policy(task, "luq", resolve("luq"), seed, initial[seed], fnt_epochs=args.fnt_epochs,
-                                 fnt_lr_scale=args.fnt_lr_scale, progress=not args.no_progress)  # fmt: skip
+                                 fnt_lr_scale=args.fnt_lr_scale, progress=not args.no_progress,
+                                 checkpoints=None if args.no_checkpoints else args.checkpoints)  # fmt: skip
             if checkpoint is not None:
                 checkpoint(runs)
     met = target_met(summarize([asdict(r) for r in runs]), task.name)
@@ -430,7 +507,8 @@ def run_task(task: Task, args: argparse.Namespace, log: list[str], checkpoint=No
         print(log[-1])
         for name in ABLATIONS:
             runs += train_policy(task, name, resolve(name), args.seeds[0], initial[args.seeds[0]],
-                                 progress=not args.no_progress)  # fmt: skip
+                                 progress=not args.no_progress,
+                                 checkpoints=None if args.no_checkpoints else args.checkpoints)  # fmt: skip
             if checkpoint is not None:
                 checkpoint(runs)
     return runs

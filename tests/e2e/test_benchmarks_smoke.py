@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -178,7 +179,7 @@ def test_accuracy_benchmark_digits_smoke(tmp_path, monkeypatch):
     out, png = tmp_path / "acc.json", tmp_path / "acc.png"
     argv = ["--tasks", "digits", "--digits-limit", "300", "--digits-epochs", "2", "--seeds", "0",
             "--policies", "fp32", "luq+fnt", "no-such-preset", "--ablation", "never", "--no-progress",
-            "--out", str(out), "--plot", str(png)]  # fmt: skip
+            "--out", str(out), "--plot", str(png), "--no-checkpoints"]  # fmt: skip
     assert accuracy.main(argv) == 0
     data = json.loads(out.read_text())
     runs = {r["policy"]: r for r in data["runs"]}
@@ -216,3 +217,35 @@ def test_memory_benchmark_quick_mode_writes_results(tmp_path, monkeypatch):
         data["ratios"][0]["saved_held_fqt_vs_fp32"] == runs["fqt"]["saved_held"] / runs["fp32"]["saved_held"]
     )
     sys.modules.pop("memory", None)
+
+
+@pytest.mark.slow
+def test_accuracy_run_interrupted_after_an_epoch_resumes_to_the_same_numbers(tmp_path, monkeypatch):
+    """A run killed after its first epoch and restarted with the same command continues from the
+    checkpoint (weights, optimizer, curves, the RNG the stochastic quantizers draw from) and ends
+    exactly where an uninterrupted run ends."""
+    accuracy = _accuracy_module(monkeypatch)
+    base = ["--tasks", "digits", "--digits-limit", "300", "--digits-epochs", "2", "--seeds", "0",
+            "--policies", "luq", "--ablation", "never", "--no-progress", "--plot", str(tmp_path / "p.png")]  # fmt: skip
+    assert accuracy.main([*base, "--out", str(tmp_path / "straight.json"), "--no-checkpoints"]) == 0
+    straight = json.loads((tmp_path / "straight.json").read_text())["runs"][0]
+
+    saves = []
+    original = accuracy.Checkpoint.save
+
+    def save_then_die(self, epoch, *args, **kwargs):
+        original(self, epoch, *args, **kwargs)
+        saves.append(epoch)
+        raise KeyboardInterrupt  # the machine went away right after the first checkpoint
+
+    ckpt = ["--checkpoints", str(tmp_path / "ck"), "--out", str(tmp_path / "resumed.json")]
+    monkeypatch.setattr(accuracy.Checkpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        accuracy.main([*base, *ckpt])
+    assert saves == [1] and len(list((tmp_path / "ck").glob("digits-*__luq__s0.pt"))) == 1
+    monkeypatch.setattr(accuracy.Checkpoint, "save", original)
+    torch.manual_seed(123)  # the resumed run must not depend on the process's RNG state
+    assert accuracy.main([*base, *ckpt]) == 0
+    resumed = json.loads((tmp_path / "resumed.json").read_text())["runs"][0]
+    assert resumed["train_loss"] == straight["train_loss"] and resumed["final"] == straight["final"]
+    sys.modules.pop("accuracy", None)
