@@ -243,7 +243,7 @@ def train_policy(task: Task, name: str, policy: Policy | str, seed: int, initial
     model = task.make_model()
     model.load_state_dict(initial)
     compiled, backend = _compile(model, policy)
-    opt = torch.optim.Adam(model.parameters(), lr=task.lr)
+    opt = task.make_optimizer(model.parameters())
     total = task.epochs * task.steps_per_epoch
     branch = task.epochs - fnt_epochs if fnt_epochs else task.epochs
     bar_total = total + fnt_epochs * task.steps_per_epoch
@@ -283,7 +283,7 @@ def train_policy(task: Task, name: str, policy: Policy | str, seed: int, initial
         fmodel = task.make_model()
         fmodel.load_state_dict(state)
         fcompiled, fbackend = _compile(fmodel, fnt_policy())
-        fopt = torch.optim.Adam(fmodel.parameters(), lr=task.lr)
+        fopt = task.make_optimizer(fmodel.parameters())
         fopt.load_state_dict(opt_state)
         k = fnt_epochs * task.steps_per_epoch
         start_lr, peak = lr_at(branch * task.steps_per_epoch, total, task.lr), fnt_lr_scale * task.lr
@@ -434,6 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cifar-test", type=int, default=2_000)
     p.add_argument("--cifar-epochs", type=int, default=4)
     p.add_argument("--cifar-width", type=int, default=8, help="ResNet-20 base width (16 = the original)")
+    p.add_argument("--cifar-crop", type=int, default=0, help="random crops of the image padded by N pixels (4: standard)")
+    p.add_argument("--cifar-optimizer", choices=("adam", "sgd"), default="adam")
+    p.add_argument("--cifar-lr", type=float, default=3e-3)
+    p.add_argument("--cifar-weight-decay", type=float, default=0.0)
     p.add_argument("--lm-steps", type=int, default=360)
     p.add_argument("--lm-evals", type=int, default=6, help="evaluations (curve points) over the steps")
     p.add_argument("--lm-d", type=int, default=64)
@@ -459,7 +463,8 @@ def make_task(name: str, args: argparse.Namespace) -> Task:
     if name == "cifar10":
         archive = args.cifar or args.data / "cifar10-jpg.tar.xz"
         return cifar10_task(archive, train=args.cifar_train, test=args.cifar_test, epochs=args.cifar_epochs,
-                            width=args.cifar_width)  # fmt: skip
+                            width=args.cifar_width, crop=args.cifar_crop, optimizer=args.cifar_optimizer,
+                            lr=args.cifar_lr, weight_decay=args.cifar_weight_decay)  # fmt: skip
     text = args.text or args.data / "tinyshakespeare.txt"
     return lm_task(text, steps=args.lm_steps, evals=args.lm_evals, d=args.lm_d, layers=args.lm_layers,
                    heads=args.lm_heads, block=args.lm_block, batch=args.lm_batch)  # fmt: skip
@@ -565,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
                         "machine": platform.machine(), "processor": platform.processor() or platform.platform()},
         "fp32_baseline": "torch.compile default backend (Inductor), no quantization",
         "quantized": "torch.compile(model, backend='fqt', options={'policy': name})",
-        "optimizer": "Adam; linear warm-up (5% of steps, <=100) then cosine to 0",
+        "optimizer": "per task (tasks.*.sizes.optimizer; default Adam); linear warm-up (5% of steps, <=100) then cosine to 0",
         "paper_reference_gaps": PAPER_GAPS,
         "targets": {"accuracy_pts": ACCURACY_TARGET_PTS, "loss_rel": LOSS_TARGET_REL},
         "tasks": {}, "runs": [], "log": log,

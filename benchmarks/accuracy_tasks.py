@@ -126,6 +126,16 @@ class Task:
     steps_per_epoch: int
     lr: float
     sizes: dict[str, object]
+    optimizer: str = "adam"  # "adam", or "sgd" (momentum 0.9, Nesterov) with ``weight_decay``
+    weight_decay: float = 0.0
+
+    def make_optimizer(self, params) -> torch.optim.Optimizer:
+        """The task's optimizer over ``params`` at its base LR (the schedule sets the LR per step)."""
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=0.9, nesterov=True, weight_decay=self.weight_decay)
+        if self.optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: adam, sgd")
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -236,9 +246,23 @@ def _balanced_subset(y: np.ndarray, n: int) -> np.ndarray:
     return np.sort(np.concatenate([np.flatnonzero(y == c)[:per_class] for c in range(len(CIFAR_CLASSES))]))
 
 
+def random_crops(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """The standard CIFAR augmentation's crop: zero-pad ``pad`` pixels on each side (zero is the
+    mean after normalisation), then cut each image's original size at a random offset."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    rows = (dy.view(-1, 1) + torch.arange(h)).view(n, 1, h, 1)
+    cols = (dx.view(-1, 1) + torch.arange(w)).view(n, 1, 1, w)
+    return padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(x.shape[1]).view(1, -1, 1, 1), rows, cols]
+
+
 def cifar10_task(archive: Path, *, train: int = 8_000, test: int = 2_000, epochs: int = 4, batch: int = 128,
-                 width: int = 8, blocks_per_stage: int = 3, lr: float = 3e-3, eval_batch: int = 500) -> Task:  # fmt: skip
-    """CIFAR-10 with a ResNet-20-style net on a class-balanced subset; random horizontal flips."""
+                 width: int = 8, blocks_per_stage: int = 3, lr: float = 3e-3, eval_batch: int = 500,
+                 crop: int = 0, optimizer: str = "adam", weight_decay: float = 0.0) -> Task:  # fmt: skip
+    """CIFAR-10 with a ResNet-20-style net on a class-balanced subset; random horizontal flips, and
+    with ``crop=4`` the standard random crops of the zero-padded image (He et al. 2016, Sec. 4.2)."""
     x_tr, y_tr, x_te, y_te = load_cifar10(archive)
     tr, te = _balanced_subset(y_tr, train), _balanced_subset(y_te, test)
 
@@ -262,6 +286,8 @@ def cifar10_task(archive: Path, *, train: int = 8_000, test: int = 2_000, epochs
             idx = order[i * batch : (i + 1) * batch]
             x = xt[idx]
             x = torch.where(flips[idx].view(-1, 1, 1, 1), x.flip(3), x)
+            if crop:
+                x = random_crops(x, crop, g)
             yield x, yt[idx]
 
     depth = 6 * blocks_per_stage + 2
@@ -269,10 +295,12 @@ def cifar10_task(archive: Path, *, train: int = 8_000, test: int = 2_000, epochs
         name="cifar10", model_name=f"ResNet-{depth} (w={width},{2 * width},{4 * width}; BN, residuals)",
         make_model=lambda: ResNet20(width, blocks_per_stage), batches=batches, loss=F.cross_entropy,
         evaluate=_classification_eval(xv, yv, eval_batch), metric="test_accuracy", higher_is_better=True,
-        epochs=epochs, steps_per_epoch=steps, lr=lr,
+        epochs=epochs, steps_per_epoch=steps, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
         sizes={"train": n, "test": len(yv), "batch": batch, "epochs": epochs, "width": width,
-               "blocks_per_stage": blocks_per_stage, "augmentation": "random horizontal flip",
-               "subset": "first N/10 images of each class in file-name order"},
+               "blocks_per_stage": blocks_per_stage,
+               "augmentation": "random horizontal flip" + (f", random {crop}-pixel-padded crop" if crop else ""),
+               "subset": "first N/10 images of each class in file-name order", "optimizer": optimizer,
+               "weight_decay": weight_decay},
     )  # fmt: skip
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import qcompile
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
@@ -165,6 +167,13 @@ def test_accuracy_derived_policies_quantize_what_their_names_say(monkeypatch):
             r for r in ("weight", "activation", "grad_dgrad", "grad_wgrad") if getattr(d, r).is_quantized
         } == set(quantized)
     assert accuracy.resolve("no-such-preset") is None
+    row = accuracy.resolve("luq-int4+attn-row")
+    for op in ("attention.qk", "attention.pv"):
+        d = row.decide("blocks.0.attn", op)
+        assert d.activation.granularity == "per-sample" and d.activation.scaling == "max"
+    assert row.decide("blocks.0.fc", "linear") == qcompile.preset("luq-int4").decide("blocks.0.fc", "linear")
+    assert not accuracy.resolve("luq+attn-fp32").decide("a", "attention.pv").activation.is_quantized
+    assert accuracy.resolve("luq-int4+attn-int8").decide("a", "attention.qk").activation.bits == 8
     # FNT schedule: starts at the last LR, peaks at the lower LR half-way, ends at zero
     assert accuracy.fnt_lr(0, 10, 0.02, 0.1) == 0.02
     assert accuracy.fnt_lr(5, 10, 0.02, 0.1) == pytest.approx(0.1)
@@ -249,3 +258,18 @@ def test_accuracy_run_interrupted_after_an_epoch_resumes_to_the_same_numbers(tmp
     resumed = json.loads((tmp_path / "resumed.json").read_text())["runs"][0]
     assert resumed["train_loss"] == straight["train_loss"] and resumed["final"] == straight["final"]
     sys.modules.pop("accuracy", None)
+
+
+def test_cifar_random_crops_are_windows_of_the_padded_image(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    from accuracy_tasks import random_crops
+
+    x = torch.randn(16, 3, 8, 8)
+    out = random_crops(x, 2, torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    offsets = set()
+    for i in range(16):
+        hits = [(dy, dx) for dy in range(5) for dx in range(5) if torch.equal(out[i], padded[i, :, dy : dy + 8, dx : dx + 8])]
+        assert hits, i
+        offsets.add(hits[0])
+    assert len(offsets) > 4  # random offsets, not one shift for all
