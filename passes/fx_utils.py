@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import operator
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -103,3 +104,17 @@ def joint_regions(graph: fx.Graph) -> tuple[set[fx.Node], set[fx.Node]]:
         forward.add(n)
         stack.extend(n.all_input_nodes)
     return backward, forward
+
+
+def is_smp_draws(node: fx.Node, quantizers: Collection[Any]) -> bool:
+    """SMP's ``torch.stack(draws).mean(0)`` as AOTAutograd lowers it, ``cat(draws) → view →
+    mean``: ``node`` is that ``cat``, of outputs of ``quantizers`` that share one tag (last
+    argument). Any other ``cat`` may join quantized and unquantized tensors."""
+    if node.op != "call_function" or node.target is not aten.cat.default:
+        return False
+    parts = node.args[0] if node.args and isinstance(node.args[0], (list, tuple)) else []
+    return (
+        len(parts) > 1
+        and all(isinstance(p, fx.Node) and p.op == "call_function" and p.target in quantizers for p in parts)
+        and len({p.args[-1] for p in parts}) == 1
+    )

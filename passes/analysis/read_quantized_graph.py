@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx
 
-from qcompile.passes.fx_utils import GEMM_TARGETS
+from qcompile.passes.fx_utils import GEMM_TARGETS, is_smp_draws
 from qcompile.passes.graph_meta import RECOMPUTE_META
 from qcompile.passes.post_aot.gemm_kernel_choice import INT8_KERNELS, KERNEL_META, kernel_label
 from qcompile.runtime.quant_tag import QuantTag
@@ -32,7 +32,7 @@ _TRANSPARENT = {
     aten.transpose.int, aten.permute.default, aten.expand.default, aten.clone.default,
     aten.alias.default, aten._to_copy.default, aten.unsqueeze.default, aten.squeeze.dim,
     aten.squeeze.default, aten.stack.default, aten.mean.dim, aten.div.Tensor, aten.div.Scalar,
-    aten.add.Tensor, aten.select.int, aten.slice.Tensor, aten.contiguous.default,
+    aten.add.Tensor, aten.select.int, aten.slice.Tensor, aten.contiguous.default, aten.as_strided.default,
     torch.ops.prims.convert_element_type.default, qops.mark_layer.default,
 }  # fmt: skip
 GRADIENT_ROLES = ("grad_dgrad", "grad_wgrad")
@@ -81,20 +81,6 @@ class _Trace:
     recomputed: list[fx.Node] = field(default_factory=list)  # a forward value backward recomputes
 
 
-def _is_smp_draws(node: fx.Node) -> bool:
-    """SMP's ``torch.stack(draws).mean(0)`` as AOTAutograd lowers it, ``cat(draws) → view →
-    mean``: a ``cat`` of quantizer outputs that share one tag. Any other ``cat`` stops the trace
-    (it may join quantized and unquantized tensors)."""
-    if node.target is not aten.cat.default:
-        return False
-    parts = _tensor_inputs(node)
-    return (
-        len(parts) > 1
-        and all(p.op == "call_function" and p.target in QUANTIZER_TARGETS for p in parts)
-        and len({p.args[-1] for p in parts}) == 1
-    )
-
-
 def trace_operand(node: fx.Node) -> _Trace:
     """Walk upstream from a GEMM operand to its quantizers, tags and graph inputs."""
     t = _Trace()
@@ -120,7 +106,7 @@ def trace_operand(node: fx.Node) -> _Trace:
             t.recomputed.append(n)
         elif n.target is operator.getitem and getattr(n.args[0], "target", None) in QUANTIZER_TARGETS:
             stack.append(n.args[0])
-        elif _is_smp_draws(n):
+        elif is_smp_draws(n, QUANTIZER_TARGETS):
             stack.extend(reversed(_tensor_inputs(n)))
         elif n.target in _TRANSPARENT:
             if n.target is qops.mark_layer.default:

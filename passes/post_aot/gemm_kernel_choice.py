@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx
 
+from qcompile.passes.fx_utils import is_smp_draws
 from qcompile.passes.joint.pack_saved import is_dtype_cast
 from qcompile.runtime.kernels.triton_support import triton_available
 
@@ -250,6 +251,9 @@ def find_source(node: fx.Node) -> Source:
             node = node.args[0]
             continue
         name = _VIEWS.get(node.target)
+        if name is None and _averages_smp_draws(node):
+            n = len(node.args[0].args[0].args[0])
+            return Source(None, why_not=f"SMP: the mean of {n} draws is not one int8 code grid")
         if name is None:
             what = getattr(node.target, "__name__", str(node.target))
             return Source(None, why_not=f"not quantized (from {what})")
@@ -257,6 +261,19 @@ def find_source(node: fx.Node) -> Source:
             return Source(None, why_not="dynamic shape")
         chain.append((name, _view_arg(node, name)))
         node = node.args[0]
+
+
+def _averages_smp_draws(node: fx.Node) -> bool:
+    """``mean(view(cat(draws)), 0)``: SMP's average of LUQ draws of one tensor."""
+    if node.target is not aten.mean.dim:
+        return False
+    inner = node.args[0]
+    return (
+        isinstance(inner, fx.Node)
+        and inner.op == "call_function"
+        and inner.target in (aten.view.default, aten._unsafe_view.default)
+        and is_smp_draws(inner.args[0], _QUANTIZERS)
+    )
 
 
 def _is_packed_quantizer(node) -> bool:

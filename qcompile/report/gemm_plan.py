@@ -116,11 +116,12 @@ class PlanRow:
         return out
 
     def kernel_cell(self) -> str:
-        """``inductor`` when every GEMM ran there, else ``fwd triton-int8, dgrad inductor, ...``."""
-        short = {g: k.split(" (")[0] for g, k in self.kernels().items()}
-        if len(set(short.values())) <= 1:
-            return next(iter(short.values()), "")
-        return ", ".join(f"{g[:5]} {k}" for g, k in short.items())
+        """``cpu-int8`` when every GEMM ran on one kernel, else ``fwd cpu-int8, dgrad inductor
+        (why not), ...``; a GEMM that stayed a float simulation says why, in the table too."""
+        kernels = self.kernels()
+        if len(set(kernels.values())) <= 1:
+            return next(iter(kernels.values()), "")
+        return ", ".join(f"{'fwd' if g == 'forward' else g} {k}" for g, k in kernels.items())
 
     def to_json(self) -> dict[str, Any]:
         out = {

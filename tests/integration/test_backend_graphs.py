@@ -113,6 +113,21 @@ def test_smp_draws_are_read_back_from_the_compiled_backward():
     assert middle.grad_dgrad.spec.samples == 2 and middle.grad_wgrad.shared_from == "grad_dgrad"
     assert plan.totals()["avg_bits_quantized"]["grad_dgrad"] == 8.0
     assert "smp2" in str(plan)
+    # The averaged draws cannot feed the int8 kernel; the table says so, not a bare "inductor".
+    assert "dgrad inductor (A: SMP: the mean of 2 draws is not one int8 code grid)" in middle.kernel_cell()
+    assert middle.kernel_cell() in str(plan)
+
+
+def test_plan_names_what_conv_backward_reads_after_the_channels_last_relayout():
+    """Backward's conv operands rebuilt from codes are re-laid out channels-last
+    (`match_forward_layout`: clone + as_strided); the plan still traces them to the codes."""
+    from qcompile.testing.models import small_resnet
+
+    torch.manual_seed(0)
+    compiled = torch.compile(small_resnet(), backend="fqt")
+    compiled(torch.randn(4, 3, 8, 8)).sum().backward()
+    row = qcompile.plan(compiled).row("block1.conv1")
+    assert "X̂ int4 packed as uint8" in row.saved and "Ŵ int4 requantized from W" in row.saved, row.saved
 
 
 def test_a_cat_that_is_not_smp_stops_the_operand_trace():
