@@ -249,7 +249,9 @@ def train_policy(task: Task, name: str, policy: Policy | str, seed: int, initial
     bar_total = total + fnt_epochs * task.steps_per_epoch
     bar = tqdm(total=bar_total, desc=f"{task.name}/{name}/s{seed}", unit="step", disable=not progress)
     hist: dict[str, Any] = {"train_loss": [], "test_metric": [], "final": {}}
-    ckpt = Checkpoint(checkpoints, task, name, seed)
+    # A run that branches FNT off at `branch` checkpoints only up to there: its own file, so a
+    # finished plain run's last epoch is never taken for the branch point.
+    ckpt = Checkpoint(checkpoints, task, name if branch == task.epochs else f"{name}-until-{branch}", seed)
     done, before = 0, 0.0
     state = ckpt.load()
     if state is not None:
