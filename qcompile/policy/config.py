@@ -73,6 +73,18 @@ def role_spec(role: str, value: object) -> QuantSpec:
     return spec
 
 
+def attention_spec(value: object) -> QuantSpec:
+    """``value`` parsed as the spec of attention's GEMM operands (`Policy.attention`): an
+    activation spec without a learned clip (attention has no layer to hold one)."""
+    try:
+        spec = role_spec("activation", value)
+    except PolicyError as e:
+        raise PolicyError(f"attention ({e})") from None
+    if spec.scaling == "learned":
+        raise PolicyError("attention: a learned clip needs a layer to hold it; valid scalings: sawb, max")
+    return spec
+
+
 def _strict_init(cls):
     """Unknown keyword fields raise `PolicyError` naming the valid fields (not a bare TypeError)."""
     dc_init = cls.__init__
@@ -159,6 +171,12 @@ class Policy:
     pack_saved: store what backward reads packed (4-bit operands two per byte with their
         scales, boolean masks as bits) instead of as FP32 / bool tensors; bit-identical results.
         Off only to compare or debug.
+    attention: the spec of both operands of attention's two GEMMs (``q·kᵀ``, ``p·v``: ops
+        ``attention.qk`` / ``attention.pv``), or None for the ``activation`` spec. They are
+        activations, but P = softmax(·) lies in [0, 1] with most entries near 1/T: one scale per
+        tensor rounds most of P to 0, while a scale per row (``sample``: per query for P and q,
+        per key for kᵀ, per channel for v) is still constant along each contraction (SCQ).
+        Rules on ``op="attention.*"`` override it like any role.
     recompute: what backward may rebuild instead of saving (with ``pack_saved``; results stay
         bit-identical). ``"gemm"`` (default): ``Ŵ`` from ``W`` and the saved clip, elementwise
         chains, and FP32 tensors one GEMM away from saved codes (LayerNorm/BatchNorm inputs,
@@ -177,10 +195,13 @@ class Policy:
     name: str = "custom"
     pack_saved: bool = True
     recompute: str = "gemm"
+    attention: QuantSpec | str | None = None
 
     def __post_init__(self) -> None:
         for role in ROLES:
             object.__setattr__(self, role, role_spec(role, getattr(self, role)))
+        if self.attention is not None:
+            object.__setattr__(self, "attention", attention_spec(self.attention))
         rules = tuple(self.rules) if isinstance(self.rules, (list, tuple)) else None
         if rules is None or not all(isinstance(r, Rule) for r in rules):
             raise PolicyError("rules must be a sequence of qcompile.Rule")
@@ -197,6 +218,7 @@ class Policy:
     def is_high_precision(self) -> bool:
         """True when no role of no layer can be quantized (the ``fp32`` preset)."""
         specs = [getattr(self, r) for r in ROLES] + [getattr(rule, r) for rule in self.rules for r in ROLES]
+        specs.append(self.attention)
         return not any(s is not None and s.is_quantized for s in specs)
 
     def replace(self, **changes: object) -> Policy:
@@ -213,6 +235,8 @@ class Policy:
         if position not in (None, "first", "last"):
             raise PolicyError(f"position must be 'first', 'last' or None, got {position!r}")
         specs = {r: getattr(self, r) for r in ROLES}
+        if self.attention is not None and op.startswith("attention."):
+            specs["activation"] = self.attention
         reasons: list[str] = []
         if self.keep_first_last and position is not None:
             specs = dict.fromkeys(ROLES, HIGH_PRECISION)

@@ -16,12 +16,12 @@ from typing import Any
 
 import tomllib
 
-from qcompile.policy.config import ROLES, Policy, PolicyError, Rule, role_spec
+from qcompile.policy.config import ROLES, Policy, PolicyError, Rule, attention_spec, role_spec
 from qcompile.policy.file_lines import format_key_path, json_key_lines, line_of, toml_key_lines
 from qcompile.policy.recipes import DEFAULT_PRESET, preset
 
 _POLICY_KEYS = {"base", "weight", "activation", "grad_dgrad", "grad_wgrad", "share_gradient_sample",
-                "keep_first_last", "rules", "name", "pack_saved", "recompute"}  # fmt: skip
+                "keep_first_last", "rules", "name", "pack_saved", "recompute", "attention"}  # fmt: skip
 _RULE_KEYS = {"layer", "op", "weight", "activation", "grad_dgrad", "grad_wgrad", "reason", "high_precision"}
 
 
@@ -86,6 +86,8 @@ def _check_field(key_path: tuple, key: str, value: Any) -> None:
     try:
         if key in ROLES:
             role_spec(key, value)
+        elif key == "attention":
+            attention_spec(value)
         elif key in ("share_gradient_sample", "keep_first_last", "high_precision") and not isinstance(
             value, bool
         ):

@@ -305,3 +305,37 @@ def test_in_place_ops_in_the_model():
     c2 = _compiled(m2)
     c2(x).sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in m2.parameters())
+
+
+def test_policy_attention_spec_quantizes_p_per_row_in_the_compiled_graph():
+    """``Policy.attention`` reaches both attention GEMMs of a compiled SDPA: the output equals the
+    reference built from per-row INT4 codes of q, kᵀ, P and v, and the plan reads it back."""
+    from qcompile.runtime.reference.int_quant import int_quantize_reference
+
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gain = nn.Parameter(torch.ones(()))  # the plan finds a model's graphs by its parameters
+
+        def forward(self, q, k, v):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True) * self.gain
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 8, 4) for _ in range(3))
+    policy = qcompile.preset("luq-int4").replace(attention="int4-max-auto-sample", keep_first_last=False)
+    c = _compiled(Attn(), policy)
+    out = c(q, k, v)
+
+    def quant(x, dims):
+        return int_quantize_reference(x, 4, "max", "auto", dims)
+
+    scores = quant(q, [-1]) @ quant(k.transpose(-2, -1), [-2]) / 2.0  # 1/sqrt(head dim 4)
+    scores = scores.masked_fill(torch.ones(8, 8, dtype=torch.bool).triu(1), float("-inf"))
+    expected = quant(scores.softmax(-1), [-1]) @ quant(v, [-2])
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    per_tensor = _compiled(Attn(), policy.replace(attention=None))(q, k, v)
+    assert (per_tensor - expected).abs().max() > 1e-2  # the field changed what ran
+    plan = qcompile.plan(c)
+    for op in ("attention.qk", "attention.pv"):
+        spec = plan.row("<root>", op).activation.spec
+        assert spec.granularity == "per-sample" and spec.scaling == "max" and spec.bits == 4

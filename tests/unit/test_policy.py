@@ -7,6 +7,7 @@ if it is constant along that GEMM's contraction axis.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -453,3 +454,37 @@ def test_fp32_is_high_precision():
 def test_is_high_precision_false_for_quantized_presets():
     for name in ("luq-int4", "luq", "luq-smp2"):
         assert not qcompile.preset(name).is_high_precision
+
+
+def test_attention_spec_applies_to_both_attention_gemms_only():
+    p = qcompile.preset("luq").replace(attention="int4-max-auto-sample")
+    for op in ("attention.qk", "attention.pv"):
+        d = p.decide("blocks.0.attn", op)
+        assert d.activation.granularity == "per-sample" and d.activation.scaling == "max"
+        assert d.grad_dgrad == p.grad_dgrad  # gradients keep the policy's specs
+    assert p.decide("blocks.0.fc1", "linear").activation == p.activation
+    # A rule on the attention ops still wins over the field, like over any role default.
+    ruled = p.replace(rules=(Rule.high_precision(op="attention.pv"),))
+    assert not ruled.decide("a", "attention.pv").activation.is_quantized
+    assert ruled.decide("a", "attention.qk").activation.granularity == "per-sample"
+    assert not qcompile.preset("fp32").replace(attention="int8-sample").is_high_precision
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [("luq4", "valid formats"), ("int4-channel", "valid: ('per-tensor', 'per-sample')"),
+     ("int4-learned", "valid scalings"), ("int9", "attention")],
+)  # fmt: skip
+def test_bad_attention_spec_names_the_valid_choices(value, words):
+    with pytest.raises(qcompile.PolicyError, match=re.escape(words)):
+        qcompile.preset("luq-int4").replace(attention=value)
+
+
+def test_attention_spec_from_a_policy_file(tmp_path):
+    f = tmp_path / "p.toml"
+    f.write_text('base = "luq"\nattention = "int8-max-sample"\n')
+    p = qcompile.load_policy_file(f)
+    assert p.attention.bits == 8 and p.decide("x", "attention.qk").activation.bits == 8
+    f.write_text('base = "luq"\nattention = "int4-learned"\n')
+    with pytest.raises(qcompile.PolicyError, match=r"line 2.*attention"):
+        qcompile.load_policy_file(f)
