@@ -95,12 +95,11 @@ ATTENTION_VARIANTS = {
 }
 
 
-def attention_policy(base: str, variant: str) -> Policy:
-    """``base`` preset with both attention GEMMs (``q·kᵀ``, ``p·v``) set by one of
-    `ATTENTION_VARIANTS`, through a rule on ``op="attention.*"`` (what a user would write)."""
+def attention_policy(base: Policy, variant: str) -> Policy:
+    """``base`` with both attention GEMMs (``q·kᵀ``, ``p·v``) set by one of `ATTENTION_VARIANTS`,
+    through a rule on ``op="attention.*"`` (what a user would write), applied after its rules."""
     fields = dict(ATTENTION_VARIANTS[variant])
-    preset = qcompile.preset(base)
-    return preset.replace(name=f"{base}+{variant}", rules=(*preset.rules, Rule(op="attention.*", **fields)))
+    return base.replace(name=f"{base.name}+{variant}", rules=(*base.rules, Rule(op="attention.*", **fields)))
 
 
 def resolve(name: str) -> Policy | str | None:
@@ -112,8 +111,9 @@ def resolve(name: str) -> Policy | str | None:
     if name.startswith("ablate:") and name[7:] in ("forward", "dgrad", "wgrad"):
         return ablation_policy(name[7:])
     base, _, variant = name.partition("+")
-    if variant in ATTENTION_VARIANTS and base in qcompile.presets():
-        return attention_policy(base, variant)
+    if variant in ATTENTION_VARIANTS:  # e.g. luq-int4+attn-row, ablate:forward+attn-row
+        inner = resolve(base)
+        return attention_policy(inner, variant) if isinstance(inner, Policy) else None
     return qcompile.preset(name) if name in qcompile.presets() else None
 
 
