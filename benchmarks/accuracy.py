@@ -90,6 +90,7 @@ ATTENTION_VARIANTS = {
     # most of them to 0 (relative MSE 0.07-0.19, benchmarks/sawb_unsigned.py). A scale per row (per
     # query for P and q, per key for kᵀ, per channel for v) is constant along the contraction: SCQ.
     "attn-row": {"activation": "int4-max-auto-sample", "reason": "attention: INT4, a max scale per row"},
+    "attn-tensor": {"activation": "int4-auto", "reason": "attention: INT4 SAWB, one scale per tensor"},
     "attn-int8": {"activation": "int8-max-auto-sample", "reason": "attention: INT8, a max scale per row"},
     "attn-fp32": {**dict.fromkeys(qcompile.ROLES, "fp32"), "reason": "attention in high precision"},
 }

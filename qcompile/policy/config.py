@@ -172,7 +172,9 @@ class Policy:
         scales, boolean masks as bits) instead of as FP32 / bool tensors; bit-identical results.
         Off only to compare or debug.
     attention: the spec of both operands of attention's two GEMMs (``q·kᵀ``, ``p·v``: ops
-        ``attention.qk`` / ``attention.pv``), or None for the ``activation`` spec. They are
+        ``attention.qk`` / ``attention.pv``), or None (the dataclass default, so that e.g.
+        ``activation="fp32"`` also keeps attention in high precision) for the ``activation``
+        spec. The default preset ``luq-int4`` sets INT4 with a max scale per row. They are
         activations, but P = softmax(·) lies in [0, 1] with most entries near 1/T: one scale per
         tensor rounds most of P to 0, while a scale per row (``sample``: per query for P and q,
         per key for kᵀ, per channel for v) is still constant along each contraction (SCQ).

@@ -5,8 +5,10 @@ from __future__ import annotations
 from qcompile.policy.config import Policy, PolicyError
 
 _PRESETS: dict[str, Policy] = {
-    # The design card's default: INT4 SAWB forward, LUQ dY quantized twice with the SCQ split.
-    "luq-int4": Policy(name="luq-int4"),
+    # The design card's default: INT4 SAWB forward, LUQ dY quantized twice with the SCQ split;
+    # attention's operands (q, kᵀ, P, v) INT4 with one max scale per row, not per tensor: P lies in
+    # [0, 1], mostly near 1/T, and one scale per tensor rounds most of it to 0 (docs/accuracy.md).
+    "luq-int4": Policy(name="luq-int4", attention="int4-max-auto-sample"),
     # LUQ as published: one per-tensor LUQ sample of dY feeds both backward GEMMs.
     "luq": Policy(
         name="luq",

@@ -202,7 +202,19 @@ def _step(model, x, loss_fn, kernels, policy="luq-int4", seed=1):
 def _compare(model, x, loss_fn, monkeypatch, policy="luq-int4"):
     """One step with every qualifying GEMM on the integer kernel and one on the float simulation,
     from the same weights and seed: same loss, gradients equal to float32 rounding (a code drawn
-    differently anywhere would move them by far more)."""
+    differently anywhere would move them by far more).
+
+    Biases get small random values first. At initialisation the projection biases of attention
+    (``nn.MultiheadAttention``, GPT-2's ``c_attn``) are zero, so the integer kernel's exact
+    products are exact multiples of one scale, and a max-scaled quantizer downstream (the
+    default's per-row attention operands) meets exact rounding ties; the float simulation's
+    own rounding error breaks those ties either way, so the two paths would draw different
+    codes from inputs that differ by an ulp (a property of the simulation, not of the kernel)."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.copy_(0.02 * torch.randn(param.shape, generator=gen))
     ref_loss, ref_grads, _ = _step(copy.deepcopy(model), x, loss_fn, "reference", policy)
     torch._dynamo.reset()
     calls = _count_kernel_calls(monkeypatch)

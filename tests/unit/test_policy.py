@@ -399,8 +399,10 @@ def test_default_preset_is_luq_int4():
     assert qcompile.DEFAULT_PRESET == "luq-int4"
     assert qcompile.resolve_policy(None).name == "luq-int4"
     assert qcompile.resolve_policy(None) is qcompile.preset("luq-int4")
-    # A bare Policy() is the same as the default preset but for its name.
-    assert Policy(name="luq-int4") == qcompile.preset("luq-int4")
+    # A bare Policy() is the default preset but for its name and attention spec: the dataclass
+    # leaves attention to the activation spec, so Policy(activation="fp32") quantizes no attention.
+    assert Policy(name="luq-int4", attention="int4-max-auto-sample") == qcompile.preset("luq-int4")
+    assert not Policy(activation="fp32").decide("a", "attention.pv").activation.is_quantized
 
 
 def test_luq_int4_matches_the_card():
