@@ -17,6 +17,8 @@ Derived policies built here with the Policy/Rule API:
   replaced by a phase whose policy keeps only the weights at INT4 (activations and both gradient
   roles high precision) at a lower learning rate (a triangle peaking at ``--fnt-lr-scale`` × the
   base LR, the paper's ramp-up-then-down shape). Total epochs stay the same as every other row.
+* ``<policy>+had<k>-<gemms>`` — that policy with a random Hadamard transform
+  (``Policy(hadamard=...)``), e.g. ``luq-int4+had16-forward``.
 * ``ablate:forward`` / ``ablate:dgrad`` / ``ablate:wgrad`` — ``luq-int4`` with only one role
   quantized (forward W and X / dY of the input-gradient GEMM / dY of the weight-gradient GEMM);
   run automatically on a task whose target is missed (``--ablation auto``).
@@ -48,7 +50,7 @@ import qcompile  # noqa: E402
 from qcompile import Policy, Rule  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ALL_POLICIES = ("fp32", "luq-int4", "luq", "luq-smp2", "luq+fnt", "lbt-int4", "aq1-int4")
+ALL_POLICIES = ("fp32", "luq-int4", "luq", "luq-smp2", "luq+fnt", "lbt-int4", "aq1-int4", "nvfp4", "mxfp4", "mxfp8", "fp8-rowwise")
 HEADLINE = ("fp32", "luq-int4")
 ABLATIONS = ("ablate:forward", "ablate:dgrad", "ablate:wgrad")
 TASKS = ("digits", "cifar10", "tinyshakespeare")
@@ -115,6 +117,9 @@ def resolve(name: str) -> Policy | str | None:
     if variant in ATTENTION_VARIANTS:  # e.g. luq-int4+attn-row, ablate:forward+attn-row
         inner = resolve(base)
         return attention_policy(inner, variant) if isinstance(inner, Policy) else None
+    if variant.startswith("had"):  # e.g. luq-int4+had16-forward: a Hadamard transform (issue 19)
+        inner = resolve(base)
+        return inner.replace(name=name, hadamard=variant) if isinstance(inner, Policy) else None
     return qcompile.preset(name) if name in qcompile.presets() else None
 
 

@@ -11,6 +11,9 @@ quantizers, one GEMM at a time (the others exact):
 
 * linear layers (``qkv``, ``proj``, ``fc1``, ``fc2``): W SAWB per tensor with X SAWB per tensor (the
   default), X max per row, X SAWB per row; and W alone, X alone;
+* the same linear layers under issue 19's formats and transforms: INT4 after a 16-point Hadamard
+  along K (per tensor; X max per row), NVFP4 (W 16×16, X 1×16), MXFP4 with and without a 32-point
+  Hadamard, MXFP8, FP8 per row;
 * attention (``q·kᵀ``, ``p·v``): both operands SAWB per tensor, or max per row (per query for q and
   P, per key for kᵀ, per channel for v: `qcompile.Policy.attention`).
 
@@ -31,11 +34,29 @@ from accuracy import build_parser as accuracy_parser  # noqa: E402
 from accuracy import make_task  # noqa: E402
 from tabulate import tabulate
 
+from qcompile.runtime.ops.block_formats import FIXED_SIGNS_SEED
+from qcompile.runtime.reference.block_scaled import block_quantize_reference
+from qcompile.runtime.reference.hadamard import hadamard_reference, random_signs_reference
 from qcompile.runtime.reference.int_quant import int_quantize_reference
 
 
 def _q(x: torch.Tensor, scaling: str, signed: str, dims: list[int]) -> torch.Tensor:
     return int_quantize_reference(x, 4, scaling, signed, dims)
+
+
+def _fp(x: torch.Tensor, spec: str, block2d: bool = False) -> torch.Tensor:
+    """Block-scaled FP along the contraction (the last axis of X and of W)."""
+    element, scaling, block = {
+        "nvfp4": ("e2m1", "nv", [16, 16] if block2d else [16]), "mxfp4": ("e2m1", "mx", [32]),
+        "mxfp8": ("e4m3", "mx", [32]), "fp8-row": ("e4m3", "max", [0]),
+    }[spec]  # fmt: skip
+    return block_quantize_reference(x, element, scaling, block, -1)
+
+
+def _had(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The random Hadamard of ``qcompile.Policy(hadamard=...)`` along the contraction (fixed signs):
+    applied to both X and W it leaves X·Wᵀ unchanged before quantization."""
+    return hadamard_reference(x, -1, k, random_signs_reference(k, FIXED_SIGNS_SEED))
 
 
 def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
@@ -48,6 +69,15 @@ LINEAR_SCHEMES: dict[str, Callable[[torch.Tensor, torch.Tensor], tuple[torch.Ten
     "W tensor, X sawb per row": lambda x, w: (_q(x, "sawb", "auto", [-1]), _q(w, "sawb", "signed", [])),
     "W only": lambda x, w: (x, _q(w, "sawb", "signed", [])),
     "X only (tensor)": lambda x, w: (_q(x, "sawb", "auto", []), w),
+    # Issue 19's formats and transforms on the same GEMMs (block scales along K):
+    "INT4 tensor + had16": lambda x, w: (_q(_had(x, 16), "sawb", "auto", []), _q(_had(w, 16), "sawb", "signed", [])),
+    "INT4 + had16, X max per row": lambda x, w: (_q(_had(x, 16), "max", "auto", [-1]),
+                                                 _q(_had(w, 16), "sawb", "signed", [])),
+    "NVFP4": lambda x, w: (_fp(x, "nvfp4"), _fp(w, "nvfp4", block2d=True)),
+    "MXFP4": lambda x, w: (_fp(x, "mxfp4"), _fp(w, "mxfp4")),
+    "MXFP4 + had32": lambda x, w: (_fp(_had(x, 32), "mxfp4"), _fp(_had(w, 32), "mxfp4")),
+    "MXFP8": lambda x, w: (_fp(x, "mxfp8"), _fp(w, "mxfp8")),
+    "FP8 row": lambda x, w: (_fp(x, "fp8-row"), _fp(w, "fp8-row")),
 }
 ATTENTION_SCHEMES = {"tensor (sawb)": ("sawb", False), "max per row": ("max", True)}
 
@@ -105,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     gemms = list(dict.fromkeys(g for g, _ in sums))
     schemes = list(dict.fromkeys(s for _, s in sums))
     rows = [[g] + [f"{sums[(g, s)]:.4f}" if (g, s) in sums else "" for s in schemes] for g in gemms]
-    print(f"relative output error ‖Y_q − Y‖²/‖Y‖², INT4, one GEMM at a time; checkpoint epoch {state['epoch']}")
+    print(f"relative output error ‖Y_q − Y‖²/‖Y‖², one GEMM at a time; checkpoint epoch {state['epoch']}")
     print(tabulate(rows, headers=["GEMM", *schemes], tablefmt="github"))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ qops = torch.ops.qcompile
 # GEMM-class calls a forward computes (what backward may replay, what the plan reads)...
 FORWARD_GEMM_TARGETS = frozenset({
     aten.mm.default, aten.bmm.default, aten.addmm.default, aten.baddbmm.default, aten.matmul.default,
-    aten.convolution.default, qops.qmatmul.default, qops.qconv.default,
+    aten.convolution.default, qops.qmatmul.default, qops.qconv.default, qops.qmatmul_rq.default,
 })  # fmt: skip
 # ... and every GEMM-class call of a forward or backward ATen graph (backward adds the fused
 # convolution gradient).

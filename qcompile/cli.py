@@ -113,12 +113,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_presets(args: argparse.Namespace) -> int:
     import qcompile
 
-    rows = [
-        [name, p.weight.to_string(), p.activation.to_string(), p.grad_dgrad.to_string(), p.grad_wgrad.to_string(),
-         p.share_gradient_sample, p.keep_first_last]
-        for name, p in qcompile.presets().items()
-    ]  # fmt: skip
-    headers = ["preset", "weight", "activation", "grad_dgrad", "grad_wgrad", "shared dY", "keep first/last"]
+    rows = []
+    for name, p in qcompile.presets().items():
+        attention = p.decide("attention", "attention.qk")  # what attention's GEMMs get, rules applied
+        rows.append([
+            name, p.weight.to_string(), p.activation.to_string(), p.grad_dgrad.to_string(), p.grad_wgrad.to_string(),
+            "fp32" if not attention.any_quantized else attention.activation.to_string(),
+            p.hadamard.to_string() if p.hadamard is not None else "—", p.share_gradient_sample, p.keep_first_last,
+        ])  # fmt: skip
+    headers = ["preset", "weight", "activation", "grad_dgrad", "grad_wgrad", "attention", "hadamard", "shared dY",
+               "keep first/last"]  # fmt: skip
     print(tabulate(rows, headers=headers))
     return 0
 

@@ -6,6 +6,7 @@ import torch
 
 from qcompile.runtime import (
     aq_quantize_reference,
+    block_quantize_reference,
     int_quantize_reference,
     lbt_quantize_reference,
     luq_quantize_reference,
@@ -20,6 +21,7 @@ def quantize(
     *,
     channel_dim: int = -1,
     gamma: float = 1.0,
+    axis: int = -1,
     **overrides: object,
 ) -> torch.Tensor:
     """Fake-quantize ``x`` (returned dequantized, same dtype) with a spec such as ``"int4"``,
@@ -28,6 +30,8 @@ def quantize(
     per-channel scales (per-sample keeps every dim before it). SMP specs average ``samples``
     draws. Stochastic quantizers use torch's global RNG (seed with `torch.manual_seed`).
     ``gamma`` is LBT's clip ratio (stateless here: the adaptation runs inside compiled training).
+    Block-scaled FP specs (``"fp4-nv16"``, ``"fp8-e4m3-mx32"``) put their blocks (or row scales)
+    along ``axis``, the contraction axis of the GEMM the tensor would feed.
     """
     s = parse_spec(spec)
     if overrides:
@@ -36,6 +40,8 @@ def quantize(
         raise TypeError(f"quantize expects a torch.Tensor, got {type(x).__name__}")
     if not s.is_quantized:
         return x.clone()
+    if s.format == "fp":
+        return block_quantize_reference(x, s.element, s.scaling, s.block, axis, s.rounding == "stochastic")
     dims = gradient_reduce_dims(s.granularity, x.ndim, channel_dim)
     draws = []
     for _ in range(s.samples):

@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields, replace
 
-FORMATS = ("none", "int", "luq", "lbt", "aq")
-SCALINGS = ("sawb", "max", "mean", "learned")
-GRANULARITIES = ("per-tensor", "per-sample", "per-channel")
+FORMATS = ("none", "int", "luq", "lbt", "aq", "fp")
+SCALINGS = ("sawb", "max", "mean", "learned", "mx", "nv")
+GRANULARITIES = ("per-tensor", "per-sample", "per-channel", "per-row", "per-block")
 ROUNDINGS = ("nearest", "stochastic")
 SIGNS = ("signed", "unsigned", "auto")
 PRUNINGS = ("none", "range", "topk")
@@ -22,6 +22,10 @@ LUQ_BITS = range(2, 6)
 LBT_BITS = range(2, 9)
 AQ_BITS = range(2, 9)
 MAX_SAMPLES = 16
+#: Element formats of the block-scaled FP family (``format="fp"``) and their total bits.
+FP_ELEMENTS = {"e2m1": 4, "e4m3": 8, "e5m2": 8}
+#: Block lengths a ``mx<n>`` / ``nv<n>`` suffix may name (powers of two).
+FP_BLOCKS = (8, 16, 32, 64, 128)
 
 #: Named specs accepted wherever a spec is expected; see `parse_spec` for the grammar.
 NAMED_SPECS = (
@@ -39,6 +43,14 @@ NAMED_SPECS = (
     "aq4-sample",
     "aq4-channel",
     "aq4-topk-sample",
+    "fp4-mx32",
+    "fp4-nv16",
+    "fp4-nv16x16",
+    "fp4-nv16-sr",
+    "fp8-e4m3-mx32",
+    "fp8-e4m3-row",
+    "fp8-e5m2-row",
+    "fp8-e4m3-tensor",
 )
 
 
@@ -51,7 +63,11 @@ class QuantSpec:
         stochastic), ``"lbt"`` (INT with stochastic rounding and the adaptive clip ``γ·max|g|``
         of Kim et al., γ per layer kept as model state; gradients only) or ``"aq"`` (1-bit FQT's
         activation-gradient pruning + per-group asymmetric stochastic rounding, Gao et al.;
-        gradients only; ``bits`` per kept element, ``1/bits`` of the groups kept on average).
+        gradients only; ``bits`` per kept element, ``1/bits`` of the groups kept on average) or
+        ``"fp"`` (a block-scaled floating-point format: MXFP4/MXFP8 of the OCP Microscaling
+        spec v1.0, NVIDIA's NVFP4, FP8 with one scale per row or tensor; see ``element``,
+        ``scaling`` and ``block``). Its scales run along each GEMM's contraction axis, so a
+        GEMM's backward requantizes its forward operands along the other axis.
     bits: bit width including sign (INT 1-8, LUQ 2-5, LBT and AQ 2-8).
     scaling: INT clip choice: ``"sawb"`` (4-bit only, coefficients of the SAWB fit), ``"max"``
         ``"mean"`` (binary only: the XNOR-Net scale ``mean|x|``) or ``"learned"`` (LBT's forward:
@@ -66,6 +82,13 @@ class QuantSpec:
         data, branch-free, every step).
     samples: SMP, the number of independent gradient samples averaged (LUQ §5.1); variance / N,
         GEMM cost x N.
+    element: FP only: ``"e2m1"`` (FP4: ±{0, 0.5, 1, 1.5, 2, 3, 4, 6}), ``"e4m3"`` (OCP FP8,
+        max 448) or ``"e5m2"`` (max 57344).
+    block: FP only: ``()`` one scale per tensor, ``(0,)`` one per row along the contraction
+        axis, ``(n,)`` one per ``n`` consecutive elements along it, ``(n, n)`` one per n×n tile
+        (NVFP4 weights, so that W and Wᵀ quantize alike). FP scalings: ``"mx"`` (E8M0 power-of-two
+        block scale, OCP MX v1.0), ``"nv"`` (E4M3 block scale times one FP32 tensor scale, NVFP4)
+        and ``"max"`` (FP32 ``amax / max_value``, FP8 row/tensor).
     pruning: AQ only: ``"range"`` (keep group i with probability ∝ its range, rescale by 1/p:
         unbiased, the paper) or ``"topk"`` (keep the n/bits groups of largest max|g|, no
         rescale: the released code, biased). ``"none"`` for every other format.
@@ -79,8 +102,12 @@ class QuantSpec:
     signed: str = "signed"
     samples: int = 1
     pruning: str = "none"
+    element: str = ""
+    block: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.block, list):
+            object.__setattr__(self, "block", tuple(self.block))
         _check_choice("format", self.format, FORMATS)
         _check_choice("scaling", self.scaling, SCALINGS)
         _check_choice("granularity", self.granularity, GRANULARITIES)
@@ -98,6 +125,17 @@ class QuantSpec:
                     "format 'none' is high precision and takes no other fields (use QuantSpec())"
                 )
             return
+        if self.format == "fp":
+            self._check_fp()
+            return
+        if self.element or self.block:
+            raise ValueError(f"element and block apply to format 'fp' only, not {self.format!r}")
+        if self.scaling in ("mx", "nv") or self.granularity in ("per-row", "per-block"):
+            raise ValueError(
+                f"scaling {self.scaling!r} / granularity {self.granularity!r} belong to the block-scaled "
+                f"FP formats (format 'fp'); valid for {self.format!r}: scalings sawb, max, mean, learned; "
+                "granularities per-tensor, per-sample, per-channel"
+            )
         if (self.format == "aq") != (self.pruning != "none"):
             raise ValueError(
                 f"pruning {self.pruning!r} does not fit format {self.format!r}: AQ needs 'range' or "
@@ -147,6 +185,44 @@ class QuantSpec:
             if self.scaling != "max":
                 raise ValueError("LUQ scales by max|g| (α = max|g|/2^(levels-1)); scaling must be 'max'")
 
+    def _check_fp(self) -> None:
+        if self.element not in FP_ELEMENTS:
+            raise ValueError(f"unknown FP element {self.element!r}; valid choices: {', '.join(FP_ELEMENTS)}")
+        if self.bits != FP_ELEMENTS[self.element]:
+            valid = [e for e, b in FP_ELEMENTS.items() if b == self.bits]
+            raise ValueError(
+                f"element {self.element} has {FP_ELEMENTS[self.element]} bits, not {self.bits}; valid for "
+                f"{self.bits} bits: {', '.join(valid) or 'none (FP formats are 4 or 8 bits)'}"
+            )
+        if self.samples != 1 or self.pruning != "none" or self.signed != "signed":
+            raise ValueError("FP formats are sign-magnitude, one sample, no pruning")
+        if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in self.block):
+            raise ValueError(f"block must be a tuple of non-negative ints, got {self.block!r}")
+        expected = {(): "per-tensor", (0,): "per-row"}.get(self.block, "per-block")
+        if self.granularity != expected:
+            raise ValueError(f"block {self.block!r} is granularity {expected!r}, not {self.granularity!r}")
+        if expected == "per-block" and (
+            len(self.block) > 2 or len(set(self.block)) != 1 or self.block[0] not in FP_BLOCKS
+        ):
+            raise ValueError(f"FP blocks are (n,) or (n, n) with n in {FP_BLOCKS}, got {self.block!r}")
+        if self.scaling in ("mx", "nv") and expected != "per-block":
+            raise ValueError(f"scaling {self.scaling!r} is a block scale: give a block (mx32, nv16, ...)")
+        if self.scaling == "nv" and self.element != "e2m1":
+            raise ValueError("NVFP4 scaling ('nv': E4M3 block scale × FP32 tensor scale) is for e2m1 elements")
+        if self.scaling == "max" and expected == "per-block":
+            raise ValueError("FP blocks take an 'mx' or 'nv' scale; 'max' (FP32) scales are per row or tensor")
+        if self.scaling not in ("mx", "nv", "max"):
+            raise ValueError(f"FP formats scale by 'mx', 'nv' or 'max', not {self.scaling!r}")
+
+    @property
+    def block_label(self) -> str:
+        """``mx32``, ``nv16x16``, ``row`` or ``tensor`` for FP formats; empty otherwise."""
+        if self.format != "fp":
+            return ""
+        if self.granularity != "per-block":
+            return self.granularity.removeprefix("per-")
+        return self.scaling + "x".join(str(b) for b in self.block)
+
     @property
     def is_quantized(self) -> bool:
         return self.format != "none"
@@ -157,6 +233,8 @@ class QuantSpec:
         if self.format == "none":
             return "fp"
         prefix = "uint" if self.format == "int" and self.signed == "unsigned" else self.format
+        if self.format == "fp" and self.bits == 8:
+            return f"fp8-{self.element}"
         return f"{prefix}{self.bits}"
 
     @property
@@ -169,6 +247,11 @@ class QuantSpec:
         if self.format == "none":
             return "fp32"
         parts = [self.label]
+        if self.format == "fp":
+            parts.append(self.block_label)
+            if self.rounding == "stochastic":
+                parts.append("sr")
+            return "-".join(parts)
         if self.format == "int" and self.bits > 1:
             parts.append(self.scaling)
             parts.append("sr" if self.rounding == "stochastic" else "rdn")
@@ -214,6 +297,10 @@ _SUFFIX = {
 def parse_spec(text: str | QuantSpec) -> QuantSpec:
     """Parse a spec string such as ``"int4"``, ``"uint4"``, ``"int8-max-sr-channel"``, ``"luq4-smp2"``.
 
+    Block-scaled FP formats: ``fp4-mx32`` (MXFP4), ``fp4-nv16`` / ``fp4-nv16x16`` (NVFP4, 1×16 or
+    16×16 blocks), ``fp8-e4m3-mx32`` (MXFP8), ``fp8-e4m3-row`` / ``fp8-e5m2-tensor`` (FP8 with
+    FP32 scales), each with an optional ``-sr`` (stochastic rounding).
+
     Grammar: ``fp32 | none | (int|uint|luq|lbt|aq)<bits>[-suffix]*`` with suffixes ``sawb``/``max``
     (scaling), ``sr``/``rdn`` (rounding), ``auto`` (sign from data), ``tensor``/``sample``/
     ``channel`` (granularity), ``smp<N>`` (SMP samples), ``topk`` (AQ's biased released-code
@@ -228,10 +315,12 @@ def parse_spec(text: str | QuantSpec) -> QuantSpec:
     if raw in ("fp32", "none", "fp", "high"):
         return QuantSpec()
     head, *suffixes = raw.split("-")
+    if head in ("fp4", "fp8"):
+        return _parse_fp(text, int(head[2:]), suffixes)
     m = _BASE.match(head)
     if not m:
         raise ValueError(
-            f"unknown quantizer spec {text!r}; valid: fp32, int<b>, uint<b>, luq<b>, lbt<b>, aq<b> with optional "
+            f"unknown quantizer spec {text!r}; valid: fp32, int<b>, uint<b>, luq<b>, lbt<b>, aq<b>, fp4, fp8 with optional "
             f"suffixes {sorted(_SUFFIX) + ['smp<N>']}, e.g. {', '.join(NAMED_SPECS)}"
         )
     kind, bits = m.group(1), int(m.group(2))
@@ -256,4 +345,113 @@ def parse_spec(text: str | QuantSpec) -> QuantSpec:
     return QuantSpec(**fields_)  # type: ignore[arg-type]
 
 
+_FP_BLOCK = re.compile(r"^(mx|nv)(\d+)(?:x(\d+))?$")
+
+
+def _parse_fp(text: str, bits: int, suffixes: list[str]) -> QuantSpec:
+    """``fp4[-e2m1][-mx32|-nv16|-nv16x16|-row|-tensor][-sr|-rdn]``,
+    ``fp8[-e4m3|-e5m2][-mx32|-row|-tensor][-sr|-rdn]``. Defaults: fp4 is MXFP4 (e2m1, mx32), fp8
+    is E4M3 with one FP32 scale per row."""
+    fields_: dict[str, object] = {"format": "fp", "bits": bits, "element": "e2m1" if bits == 4 else "e4m3"}
+    block: dict[str, object] = (
+        {"scaling": "mx", "granularity": "per-block", "block": (32,)}
+        if bits == 4
+        else {"scaling": "max", "granularity": "per-row", "block": (0,)}
+    )
+    valid = "e2m1, e4m3, e5m2, mx<n>, nv<n>, nv<n>x<n>, row, tensor, sr, rdn"
+    for suffix in suffixes:
+        m = _FP_BLOCK.match(suffix)
+        if suffix in FP_ELEMENTS:
+            fields_["element"] = suffix
+        elif m:
+            n = int(m.group(2))
+            if m.group(3) is not None and int(m.group(3)) != n:
+                raise ValueError(f"2-D blocks are square (nv16x16), got {suffix!r} in {text!r}")
+            shape = (n, n) if m.group(3) else (n,)
+            block = {"scaling": m.group(1), "granularity": "per-block", "block": shape}
+        elif suffix in ("row", "tensor"):
+            block = {"scaling": "max", "granularity": f"per-{suffix}", "block": (0,) if suffix == "row" else ()}
+        elif suffix in ("sr", "rdn"):
+            fields_["rounding"] = "stochastic" if suffix == "sr" else "nearest"
+        else:
+            raise ValueError(f"unknown suffix {suffix!r} in FP spec {text!r}; valid suffixes: {valid}")
+    fields_.update(block)
+    return QuantSpec(**fields_)  # type: ignore[arg-type]
+
+
 HIGH_PRECISION = QuantSpec()
+
+
+HADAMARD_GEMMS = ("forward", "dgrad", "wgrad")
+HADAMARD_SIGNS = ("random", "fixed")
+HADAMARD_BLOCKS = (2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclass(frozen=True)
+class HadamardSpec:
+    """A random Hadamard transform in front of some of each layer's three GEMMs.
+
+    Both operands of a chosen GEMM are multiplied along its contraction axis by the same
+    block-diagonal orthogonal ``H·diag(s)/√block`` (Sylvester ``H``, random signs ``s``), so the
+    product is unchanged and only the quantization error changes: outliers are spread over the
+    block, which helps block-scaled formats most (NVIDIA's NVFP4 recipe: 16×16 on the inputs of
+    the weight-gradient GEMM; QuaRot/Quartet: on every GEMM).
+
+    gemms: which GEMMs (``forward``: ``X·Wᵀ`` along K; ``dgrad``: ``dY·W`` along N; ``wgrad``:
+        ``dYᵀ·X`` along the tokens M).
+    block: the transform size, a power of two; a GEMM whose contraction length it does not
+        divide runs without it (the plan shows which ran with one).
+    signs: ``random`` (a fresh sign vector per GEMM call, from torch's generator) or ``fixed``
+        (one sign vector for the whole run).
+    """
+
+    gemms: tuple[str, ...] = ("wgrad",)
+    block: int = 16
+    signs: str = "random"
+
+    def __post_init__(self) -> None:
+        gemms = tuple(self.gemms) if isinstance(self.gemms, (list, tuple)) else None
+        if not gemms or any(g not in HADAMARD_GEMMS for g in gemms):
+            raise ValueError(f"Hadamard gemms must be a non-empty subset of {HADAMARD_GEMMS}, got {self.gemms!r}")
+        object.__setattr__(self, "gemms", tuple(g for g in HADAMARD_GEMMS if g in gemms))
+        if self.block not in HADAMARD_BLOCKS:
+            raise ValueError(f"Hadamard block must be one of {HADAMARD_BLOCKS}, got {self.block!r}")
+        _check_choice("Hadamard signs", self.signs, HADAMARD_SIGNS)
+
+    def applies_to(self, gemm: str) -> bool:
+        return gemm in self.gemms
+
+    def to_string(self) -> str:
+        """``had16-wgrad``, ``had32-all-fixed``; `parse_hadamard` reads it back."""
+        gemms = "all" if self.gemms == HADAMARD_GEMMS else "-".join(self.gemms)
+        return f"had{self.block}-{gemms}" + ("-fixed" if self.signs == "fixed" else "")
+
+
+def parse_hadamard(text: str | HadamardSpec) -> HadamardSpec:
+    """Parse ``had<block>-<gemm>[-<gemm>...][-fixed|-random]`` with gemms ``forward``, ``dgrad``,
+    ``wgrad`` or ``all``, e.g. ``"had16-wgrad"`` (NVFP4's recipe) or ``"had32-all"``."""
+    if isinstance(text, HadamardSpec):
+        return text
+    if not isinstance(text, str):
+        raise ValueError(f"a Hadamard spec must be a string or HadamardSpec, got {type(text).__name__}")
+    head, *parts = text.strip().lower().split("-")
+    m = re.fullmatch(r"had(\d+)", head)
+    if not m or not parts:
+        raise ValueError(
+            f"unknown Hadamard spec {text!r}; valid: had<block>-<gemms>[-fixed], block in {HADAMARD_BLOCKS}, "
+            f"gemms from {HADAMARD_GEMMS} or 'all', e.g. had16-wgrad, had32-all"
+        )
+    gemms: list[str] = []
+    signs = "random"
+    for p in parts:
+        if p in HADAMARD_SIGNS:
+            signs = p
+        elif p == "all":
+            gemms.extend(HADAMARD_GEMMS)
+        elif p in HADAMARD_GEMMS:
+            gemms.append(p)
+        else:
+            raise ValueError(
+                f"unknown part {p!r} of Hadamard spec {text!r}; valid: {HADAMARD_GEMMS + ('all',) + HADAMARD_SIGNS}"
+            )
+    return HadamardSpec(tuple(gemms), int(m.group(1)), signs)

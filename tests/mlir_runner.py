@@ -73,6 +73,31 @@ def _tensor_type(t) -> tuple[list[int], str]:
     return [int(s) for s in rt.shape], str(rt.element_type)
 
 
+class _Unranked(ctypes.Structure):
+    _fields_ = [("rank", ctypes.c_int64), ("descriptor", ctypes.c_void_p)]
+
+
+def _strided_view(u: _Unranked, elem: int) -> np.ndarray:
+    """A numpy byte view of a ranked memref descriptor {allocated, aligned, offset, sizes, strides}."""
+    rank = u.rank
+    header = ctypes.cast(u.descriptor, ctypes.POINTER(ctypes.c_int64 * (3 + 2 * rank))).contents
+    aligned, offset = header[1], header[2]
+    sizes, strides = list(header[3 : 3 + rank]), list(header[3 + rank :])
+    span = 1 + sum((n - 1) * st for n, st in zip(sizes, strides, strict=True)) if all(sizes) else 0
+    raw = np.ctypeslib.as_array((ctypes.c_byte * (span * elem)).from_address(aligned + offset * elem))
+    return np.lib.stride_tricks.as_strided(
+        raw.view(np.dtype((np.void, elem))), shape=sizes, strides=[st * elem for st in strides]
+    )
+
+
+@ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.POINTER(_Unranked), ctypes.POINTER(_Unranked))
+def _MEMREF_COPY(elem, src, dst):  # noqa: N802  (MLIR's C runner utility, which the wheel lacks)
+    """``memrefCopy(elemSize, src, dst)`` of MLIR's c_runner_utils: a strided element copy, which
+    bufferization emits for copies into non-identity layouts (padding, slices)."""
+    out = _strided_view(dst.contents, elem)
+    out[...] = _strided_view(src.contents, elem)
+
+
 class LinalgRunner:
     """A linalg-on-tensors module, JIT-compiled; ``run(name, *arrays)`` calls one of its
     functions (private ones too) and returns its results as numpy arrays."""
@@ -102,6 +127,7 @@ class LinalgRunner:
                 op.attributes["llvm.emit_c_interface"] = ir.UnitAttr.get()
             PassManager.parse(TO_LLVM).run(module.operation)
             self.engine = ExecutionEngine(module, opt_level=0)  # -O0: 20x quicker to compile here
+            self.engine.raw_register_runtime("memrefCopy", ctypes.cast(_MEMREF_COPY, ctypes.c_void_p))
 
     def run(self, name: str, *arrays: np.ndarray) -> list[np.ndarray]:
         inputs, results = self.signatures[name]

@@ -18,15 +18,16 @@ from qcompile.passes.graph_meta import RECOMPUTE_META
 from qcompile.passes.post_aot.gemm_kernel_choice import INT8_KERNELS, KERNEL_META, kernel_label
 from qcompile.runtime.quant_tag import QuantTag
 from qcompile.runtime.reference.scaling_groups import granularity_of
-from qcompile.runtime.spec import QuantSpec
+from qcompile.runtime.spec import FP_ELEMENTS, QuantSpec
 
 aten = torch.ops.aten
 qops = torch.ops.qcompile
 
 QUANTIZER_TARGETS = {
     qops.int_quantize.default, qops.luq_quantize.default, qops.lbt_quantize.default, qops.aq_quantize.default,
-    qops.learned_clip_quantize.default, qops.int_quantize_packed.default,
+    qops.learned_clip_quantize.default, qops.int_quantize_packed.default, qops.fp_quantize.default,
 }  # fmt: skip
+QUANTIZED_GEMMS = {qops.qmatmul.default, qops.qconv.default, qops.qmatmul_rq.default}
 _TRANSPARENT = {
     aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.t.default,
     aten.transpose.int, aten.permute.default, aten.expand.default, aten.clone.default,
@@ -50,6 +51,7 @@ class OperandFact:
     saved: list[str] = field(default_factory=list)
     dtype: str = ""
     kernel: str = ""
+    hadamard: int = 0  # block of the random Hadamard transform this operand went through (0: none)
 
 
 def parse_tag(tag: str) -> tuple[str, str, str]:
@@ -79,6 +81,7 @@ class _Trace:
     packed: list[fx.Node] = field(default_factory=list)  # int_dequantize_packed: X̂ / Ŵ from codes
     requantized: list[fx.Node] = field(default_factory=list)  # int_requantize: Ŵ from W and its clip
     recomputed: list[fx.Node] = field(default_factory=list)  # a forward value backward recomputes
+    hadamard: list[fx.Node] = field(default_factory=list)  # qcompile::hadamard transforms on the way
 
 
 def trace_operand(node: fx.Node) -> _Trace:
@@ -98,10 +101,14 @@ def trace_operand(node: fx.Node) -> _Trace:
         elif n.target in QUANTIZER_TARGETS:
             t.quantizers.append(n)
             t.tags.append(n.args[-1])
+            t.hadamard.extend(_hadamard_behind(n.args[0]))
         elif n.target is qops.int_dequantize_packed.default:
             t.packed.append(n)
         elif n.target is qops.int_requantize.default:
             t.requantized.append(n)
+        elif n.target is qops.hadamard.default:
+            t.hadamard.extend(_hadamard_behind(n))
+            stack.append(n.args[0])
         elif RECOMPUTE_META in n.meta and n.target not in _TRANSPARENT:
             t.recomputed.append(n)
         elif n.target is operator.getitem and getattr(n.args[0], "target", None) in QUANTIZER_TARGETS:
@@ -115,11 +122,36 @@ def trace_operand(node: fx.Node) -> _Trace:
     return t
 
 
+def _hadamard_behind(node: object) -> list[fx.Node]:
+    """The forward Hadamard transform a quantizer's input comes from, through views and casts
+    (an inverse transform belongs to a gradient flowing back, not to this operand)."""
+    while isinstance(node, fx.Node) and node.op == "call_function":
+        if node.target is qops.hadamard.default:
+            return [] if node.args[4] else [node]
+        if node.target not in _TRANSPARENT or node.target is qops.mark_layer.default:
+            return []
+        node = node.args[0]
+    return []
+
+
+def _source_behind(node: object) -> fx.Node | None:
+    """The graph input a backward requantization reads (through views, casts and a Hadamard):
+    the high-precision tensor forward saved for it."""
+    while isinstance(node, fx.Node) and node.op == "call_function":
+        if node.target not in _TRANSPARENT and node.target is not qops.hadamard.default:
+            return None
+        node = node.args[0]
+    return node if isinstance(node, fx.Node) and node.op == "placeholder" else None
+
+
 def describe_quantizers(nodes: list[fx.Node], role: str) -> QuantSpec:
     """The `QuantSpec` a group of quantizer nodes implements (SMP draws counted as samples)."""
     n = nodes[0]
     val = n.meta.get("val")
     ndim = val.ndim if isinstance(val, torch.Tensor) else len(n.args[0].meta["val"].shape)
+    if n.target is qops.fp_quantize.default:
+        _, element, scaling, block, _, stochastic, _ = n.args
+        return fp_spec(element, scaling, block, stochastic)
     if n.target is qops.learned_clip_quantize.default:
         _, bits, signed, _, _ = n.args  # x, bits, signed, α, tag
         return QuantSpec("int", bits, "learned", "per-tensor", "nearest", signed, 1)
@@ -141,6 +173,20 @@ def describe_quantizers(nodes: list[fx.Node], role: str) -> QuantSpec:
                      signed, len(nodes))  # fmt: skip
 
 
+def fp_spec(element: str, scaling: str, block: list[int], stochastic: bool) -> QuantSpec:
+    """The `QuantSpec` of an ``fp_quantize`` call's arguments."""
+    block = tuple(block)
+    granularity = {(): "per-tensor", (0,): "per-row"}.get(block, "per-block")
+    return QuantSpec(
+        "fp", FP_ELEMENTS[element], scaling, granularity, "stochastic" if stochastic else "nearest",
+        element=element, block=block,
+    )  # fmt: skip
+
+
+def _hadamard_block(transforms: list[fx.Node]) -> int:
+    return int(transforms[0].args[3]) if transforms else 0
+
+
 def _dtype(node: fx.Node) -> str:
     val = node.meta.get("val")
     return str(val.dtype).removeprefix("torch.") if isinstance(val, torch.Tensor) else ""
@@ -158,7 +204,7 @@ def read_graph(gm: fx.GraphModule, graph: str) -> dict[tuple[str, str], OperandF
         gemm = str(node.target).removesuffix(".default")
         kernel = kernel_label(node.meta.get(KERNEL_META))
         operands = [a for a in node.args[:2] if isinstance(a, fx.Node)]
-        if node.target in (qops.qmatmul.default, qops.qconv.default):
+        if node.target in QUANTIZED_GEMMS:
             _, _, key = parse_tag(node.args[-1])
             # A forward GEMM in a backward graph is a replay (`recompute_from_codes`, or the
             # recomputation of a region the user checkpoints): its operands were read in forward.
@@ -169,7 +215,9 @@ def read_graph(gm: fx.GraphModule, graph: str) -> dict[tuple[str, str], OperandF
                 tr = trace_operand(operand)
                 quant = [q for q in tr.quantizers if parse_tag(q.args[-1])[1] == role] or tr.quantizers
                 spec = describe_quantizers(quant, role) if quant else QuantSpec()
-                facts[(key, role)] = OperandFact(spec, gemm, graph, dtype=_dtype(operand), kernel=kernel)
+                facts[(key, role)] = OperandFact(
+                    spec, gemm, graph, dtype=_dtype(operand), kernel=kernel, hadamard=_hadamard_block(tr.hadamard)
+                )
             continue
         if node.target is aten.convolution_backward.default:
             operands = [node.args[0], node.args[1], node.args[2]]
@@ -193,6 +241,23 @@ def read_graph(gm: fx.GraphModule, graph: str) -> dict[tuple[str, str], OperandF
                     for o2, tr2 in traces
                     if o2 is not operand
                     for q in tr2.quantizers
+                    if q.target is not qops.fp_quantize.default and not _hadamard_behind(q.args[0])
+                ]
+                + [
+                    f"requantized_along:{parse_tag(q.args[-1])[1]}:{describe_quantizers([q], role).to_string()}"
+                    f":{_hadamard_block(_hadamard_behind(q.args[0]))}"
+                    for o2, tr2 in traces
+                    if o2 is not operand
+                    for q in tr2.quantizers
+                    if q.target is qops.fp_quantize.default or _hadamard_behind(q.args[0])
+                ]
+                + [
+                    f"{p.name}:{_dtype(p)}"
+                    for o2, tr2 in traces
+                    if o2 is not operand
+                    for q in tr2.quantizers
+                    if (q.target is qops.fp_quantize.default or _hadamard_behind(q.args[0]))
+                    and (p := _source_behind(q.args[0])) is not None
                 ]
                 + [
                     f"packed:{parse_tag(d.args[-1])[1]}:{rebuilt or str(d.args[6]).removeprefix('torch.')}"
@@ -209,8 +274,9 @@ def read_graph(gm: fx.GraphModule, graph: str) -> dict[tuple[str, str], OperandF
                 + [f"replayed:{_dtype(r)}" for o2, tr2 in traces if o2 is not operand for r in tr2.recomputed]
             )
             facts[(key, role)] = OperandFact(
-                spec, gemm, graph, shared_from=shared, saved=saved, dtype=_dtype(operand), kernel=kernel
-            )
+                spec, gemm, graph, shared_from=shared, saved=saved, dtype=_dtype(operand), kernel=kernel,
+                hadamard=_hadamard_block(tr.hadamard),
+            )  # fmt: skip
     return facts
 
 

@@ -95,8 +95,14 @@ class OperandCheck:
     why_not: str = ""  # set when the operand's chain or source cannot be followed
 
 
+#: Why a GEMM on block-scaled FP operands stays a float GEMM: no CPU has FP4/FP8 dot products.
+FP_SIMULATED = "FP4/FP8 simulated in float32 (no FP4/FP8 GEMM kernel yet)"
+
+
 def operand_problem(op: OperandCheck, name: str) -> str:
     """Why this operand cannot feed the int8 kernel ('' when it can)."""
+    if op.why_not == FP_SIMULATED:  # the same words as the forward GEMM's, whichever operand
+        return FP_SIMULATED
     if op.why_not:
         return f"{name}: {op.why_not}"
     if op.source == "none":
@@ -230,6 +236,14 @@ def _view_arg(node: fx.Node, name: str):
     return None
 
 
+def _requant_gemm_reason(node: fx.Node) -> str:
+    """Why a `qmatmul_rq` (block formats, Hadamard) runs as Inductor's float GEMM."""
+    for operand in node.args[:2]:
+        if isinstance(operand, fx.Node) and find_source(operand).why_not == FP_SIMULATED:
+            return FP_SIMULATED
+    return "requantizing GEMM (Hadamard transform) not routed to int8"
+
+
 def find_source(node: fx.Node) -> Source:
     """Walk up from a GEMM operand through views to a quantizer node or a placeholder."""
     chain: list[tuple[str, object]] = []
@@ -241,6 +255,8 @@ def find_source(node: fx.Node) -> Source:
             return Source(None, why_not="not a quantizer output")
         if node.target in _QUANTIZERS or node.target in _REBUILDS:
             return Source(node, chain[::-1], cast=cast)
+        if node.target is qops.fp_quantize.default:
+            return Source(None, why_not=FP_SIMULATED)
         if node.target is operator.getitem and _is_packed_quantizer(node.args[0]) and node.args[1] == 0:
             return Source(node.args[0], chain[::-1], cast=cast)
         if node.target in _SKIP or _is_relayout(node):
@@ -501,7 +517,9 @@ def annotate_gemm_kernels(
         except (KeyError, AttributeError, IndexError):
             ops = None
         if ops is None:
-            if node.op == "call_function" and node.target in (aten.mm.default, qops.qmatmul.default):
+            if node.op == "call_function" and node.target is qops.qmatmul_rq.default:
+                node.meta[KERNEL_META] = decisions[node.name] = (KERNEL_INDUCTOR, _requant_gemm_reason(node))
+            elif node.op == "call_function" and node.target in (aten.mm.default, qops.qmatmul.default):
                 node.meta[KERNEL_META] = decisions[node.name] = (KERNEL_INDUCTOR, "batched or 1-D GEMM")
             elif node.op == "call_function" and node.target in _NOT_ROUTED:
                 node.meta[KERNEL_META] = decisions[node.name] = (KERNEL_INDUCTOR, _NOT_ROUTED[node.target])

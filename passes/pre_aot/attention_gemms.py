@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from qcompile.runtime import QuantSpec, int_quantize, parse_spec, qmatmul
+from qcompile.runtime import QuantSpec, int_quantize, parse_spec, qmatmul, requant_gemm
 from qcompile.runtime.quant_tag import QuantTag
 
 
@@ -37,12 +37,15 @@ def activation_dims(spec: QuantSpec | str, ndim: int, right_operand: bool) -> li
 
 
 def quantized_gemm(
-    a: torch.Tensor, b: torch.Tensor, specs: tuple[str, str, str, str], tag: str
+    a: torch.Tensor, b: torch.Tensor, specs: tuple[str, str, str, str, str], tag: str
 ) -> torch.Tensor:
     """``a @ b`` with both operands activations: ``specs`` = (activation for a, activation for b,
-    grad_dgrad, grad_wgrad-or-"shared") as spec strings; ``tag`` = ``"<layer>|gemm|<site>"``."""
+    grad_dgrad, grad_wgrad-or-"shared", Hadamard or "") as spec strings; ``tag`` =
+    ``"<layer>|gemm|<site>"``. Block-scaled FP specs and Hadamards go through `requant_gemm`."""
     gemm = QuantTag.parse(tag)
-    act_a, act_b, grad_a, grad_b = specs
+    act_a, act_b, grad_a, grad_b, had = specs
+    if had or any(parse_spec(x).format == "fp" for x in (act_a, act_b, grad_a, grad_b) if x != "shared"):
+        return requant_gemm(a, b, act_a, act_b, grad_a, grad_b, had, tag)
     aq = forward_quantize(
         a, act_a, activation_dims(act_a, a.ndim, False), gemm.with_role("activation").encode()
     )
@@ -60,8 +63,8 @@ def quantized_attention(
     scale: float | None = None,
     enable_gqa: bool = False,
     *,
-    qk: tuple[str, str, str, str],
-    pv: tuple[str, str, str, str],
+    qk: tuple[str, str, str, str, str],
+    pv: tuple[str, str, str, str, str],
     qk_tag: str,
     pv_tag: str,
 ) -> torch.Tensor:

@@ -22,7 +22,7 @@ from qcompile.passes.analysis.gemm_sites import GemmSite, example_value, find_ge
 from qcompile.passes.fx_utils import size_hint
 from qcompile.passes.pre_aot.attention_gemms import quantized_attention
 from qcompile.policy.config import LayerDecision, Policy
-from qcompile.runtime import SHARED, QuantSpec
+from qcompile.runtime import SHARED, QuantSpec, requant_gemm
 from qcompile.runtime.quant_tag import encode_tag
 
 
@@ -161,6 +161,13 @@ class _Rewriter:
     def qmatmul(self, a: fx.Node, b: fx.Node) -> fx.Node:
         return self.call(qmatmul, (a, b, *self.grad_specs(), self.tag("gemm")))
 
+    def requant_gemm(self, a: fx.Node, b: fx.Node, b_spec: QuantSpec) -> fx.Node:
+        """``a @ b`` through `requant_gemm`: operands quantized along the contraction (block
+        formats, Hadamard), backward requantizing them along its own contraction axes."""
+        had = self.d.hadamard.to_string() if self.d.hadamard is not None else ""
+        specs = (self.d.activation.to_string(), b_spec.to_string(), *self.grad_specs())
+        return self.call(requant_gemm, (a, b, *specs, had, self.tag("gemm")))
+
     def add_bias(self, out: fx.Node, bias: fx.Node) -> fx.Node:
         """``out + bias`` in the GEMM's dtype, as autocast's fused linear/conv would give."""
         cast = self.graph.call_method("type_as", (bias, out))
@@ -170,6 +177,10 @@ class _Rewriter:
     def rewrite(self) -> fx.Node:
         s = self.site
         op = s.op
+        if op == "linear" and self.d.requantizes:
+            b_spec = self.d.weight if s.b_is_weight else self.d.activation
+            out = self.requant_gemm(s.a, self.call(torch.t, (s.b,)), b_spec)
+            return self.add_bias(out, s.bias) if s.bias is not None else out
         if op == "linear":
             xq = self.operand(s.a, False, False, 0)
             wq = (
@@ -204,9 +215,10 @@ class _Rewriter:
         if transposed:
             a, b = self.call(torch.transpose, (b, -2, -1)), self.call(torch.transpose, (a, -2, -1))
         b_weight = s.b_is_weight or s.a_is_weight
-        aq = self.operand(a, False, False, -1)
-        bq = self.operand(b, b_weight, True, -1)
-        out = self.qmatmul(aq, bq)
+        if self.d.requantizes:
+            out = self.requant_gemm(a, b, self.d.weight if b_weight else self.d.activation)
+        else:
+            out = self.qmatmul(self.operand(a, False, False, -1), self.operand(b, b_weight, True, -1))
         if transposed:
             out = self.call(torch.transpose, (out, -2, -1))
         if op in ("addmm", "baddbmm"):
@@ -218,10 +230,11 @@ class _Rewriter:
         return out
 
 
-def _attention_specs(d: LayerDecision) -> tuple[str, str, str, str]:
+def _attention_specs(d: LayerDecision) -> tuple[str, str, str, str, str]:
     grad_b = SHARED if d.share_gradient_sample else d.grad_wgrad.to_string()
     act = d.activation.to_string()
-    return act, act, d.grad_dgrad.to_string(), grad_b
+    had = d.hadamard.to_string() if d.hadamard is not None else ""
+    return act, act, d.grad_dgrad.to_string(), grad_b, had
 
 
 def _rewrite_attention(
@@ -273,6 +286,9 @@ def insert_fqt_quantizers(gm: fx.GraphModule, policy: Policy) -> list[SiteRecord
             record.reasons = (site.unsupported,)
             continue
         decision = policy.decide(site.layer, site.op, positions.get(id(site.node)))
+        if decision.requantizes and site.conv is not None and decision.any_quantized:
+            record.reasons = (CONV_REQUANT_REASON,)  # left as it is, like an unsupported op: warned
+            continue
         record.decision, record.reasons = decision, decision.reasons
         if policy.is_high_precision:
             continue  # leave the graph exactly as Inductor would see it
@@ -292,6 +308,12 @@ def insert_fqt_quantizers(gm: fx.GraphModule, policy: Policy) -> list[SiteRecord
         owner.graph.lint()
         owner.recompile()
     return records
+
+
+CONV_REQUANT_REASON = (
+    "convolution under a block-scaled FP format or a Hadamard transform: not supported yet (its "
+    "backward would requantize along N·H·W); runs in high precision"
+)
 
 
 def _note_region(records: list[SiteRecord], site: GemmSite) -> None:

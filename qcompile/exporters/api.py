@@ -337,7 +337,8 @@ def export(
 ) -> Path:
     """Export ``model``'s quantized forward and backward graphs at ``example_inputs``' shapes.
 
-    format: ``"onnx"`` (opset 21, INT4 Q/DQ, stochastic quantizers as ``qcompile`` functions)
+    format: ``"onnx"`` (opset 21, INT4 Q/DQ, stochastic quantizers and block-scaled FP formats as
+        ``qcompile`` functions, FP8 elements through the standard FLOAT8 Q/DQ types)
         or ``"mlir"`` (torch dialect with quantizers as custom ops, and linalg-on-tensors with
         quantizers as calls of named functions ``@qcompile.<op>.<config>.<type>``).
     policy: as ``torch.compile(..., backend="fqt", options={"policy": ...})`` (default luq-int4).

@@ -61,7 +61,10 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from qcompile.exporters.errors import ExportError
 from qcompile.runtime.ops import qconv_op as quantized_conv
 from qcompile.runtime.ops import qmatmul_op as quantized_matmul
+from qcompile.runtime.ops.block_formats import signs_decomposition
 from qcompile.runtime.quant_tag import QuantTag
+from qcompile.runtime.reference.block_scaled import block_quantize_reference
+from qcompile.runtime.reference.hadamard import hadamard_reference
 from qcompile.runtime.reference.int_quant import int_quantize_reference
 from qcompile.runtime.reference.luq import luq_levels
 from qcompile.runtime.reference.scaling_groups import group_amax, normalize_dims
@@ -110,8 +113,11 @@ PORTABLE_DECOMPOSITIONS = {
     qops.int_quantize.default: _int_quantize,
     qops.luq_quantize.default: _luq_quantize,
     qops.qmatmul.default: quantized_matmul.matmul_forward,
+    qops.qmatmul_rq.default: lambda a_hat, b_hat, *_: quantized_matmul.matmul_forward(a_hat, b_hat),
     qops.qconv.default: quantized_conv.conv_forward,
     qops.mark_layer.default: lambda x, tag: x,
+    qops.hadamard.default: lambda x, signs, axis, block, inverse, tag: hadamard_reference(x, axis, block, signs, inverse),
+    qops.hadamard_signs.default: signs_decomposition,
     prims.inductor_seeds.default: lambda count, device: torch.zeros(count, dtype=torch.int64),
     prims.inductor_lookup_seed.default: lambda seeds, index: seeds[index],
     prims.inductor_random.default: _inductor_random,
@@ -216,7 +222,28 @@ def _luq_body(c: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
     return functools.partial(luq_quantize_portable, bits=c["bits"], reduce_dims=c["reduce_dims"])
 
 
+def _fp_config(args: dict[str, Any], ndim: int) -> dict[str, Any]:
+    return {
+        "element": str(args["element"]),
+        "scaling": str(args["scaling"]),
+        "block": [int(b) for b in args["block"]],
+        "axis": int(args["axis"]) % max(ndim, 1),
+        "stochastic": bool(args["stochastic"]),
+    }
+
+
+def _fp_label(c: dict[str, Any]) -> str:
+    block = "x".join(str(b) for b in c["block"]) or "tensor"
+    rounding = "sr" if c["stochastic"] else "rdn"
+    return f"{c['element']}_{c['scaling']}{block}_axis{c['axis']}_{rounding}"
+
+
+def _fp_body(c: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+    return functools.partial(block_quantize_reference, **c)
+
+
 QUANTIZERS: dict[Any, QuantizerLowering] = {
+    qops.fp_quantize.default: QuantizerLowering("fp_quantize", _fp_config, _fp_label, _fp_body),
     qops.int_quantize.default: QuantizerLowering("int_quantize", _int_config, _int_label, _int_body),
     qops.luq_quantize.default: QuantizerLowering(
         "luq_quantize",

@@ -16,6 +16,7 @@ import torch
 from onnx import helper
 from torch import fx
 
+from qcompile.exporters import onnx_block_formats as block_formats
 from qcompile.exporters import onnx_quantizers as quantizers
 from qcompile.exporters.inference import int4_proto
 from qcompile.exporters.onnx_graph import ExportError, NodeContext, OnnxGraphBuilder, node_layer, value_info
@@ -42,6 +43,10 @@ def _mark_layer(c: NodeContext) -> str:
 
 HANDLERS.update({
     qops.qmatmul.default: _qmatmul,
+    qops.qmatmul_rq.default: _qmatmul,
+    qops.fp_quantize.default: block_formats.fp_quantize,
+    qops.hadamard.default: block_formats.hadamard,
+    qops.hadamard_signs.default: block_formats.hadamard_signs,
     qops.qconv.default: _qconv,
     qops.mark_layer.default: _mark_layer,
     qops.int_quantize.default: quantizers.int_quantize,

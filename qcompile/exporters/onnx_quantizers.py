@@ -164,7 +164,7 @@ def _function(name: str, body) -> onnx.FunctionProto:
     return helper.make_function(DOMAIN, name, ["x"], ["y"], fb.nodes, [helper.make_opsetid("", OPSET)])
 
 
-def _call(c: NodeContext, x_node, name: str, body) -> str:
+def call_function(c: NodeContext, x_node, name: str, body) -> str:
     """Call function ``name`` (defined once per graph) on ``x_node`` as float32, cast back."""
     c.b.add_function(_function(name, body))
     dtype = c.dtype_of(x_node)
@@ -187,7 +187,7 @@ def int_quantize(c: NodeContext) -> str:
         return y if c.dtype_of(x) == F32 else c.emit("Cast", [y], to=onnx_dtype(c.dtype_of(x)))
     name = (f"int{bits}_{scaling}_{signed}_{'sr' if stochastic else 'rdn'}_reduce_{_dims_label(dims)}"
             f"_rank{len(shape)}")  # fmt: skip
-    return _call(
+    return call_function(
         c, x, name, lambda b, v: _int_function_body(b, v, bits, scaling, signed, dims, len(shape), stochastic)
     )
 
@@ -199,4 +199,4 @@ def luq_quantize(c: NodeContext) -> str:
     if shape and int(np.prod(shape)) == 0:
         return c.emit("Identity", [c.val(g)])
     name = f"luq{bits}_reduce_{_dims_label(dims)}_rank{len(shape)}"
-    return _call(c, g, name, lambda b, v: _luq_function_body(b, v, bits, dims, len(shape)))
+    return call_function(c, g, name, lambda b, v: _luq_function_body(b, v, bits, dims, len(shape)))

@@ -22,15 +22,15 @@ import fnmatch
 import functools
 from dataclasses import dataclass, field, fields
 
-from qcompile.runtime.spec import HIGH_PRECISION, QuantSpec, parse_spec
+from qcompile.runtime.spec import HIGH_PRECISION, HadamardSpec, QuantSpec, parse_hadamard, parse_spec
 
 ROLES = ("weight", "activation", "grad_dgrad", "grad_wgrad")
 RECOMPUTE_CHOICES = ("gemm", "pointwise", "none")
 ROLE_FORMATS = {
-    "weight": ("none", "int"),
-    "activation": ("none", "int"),
-    "grad_dgrad": ("none", "int", "luq", "lbt", "aq"),
-    "grad_wgrad": ("none", "int", "luq", "lbt", "aq"),
+    "weight": ("none", "int", "fp"),
+    "activation": ("none", "int", "fp"),
+    "grad_dgrad": ("none", "int", "luq", "lbt", "aq", "fp"),
+    "grad_wgrad": ("none", "int", "luq", "lbt", "aq", "fp"),
 }
 ROLE_GRANULARITIES = {
     "weight": ("per-tensor", "per-channel"),
@@ -61,7 +61,9 @@ def role_spec(role: str, value: object) -> QuantSpec:
         raise PolicyError(
             f"{role}: format {spec.format!r} is not allowed; valid formats for {role}: {ROLE_FORMATS[role]}"
         )
-    if spec.is_quantized and spec.granularity not in ROLE_GRANULARITIES[role]:
+    # A block-scaled FP spec places its scales along whichever GEMM axis is contracted (the
+    # forward's K, and backward requantizes along N or M), so every role can take it.
+    if spec.is_quantized and spec.format != "fp" and spec.granularity not in ROLE_GRANULARITIES[role]:
         raise PolicyError(
             f"{role}: granularity {spec.granularity!r} cannot be factored out of its GEMM "
             f"(the scale would vary along the contraction axis); valid: {ROLE_GRANULARITIES[role]}"
@@ -151,6 +153,14 @@ class LayerDecision:
     grad_wgrad: QuantSpec
     share_gradient_sample: bool
     reasons: tuple[str, ...] = ()
+    hadamard: HadamardSpec | None = None
+
+    @property
+    def requantizes(self) -> bool:
+        """Whether this site's backward needs its operands requantized along the backward
+        contraction axes (`qcompile::qmatmul_rq`): a block-scaled FP role, or a Hadamard."""
+        specs = [getattr(self, r) for r in ROLES]
+        return self.hadamard is not None or any(s.format == "fp" for s in specs)
 
     @property
     def any_quantized(self) -> bool:
@@ -178,7 +188,12 @@ class Policy:
         activations, but P = softmax(·) lies in [0, 1] with most entries near 1/T: one scale per
         tensor rounds most of P to 0, while a scale per row (``sample``: per query for P and q,
         per key for kᵀ, per channel for v) is still constant along each contraction (SCQ).
-        Rules on ``op="attention.*"`` override it like any role.
+        Rules on ``op="attention.*"`` override it through ``activation`` (both operands are activations,
+        so the decision's ``weight`` is set to the same spec) and the gradient roles.
+    hadamard: a random Hadamard transform (`HadamardSpec` or its string, e.g. ``"had16-wgrad"``)
+        on both operands of the chosen GEMMs of every quantized layer, along each GEMM's
+        contraction axis (the product is unchanged; outliers are spread over the block). None:
+        no transform. Layers kept in high precision never get one.
     recompute: what backward may rebuild instead of saving (with ``pack_saved``; results stay
         bit-identical). ``"gemm"`` (default): ``Ŵ`` from ``W`` and the saved clip, elementwise
         chains, and FP32 tensors one GEMM away from saved codes (LayerNorm/BatchNorm inputs,
@@ -198,6 +213,7 @@ class Policy:
     pack_saved: bool = True
     recompute: str = "gemm"
     attention: QuantSpec | str | None = None
+    hadamard: HadamardSpec | str | None = None
 
     def __post_init__(self) -> None:
         for role in ROLES:
@@ -215,6 +231,12 @@ class Policy:
             raise PolicyError(f"recompute must be one of {RECOMPUTE_CHOICES}, got {self.recompute!r}")
         if self.share_gradient_sample:
             _check_shareable(self.grad_dgrad, self.grad_wgrad)
+        if self.hadamard is not None:
+            try:
+                object.__setattr__(self, "hadamard", parse_hadamard(self.hadamard))
+            except ValueError as e:
+                raise PolicyError(f"hadamard: {e}") from None
+        _check_requantizable(self)
 
     @property
     def is_high_precision(self) -> bool:
@@ -249,8 +271,37 @@ class Policy:
                     if getattr(rule, role) is not None:
                         specs[role] = getattr(rule, role)
                 reasons.append(rule.reason or f"rule layer={rule.layer!r} op={rule.op!r}")
+        if op.startswith("attention."):
+            # Both operands of q·kᵀ and p·v are activations: the right one (kᵀ, v) takes the
+            # activation spec too, so the decision says what the graph runs (and the shortfall
+            # check does not expect a weight quantizer there).
+            specs["weight"] = specs["activation"]
         share = self.share_gradient_sample and specs["grad_dgrad"] == specs["grad_wgrad"]
-        return LayerDecision(**specs, share_gradient_sample=share, reasons=tuple(reasons))
+        quantized = any(s.is_quantized for s in specs.values())
+        hadamard = self.hadamard if quantized else None
+        return LayerDecision(
+            **specs, share_gradient_sample=share, reasons=tuple(reasons), hadamard=hadamard
+        )
+
+
+def _check_requantizable(policy: Policy) -> None:
+    """Block-scaled FP operands and backward Hadamards are requantized from the high-precision
+    tensor along another axis in backward, which a learned clip (one α per layer, fitted to the
+    forward's grid) cannot do; a shared dY draw cannot serve two different transforms."""
+    specs = [getattr(policy, r) for r in ROLES] + [getattr(rule, r) for rule in policy.rules for r in ROLES]
+    specs.append(policy.attention)
+    uses_fp = any(s is not None and s.format == "fp" for s in specs)
+    backward_had = policy.hadamard is not None and any(g in policy.hadamard.gemms for g in ("dgrad", "wgrad"))
+    if not (uses_fp or policy.hadamard is not None):
+        return
+    if any(s is not None and s.scaling == "learned" for s in specs):
+        raise PolicyError(
+            "a learned clip cannot be combined with block-scaled FP formats or a Hadamard transform "
+            "(their backward requantizes the operand along another axis); valid: sawb, max scalings"
+        )
+    if backward_had and policy.share_gradient_sample:
+        raise PolicyError("share_gradient_sample cannot be combined with a dgrad/wgrad Hadamard: each "
+                          "backward GEMM transforms dY along its own axis")  # fmt: skip
 
 
 def _check_shareable(dgrad: QuantSpec, wgrad: QuantSpec) -> None:

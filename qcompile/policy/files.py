@@ -19,9 +19,10 @@ import tomllib
 from qcompile.policy.config import ROLES, Policy, PolicyError, Rule, attention_spec, role_spec
 from qcompile.policy.file_lines import format_key_path, json_key_lines, line_of, toml_key_lines
 from qcompile.policy.recipes import DEFAULT_PRESET, preset
+from qcompile.runtime.spec import parse_hadamard
 
 _POLICY_KEYS = {"base", "weight", "activation", "grad_dgrad", "grad_wgrad", "share_gradient_sample",
-                "keep_first_last", "rules", "name", "pack_saved", "recompute", "attention"}  # fmt: skip
+                "keep_first_last", "rules", "name", "pack_saved", "recompute", "attention", "hadamard"}  # fmt: skip
 _RULE_KEYS = {"layer", "op", "weight", "activation", "grad_dgrad", "grad_wgrad", "reason", "high_precision"}
 
 
@@ -88,6 +89,11 @@ def _check_field(key_path: tuple, key: str, value: Any) -> None:
             role_spec(key, value)
         elif key == "attention":
             attention_spec(value)
+        elif key == "hadamard":
+            try:
+                parse_hadamard(value)
+            except ValueError as e:
+                raise PolicyError(f"hadamard: {e}") from None
         elif key in ("share_gradient_sample", "keep_first_last", "high_precision") and not isinstance(
             value, bool
         ):

@@ -9,6 +9,7 @@ the plan would say ``fp32`` there.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,15 +23,22 @@ from qcompile.passes.analysis.read_quantized_graph import REPLAYED
 from qcompile.policy.config import ROLES
 from qcompile.runtime.quant_tag import QuantTag
 from qcompile.runtime.quantizer_state import QuantizerState, measured_bits
-from qcompile.runtime.spec import QuantSpec
+from qcompile.runtime.reference.block_scaled import block_scale_bits
+from qcompile.runtime.spec import QuantSpec, parse_spec
 
 _GRAN_SHORT = {"per-tensor": "tensor", "per-sample": "sample", "per-channel": "channel"}
+#: The storage format of each FP scaling's scales, as the plan names it.
+FP_SCALE_FORMATS = {"mx": "e8m0 scale", "nv": "e4m3×fp32 scale", "max": "fp32 scale"}
 
 
 def spec_cell(spec: QuantSpec) -> str:
-    """``int4 sawb rdn tensor``, ``luq4 sample``, ``fp32``."""
+    """``int4 sawb rdn tensor``, ``luq4 sample``, ``fp4 nv16x16 e4m3×fp32 scale rdn``, ``fp32``."""
     if not spec.is_quantized:
         return "fp32"
+    if spec.format == "fp":
+        label = "fp4" if spec.element == "e2m1" else spec.label.replace("-", " ")
+        rounding = "sr" if spec.rounding == "stochastic" else "rdn"
+        return f"{label} {spec.block_label} {FP_SCALE_FORMATS[spec.scaling]} {rounding}"
     parts = [spec.label if spec.signed != "auto" else f"{spec.label}±"]
     if spec.format == "int":
         parts += [spec.scaling, "sr" if spec.rounding == "stochastic" else "rdn"]
@@ -54,6 +62,7 @@ class RoleEntry:
     kernel: str = ""
     avg_bits: float | None = None  # bits per element actually used (AQ measured, SMP counted N×)
     elements: int | None = None  # elements of this operand at the compiled shape
+    hadamard: int = 0  # block of the random Hadamard transform in front of its quantizer (0: none)
 
     @property
     def bits(self) -> int | None:
@@ -65,6 +74,8 @@ class RoleEntry:
         if not self.ran:
             return self.note or "—"
         text = spec_cell(self.spec) if self.spec else "fp32"
+        if self.hadamard:
+            text += f" had{self.hadamard}"
         return f"{text} (= {self.shared_from.removeprefix('grad_')})" if self.shared_from else text
 
     def to_json(self) -> dict[str, Any] | None:
@@ -76,7 +87,10 @@ class RoleEntry:
             "granularity": spec.granularity, "rounding": spec.rounding, "signed": spec.signed,
             "samples": spec.samples, "pruning": spec.pruning, "gemm": self.gemm,
             "shared_from": self.shared_from, "avg_bits": self.avg_bits, "elements": self.elements,
-            "kernel": self.kernel,
+            "kernel": self.kernel, "element": spec.element or None,
+            "block": list(spec.block) if spec.format == "fp" else None,
+            "scale_format": FP_SCALE_FORMATS[spec.scaling].removesuffix(" scale") if spec.format == "fp" else None,
+            "hadamard": self.hadamard or None,
         }  # fmt: skip
 
 
@@ -331,15 +345,18 @@ def _low(entry: RoleEntry) -> bool:
     return entry.ran and entry.spec is not None and entry.spec.is_quantized and entry.spec.bits <= 4
 
 
-def _elements(record: SiteRecord, role: str) -> int | None:
+def _shape(record: SiteRecord, role: str) -> list[int] | None:
+    """The operand's shape at the compiled size (dY has the output's), None when symbolic."""
     shape = {"activation": record.shapes[0] if record.shapes else None,
              "weight": record.shapes[1] if len(record.shapes) > 1 else None}.get(role, record.extra.get("out_shape"))  # fmt: skip
     if not shape or not all(isinstance(s, int) for s in shape):
         return None
-    n = 1
-    for s in shape:
-        n *= s
-    return n
+    return shape  # type: ignore[return-value]
+
+
+def _elements(record: SiteRecord, role: str) -> int | None:
+    shape = _shape(record, role)
+    return None if shape is None else math.prod(shape)
 
 
 def _avg_bits(record: SiteRecord, role: str, spec: QuantSpec, shared_from: str | None) -> float | None:
@@ -351,6 +368,15 @@ def _avg_bits(record: SiteRecord, role: str, spec: QuantSpec, shared_from: str |
     if spec.format == "aq":
         found = measured_bits(QuantTag(record.layer, shared_from or role, record.key).encode())
         return None if found is None else found[0]
+    if spec.format == "fp":
+        shape = _shape(record, role)
+        if shape is None:
+            return None
+        # Scales along the forward contraction (the last axis) for X and W, along N for dgrad's dY
+        # (the last axis) and along the tokens for wgrad's dY (the first): their overheads differ
+        # only by partial blocks.
+        axis = 0 if role == "grad_wgrad" else -1
+        return block_scale_bits(spec.element, spec.scaling, spec.block, shape, axis)
     return float(spec.bits * spec.samples)
 
 
@@ -388,7 +414,7 @@ def _state_cell(graph: CompiledGraph, record: SiteRecord) -> str:
 def _raw_entry(graph: CompiledGraph, record: SiteRecord, role: str) -> RoleEntry:
     fact: OperandFact | None = graph.facts.get((record.key, role))
     if fact is not None:
-        return RoleEntry(True, fact.spec, fact.gemm, fact.shared_from, kernel=fact.kernel)
+        return RoleEntry(True, fact.spec, fact.gemm, fact.shared_from, kernel=fact.kernel, hadamard=fact.hadamard)
     backward_role = role.startswith("grad_")
     if not record.rewritten:
         if backward_role and "backward" not in graph.compiled:
@@ -416,6 +442,13 @@ def _saved(graph: CompiledGraph, record: SiteRecord) -> str:
                 hat, plain = ("Ŵ", "W") if saved_role == "weight" else ("X̂", "X")
                 how = "packed as uint8" if name == "packed" else f"requantized from {plain}"
                 text = f"{hat} {label} {how} → {rebuilt}"
+            elif name == "requantized_along":
+                saved_role, _, rest = dtype.partition(":")
+                spec_text, _, had = rest.partition(":")
+                plain = "W" if saved_role == "weight" else "X"
+                axis = "N" if role == "grad_dgrad" else "M"
+                had_text = f" had{had}" if had not in ("", "0") else ""
+                text = f"{plain} requantized along {axis}: {spec_cell(parse_spec(spec_text))}{had_text}"
             elif name == "replayed":
                 text = f"{'W' if role == 'grad_dgrad' else 'X'} {dtype} recomputed from codes"
             elif name in graph.forward_roles:

@@ -11,9 +11,14 @@ from __future__ import annotations
 import torch
 
 from qcompile.runtime.kernels import cpu_int8_gemm
-from qcompile.runtime.ops import gemm_codes  # noqa: F401  (registers the codes ops this maps)
+from qcompile.runtime.ops import (  # noqa: F401  (registers the codes ops this maps)
+    block_formats,
+    gemm_codes,
+    requant_matmul_op,  # noqa: F401  (registers qmatmul_rq)
+)
 from qcompile.runtime.ops import qconv_op as quantized_conv
 from qcompile.runtime.ops import qmatmul_op as quantized_matmul
+from qcompile.runtime.reference.block_scaled import block_quantize_reference
 from qcompile.runtime.reference.codes import (
     LUQ,
     dequantize_codes_reference,
@@ -22,6 +27,7 @@ from qcompile.runtime.reference.codes import (
     quantizer_codes,
     unpack_int4_codes_reference,
 )
+from qcompile.runtime.reference.hadamard import hadamard_reference
 from qcompile.runtime.reference.int_quant import int_quantize_reference
 from qcompile.runtime.reference.luq import luq_quantize_reference
 from qcompile.runtime.reference.packed_int import (
@@ -57,6 +63,19 @@ def _luq_quantize(g, bits, reduce_dims, sample, tag):
     return luq_quantize_reference(g, bits, reduce_dims, noise=hash_uniform(g, draw_seed(g.device)))
 
 
+def _fp_quantize(x, element, scaling, block, axis, stochastic, tag):
+    noise = hash_uniform(x, draw_seed(x.device)) if stochastic else None
+    return block_quantize_reference(x, element, scaling, block, axis, stochastic, noise=noise)
+
+
+def _hadamard(x, signs, axis, block, inverse, tag):
+    return hadamard_reference(x, axis, block, signs, inverse=inverse)
+
+
+def _qmatmul_rq(a_hat, b_hat, *_):
+    return quantized_matmul.matmul_forward(a_hat, b_hat)
+
+
 def _mark_layer(x, tag):
     return x
 
@@ -90,6 +109,10 @@ QUANTIZER_DECOMPOSITIONS = {
     ops.int_quantize.default: _int_quantize,
     ops.luq_quantize.default: _luq_quantize,
     ops.qmatmul.default: quantized_matmul.matmul_forward,
+    ops.qmatmul_rq.default: _qmatmul_rq,
+    ops.fp_quantize.default: _fp_quantize,
+    ops.hadamard.default: _hadamard,
+    ops.hadamard_signs.default: block_formats.signs_decomposition,
     ops.qconv.default: quantized_conv.conv_forward,
     ops.mark_layer.default: _mark_layer,
     ops.dequantize_codes.default: dequantize_codes_reference,  # elementwise: fuses into its consumers

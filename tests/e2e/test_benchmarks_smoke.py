@@ -174,6 +174,9 @@ def test_accuracy_derived_policies_quantize_what_their_names_say(monkeypatch):
     assert row.decide("blocks.0.fc", "linear") == qcompile.preset("luq-int4").decide("blocks.0.fc", "linear")
     assert not accuracy.resolve("luq+attn-fp32").decide("a", "attention.pv").activation.is_quantized
     assert accuracy.resolve("luq-int4+attn-int8").decide("a", "attention.qk").activation.bits == 8
+    had = accuracy.resolve("luq-int4+had16-forward")
+    assert had.name == "luq-int4+had16-forward" and had.decide("fc", "linear").hadamard.gemms == ("forward",)
+    assert "nvfp4" in accuracy.ALL_POLICIES and accuracy.resolve("nvfp4") == qcompile.preset("nvfp4")
     # FNT schedule: starts at the last LR, peaks at the lower LR half-way, ends at zero
     assert accuracy.fnt_lr(0, 10, 0.02, 0.1) == 0.02
     assert accuracy.fnt_lr(5, 10, 0.02, 0.1) == pytest.approx(0.1)

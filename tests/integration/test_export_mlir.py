@@ -250,3 +250,35 @@ def test_broken_module_fails_verification():
 
     with pytest.raises(Exception):  # noqa: B017  (the MLIR bindings raise their own error type)
         parse_and_verify("func.func @f(%a: tensor<2xf32>) -> tensor<3xf32> { return %a : tensor<2xf32> }")
+
+
+def test_block_format_quantizers_lower_to_named_functions_that_compute_the_reference():
+    """MXFP8, NVFP4 (1-D and 16×16 tiles, partial blocks), FP8 per row and a Hadamard-rotated
+    operand: each `fp_quantize` becomes one named linalg function whose JIT-compiled result equals
+    `block_quantize_reference` bit for bit (round-to-nearest)."""
+    pytest.importorskip("torch_mlir", reason="MLIR export needs `pip install qcompile[export]`")
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from qcompile.exporters.mlir import lower_linalg
+    from qcompile.runtime.reference.block_scaled import block_quantize_reference
+    from qcompile.runtime.reference.hadamard import hadamard_reference
+    from tests.mlir_runner import LinalgRunner
+
+    configs = [("e4m3", "mx", [32], 1), ("e2m1", "nv", [16], 0), ("e2m1", "nv", [16, 16], 1), ("e4m3", "max", [0], 1)]
+    signs = torch.tensor([1.0, -1.0, -1.0, 1.0, 1.0, 1.0, -1.0, 1.0, -1.0, 1.0, 1.0, -1.0, 1.0, -1.0, 1.0, 1.0])
+
+    def f(x, signs):
+        outs = [qops.fp_quantize(x, e, s, b, a, False, f"l{i}|weight|s{i}") for i, (e, s, b, a) in enumerate(configs)]
+        rotated = qops.hadamard(x, signs, 1, 16, False, "r|forward|s9")
+        return (*outs, qops.fp_quantize(rotated, "e2m1", "mx", [32], 1, False, "r|activation|s9"))
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(24, 48, generator=gen) * torch.logspace(-2, 1, 48)  # 48: a partial 32-block
+    lowered = lower_linalg(make_fx(f, tracing_mode="fake")(x, signs), "f")
+    assert [fn.op for fn in lowered.functions] == ["fp_quantize"] * 5
+    assert lowered.functions[0].name == "qcompile.fp_quantize.e4m3_mx32_axis1_rdn.24x48xf32"
+    got = [torch.from_numpy(y) for y in LinalgRunner(lowered.text).run("f", x.numpy(), signs.numpy())]
+    for (e, s, b, a), y in zip(configs, got, strict=False):
+        assert torch.equal(y, block_quantize_reference(x, e, s, b, a)), (e, s, b)
+    rotated = block_quantize_reference(hadamard_reference(x, 1, 16, signs), "e2m1", "mx", [32], 1)
+    torch.testing.assert_close(got[-1], rotated, rtol=0, atol=1e-6)

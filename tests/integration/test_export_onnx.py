@@ -19,6 +19,7 @@ ort = pytest.importorskip("onnxruntime", reason="ONNX export tests need `pip ins
 
 from torch.fx.experimental.proxy_tensor import make_fx  # noqa: E402
 
+import qcompile  # noqa: E402
 from qcompile.exporters.api import export as qcompile_export  # noqa: E402
 from qcompile.exporters.api import export_with_graphs  # noqa: E402
 from qcompile.exporters.onnx_model import GraphIO, translate_graph  # noqa: E402
@@ -204,6 +205,20 @@ def test_large_models_keep_weights_as_external_data(tmp_path):
     )
 
 
+def _check_runs_in_onnxruntime(result, manifest, inputs) -> None:
+    """The exported forward equals our FX forward; the backward runs and gives finite gradients
+    of the right shapes."""
+    feed = {manifest["forward"]["inputs"][0]["name"]: inputs[0].numpy()}
+    (out,) = _session(result.path / "forward.onnx").run(["output_0"], feed)
+    torch.testing.assert_close(torch.from_numpy(out), run_our_forward(result)["output_0"], rtol=1e-5, atol=1e-5)
+    args, bfeed = backward_feeds(result, run_our_forward(result), inputs)
+    names = [o["name"] for o in manifest["backward"]["outputs"]]
+    grads = _session(result.path / "backward.onnx").run(names, bfeed)
+    ours = run_our_backward(result, args)
+    assert [g.shape for g in grads] == [tuple(o.shape) for o in ours]
+    assert all(np.isfinite(g).all() for g in grads)
+
+
 @pytest.mark.parametrize(
     "policy",
     ["luq-smp2", {"weight": "int4-channel", "activation": "int4-sample", "grad_dgrad": "int8-sr-sample",
@@ -227,17 +242,7 @@ def test_other_policies_export_and_run(policy, tmp_path):
             f.name.startswith("int8_max_signed_sr")
             for f in onnx.load(str(result.path / "backward.onnx")).functions
         )
-    feed = {manifest["forward"]["inputs"][0]["name"]: inputs[0].numpy()}
-    (out,) = _session(result.path / "forward.onnx").run(["output_0"], feed)
-    torch.testing.assert_close(
-        torch.from_numpy(out), run_our_forward(result)["output_0"], rtol=1e-5, atol=1e-5
-    )
-    args, bfeed = backward_feeds(result, run_our_forward(result), inputs)
-    names = [o["name"] for o in manifest["backward"]["outputs"]]
-    grads = _session(result.path / "backward.onnx").run(names, bfeed)
-    ours = run_our_backward(result, args)
-    assert [g.shape for g in grads] == [tuple(o.shape) for o in ours]
-    assert all(np.isfinite(g).all() for g in grads)
+    _check_runs_in_onnxruntime(result, manifest, inputs)
 
 
 def test_onnx_forward_matches_the_inductor_compiled_model(tmp_path):
@@ -256,3 +261,90 @@ def test_onnx_forward_matches_the_inductor_compiled_model(tmp_path):
     with torch.no_grad():
         ours = compiled(*inputs)
     torch.testing.assert_close(torch.from_numpy(theirs), ours, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- block-scaled FP
+
+
+BLOCK_CONFIGS = [
+    ("e4m3", "mx", [32], 1), ("e2m1", "mx", [32], 1), ("e2m1", "nv", [16], 0), ("e2m1", "nv", [16, 16], 1),
+    ("e4m3", "max", [0], 1), ("e5m2", "max", [], 1), ("e5m2", "mx", [32], 0),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("config", BLOCK_CONFIGS, ids=lambda c: f"{c[0]}-{c[1]}{'x'.join(map(str, c[2]))}-ax{c[3]}")
+def test_block_format_quantizer_in_onnx_runtime_equals_the_reference(config):
+    """Each `fp_quantize` configuration as a `qcompile` function of standard ops (FP8 elements
+    through the standard FLOAT8 Q/DQ types) passes the checker, and ONNX Runtime computes
+    `block_quantize_reference` bit for bit: partial blocks, 2-D tiles, a NaN block, zeros."""
+    from qcompile.runtime.reference.block_scaled import block_quantize_reference
+
+    element, scaling, block, axis = config
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(24, 48, generator=gen) * torch.logspace(-3, 2, 48)  # 48: a partial 32-block
+    x[0, 0] = 1e4  # saturates E4M3/E2M1 after an MX floor scale
+    x[5] = 0.0
+    model = _single_op_model(lambda t: qops.fp_quantize(t, element, scaling, block, axis, False, "l|weight|s0"), x)
+    onnx.checker.check_model(model, full_check=True)
+    ops = {n.op_type for f in model.functions for n in f.node}
+    # FP8 elements (and NVFP4's E4M3 block scales) go through the standard FLOAT8 Q/DQ types.
+    assert ("QuantizeLinear" in ops) == (element != "e2m1" or scaling == "nv")
+    (y,) = _session(model.SerializeToString()).run(None, {"x": x.numpy()})
+    assert np.array_equal(y, block_quantize_reference(x, element, scaling, block, axis).numpy())
+    x[7, 3] = float("nan")
+    (y,) = _session(model.SerializeToString()).run(None, {"x": x.numpy()})
+    want = block_quantize_reference(x, element, scaling, block, axis).numpy()
+    assert np.array_equal(np.isnan(y), np.isnan(want)) and np.isnan(want).any()
+
+
+@pytest.mark.parametrize("policy", ["nvfp4", "mxfp8"])
+def test_block_format_training_graphs_export_and_run(policy, tmp_path):
+    """A block-format MLP's forward and backward graphs (blocks along each GEMM's own axis;
+    NVFP4: stochastic gradients, Hadamards) export, pass the checker and run
+    in ONNX Runtime: the forward equals our FX graph's, the backward gives finite gradients."""
+    from qcompile.testing.export_models import small_mlp
+
+    model, inputs = small_mlp()
+    pol = qcompile.preset(policy).replace(keep_first_last=False)
+    if policy == "nvfp4":  # the MLP's batch (8) is below NVFP4's 16: a 4-point transform on every GEMM
+        pol = pol.replace(hadamard="had4-all-fixed")  # fixed signs: the forward compares exactly
+    result = export_with_graphs(model, inputs, tmp_path / "out", policy=pol)
+    manifest = json.loads((result.path / "manifest.json").read_text())["graphs"]
+    forward, backward = (onnx.load(str(result.path / f"{k}.onnx")) for k in ("forward", "backward"))
+    for m in (forward, backward):
+        onnx.checker.check_model(m, full_check=True)
+    element = "e2m1" if policy == "nvfp4" else "e4m3"
+    assert any(f.name.startswith(f"fp_{element}") for f in forward.functions)
+    assert any("axis0" in f.name for f in backward.functions)  # wgrad: blocks along the tokens
+    for m in (forward, backward):
+        assert (policy == "nvfp4") == any(n.op_type == "MatMul" and "hadamard" in n.name for n in m.graph.node)
+    _check_runs_in_onnxruntime(result, manifest, inputs)
+
+
+def _signs_and_transform(fixed: bool, inverse: bool, axis: int):
+    def f(t):
+        s = qops.hadamard_signs(t, 8, fixed, "l|forward|s0")
+        return qops.hadamard(t, s, axis, 8, inverse, "l|forward|s0"), s
+
+    return f
+
+
+def test_hadamard_translations_are_exact_transforms():
+    """`hadamard` as a MatMul with diag(s)·H/√k equals the butterfly reference (and its inverse);
+    random `hadamard_signs` give ±1 draws, the fixed ones the run's constant vector."""
+    from qcompile.runtime.ops.block_formats import FIXED_SIGNS_SEED
+    from qcompile.runtime.reference.hadamard import hadamard_reference, random_signs_reference
+
+    x = torch.randn(8, 32, generator=torch.Generator().manual_seed(0))
+    for fixed, inverse, axis in ((True, False, 1), (True, True, 0), (False, False, 1)):
+
+        gm = make_fx(_signs_and_transform(fixed, inverse, axis), tracing_mode="fake")(x)
+        ph = next(n for n in gm.graph.nodes if n.op == "placeholder")
+        model = translate_graph(gm, GraphIO(inputs={ph.name: "x"}, outputs=["y", "s"]), "hadamard").model
+        onnx.checker.check_model(model, full_check=True)
+        y, s = _session(model.SerializeToString()).run(["y", "s"], {"x": x.numpy()})
+        assert set(np.unique(s)) <= {-1.0, 1.0}
+        if fixed:
+            assert np.array_equal(s, random_signs_reference(8, FIXED_SIGNS_SEED).numpy())
+        ref = hadamard_reference(x, axis, 8, torch.from_numpy(s), inverse=inverse)
+        np.testing.assert_allclose(y, ref.numpy(), rtol=1e-5, atol=1e-6)

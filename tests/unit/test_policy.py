@@ -303,7 +303,8 @@ def test_rule_op_glob(op, matches):
     p = Policy(rules=(rule,))
     d = p.decide("encoder.0.attn", op)
     assert (d.grad_dgrad == HP) is matches
-    assert d.weight == p.weight
+    # attention's right operand (kᵀ, v) is an activation: it gets the activation spec
+    assert d.weight == (d.activation if op.startswith("attention.") else p.weight)
 
 
 @pytest.mark.parametrize(
@@ -490,3 +491,25 @@ def test_attention_spec_from_a_policy_file(tmp_path):
     f.write_text('base = "luq"\nattention = "int4-learned"\n')
     with pytest.raises(qcompile.PolicyError, match=r"line 2.*attention"):
         qcompile.load_policy_file(f)
+
+
+def test_attention_decisions_give_both_operands_the_activation_spec():
+    """q·kᵀ and p·v multiply two activations: the decision's weight is the attention spec too, so
+    the shortfall check never waits for a weight quantizer attention does not have."""
+    p = Policy(weight="int8", activation="int4", attention="int4-max-auto-sample")
+    d = p.decide("blk.attn", "attention.qk")
+    assert d.weight == d.activation == parse_spec("int4-max-auto-sample")
+    assert p.decide("blk.fc", "linear").weight == parse_spec("int8")
+
+
+def test_block_format_presets_keep_attention_high_precision_and_name_their_source():
+    for name in ("nvfp4", "mxfp4", "mxfp8", "fp8-rowwise"):
+        p = qcompile.preset(name)
+        assert p.weight.format == "fp" and p.grad_wgrad.format == "fp"
+        assert not p.decide("blk.attn", "attention.pv").any_quantized
+        assert p.decide("blk.fc", "linear").requantizes
+    nv = qcompile.preset("nvfp4")
+    assert nv.weight.block == (16, 16) and nv.activation.block == (16,)
+    assert nv.grad_dgrad.rounding == "stochastic" and nv.activation.rounding == "nearest"
+    assert nv.hadamard.to_string() == "had16-wgrad-fixed"
+    assert nv.decide("head", "linear", "last").hadamard is None  # high-precision layers get none

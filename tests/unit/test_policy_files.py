@@ -65,7 +65,8 @@ def check_example_policy(p: Policy) -> None:
 
     attn = p.decide("encoder.0.attn", "attention.qk")
     assert attn.grad_dgrad == parse_spec("luq4-smp2") == attn.grad_wgrad
-    assert attn.weight == parse_spec("int8")
+    # attention's right operand (kᵀ) is an activation: the activation spec, not the file's weight int8
+    assert attn.weight == attn.activation == luq.activation
     assert attn.share_gradient_sample is True
 
     body = p.decide("encoder.0.fc1", "linear", "first")  # keep_first_last is off
@@ -432,3 +433,17 @@ def test_paper_presets_as_file_bases(tmp_path):
     )
     p = qcompile.resolve_policy(str(path))
     assert p.grad_dgrad.format == "lbt" and p.rules[-1].grad_dgrad.pruning == "topk"
+
+
+def test_block_format_policy_file(tmp_path):
+    """A file can start from a block-format preset and set the Hadamard; a bad Hadamard string
+    points at its key and names the valid forms."""
+    path = tmp_path / "fp4.toml"
+    path.write_text('base = "nvfp4"\nactivation = "fp4-mx32"\nhadamard = "had32-all"\n')
+    p = qcompile.resolve_policy(str(path))
+    assert p.weight == parse_spec("fp4-nv16x16") and p.activation == parse_spec("fp4-mx32")
+    assert p.hadamard.to_string() == "had32-all"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('hadamard = "had16-sideways"\n')
+    with pytest.raises(PolicyError, match=r"hadamard.*valid"):
+        qcompile.resolve_policy(str(bad))

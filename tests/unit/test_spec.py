@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 
@@ -35,6 +36,14 @@ EXPECTED_NAMED = {
     "aq4-sample": QuantSpec("aq", 4, "max", "per-sample", "stochastic", "signed", pruning="range"),
     "aq4-channel": QuantSpec("aq", 4, "max", "per-channel", "stochastic", "signed", pruning="range"),
     "aq4-topk-sample": QuantSpec("aq", 4, "max", "per-sample", "stochastic", "signed", pruning="topk"),
+    "fp4-mx32": QuantSpec("fp", 4, "mx", "per-block", "nearest", element="e2m1", block=(32,)),
+    "fp4-nv16": QuantSpec("fp", 4, "nv", "per-block", "nearest", element="e2m1", block=(16,)),
+    "fp4-nv16x16": QuantSpec("fp", 4, "nv", "per-block", "nearest", element="e2m1", block=(16, 16)),
+    "fp4-nv16-sr": QuantSpec("fp", 4, "nv", "per-block", "stochastic", element="e2m1", block=(16,)),
+    "fp8-e4m3-mx32": QuantSpec("fp", 8, "mx", "per-block", "nearest", element="e4m3", block=(32,)),
+    "fp8-e4m3-row": QuantSpec("fp", 8, "max", "per-row", "nearest", element="e4m3", block=(0,)),
+    "fp8-e5m2-row": QuantSpec("fp", 8, "max", "per-row", "nearest", element="e5m2", block=(0,)),
+    "fp8-e4m3-tensor": QuantSpec("fp", 8, "max", "per-tensor", "nearest", element="e4m3", block=()),
 }
 
 
@@ -167,7 +176,12 @@ def test_with_changes_fields_and_validates():
 @pytest.mark.parametrize(
     "text,names",
     [
-        ("fp8", ["fp32", "int<b>", "uint<b>", "luq<b>"]),
+        ("fp6", ["fp32", "int<b>", "uint<b>", "luq<b>", "fp4", "fp8"]),
+        ("fp4-e4m3", ["e2m1"]),
+        ("fp4-mx", ["mx<n>", "nv<n>x<n>", "row", "tensor"]),
+        ("fp4-mx24", ["(8, 16, 32, 64, 128)"]),
+        ("fp8-nv16", ["e2m1"]),
+        ("fp4-nv16x32", ["square"]),
         ("float4", ["fp32", "luq<b>"]),
         ("int", ["int<b>"]),
         ("", ["fp32"]),
@@ -229,6 +243,53 @@ def test_non_string_spec_rejected(value):
 
 
 def test_vocabulary_constants():
-    assert FORMATS == ("none", "int", "luq", "lbt", "aq")
+    assert FORMATS == ("none", "int", "luq", "lbt", "aq", "fp")
     for name in NAMED_SPECS:
         assert parse_spec(name).format in FORMATS
+
+
+# --------------------------------------------------------------------------- block-scaled FP
+
+
+def _all_fp_specs():
+    out = []
+    for element, bits in (("e2m1", 4), ("e4m3", 8), ("e5m2", 8)):
+        for scaling, gran, block in [("max", "per-tensor", ()), ("max", "per-row", (0,))] + [
+            (sc, "per-block", b) for sc in ("mx", "nv") for n in (8, 16, 32, 64, 128) for b in ((n,), (n, n))
+        ]:
+            for rounding in ("nearest", "stochastic"):
+                try:
+                    out.append(QuantSpec("fp", bits, scaling, gran, rounding, element=element, block=block))
+                except ValueError:
+                    pass
+    return out
+
+
+def test_round_trip_every_valid_fp_spec():
+    specs = _all_fp_specs()
+    # 3 elements × (row, tensor, 10 mx blocks) × 2 roundings, + 10 nv blocks × 2 for e2m1
+    assert len(specs) == 3 * 12 * 2 + 10 * 2
+    for spec in specs:
+        text = spec.to_string()
+        assert parse_spec(text) == spec, text
+        assert text.startswith("fp4" if spec.bits == 4 else f"fp8-{spec.element}")
+
+
+def test_fp_defaults_and_suffix_order():
+    assert parse_spec("fp4") == parse_spec("fp4-e2m1-mx32-rdn")
+    assert parse_spec("fp8") == parse_spec("fp8-e4m3-row")
+    assert parse_spec("fp4-sr-nv16") == parse_spec("fp4-nv16-sr")
+    assert parse_spec("fp8-e5m2-tensor").block == ()
+
+
+def test_hadamard_specs_parse_and_round_trip():
+    from qcompile.runtime.spec import HadamardSpec, parse_hadamard
+
+    assert parse_hadamard("had16-wgrad") == HadamardSpec(("wgrad",), 16, "random")
+    assert parse_hadamard("had32-all-fixed") == HadamardSpec(("forward", "dgrad", "wgrad"), 32, "fixed")
+    assert parse_hadamard("had16-wgrad-forward").gemms == ("forward", "wgrad")  # canonical order
+    for text in ("had16-wgrad", "had32-all", "had8-forward-dgrad-fixed"):
+        assert parse_hadamard(text).to_string() == text
+    for bad, names in [("had12-wgrad", "(2, 4, 8"), ("had16", "had<block>"), ("had16-fwd", "forward")]:
+        with pytest.raises(ValueError, match=re.escape(names)):
+            parse_hadamard(bad)
