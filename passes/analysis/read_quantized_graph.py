@@ -134,6 +134,12 @@ def _hadamard_behind(node: object) -> list[fx.Node]:
     return []
 
 
+def _requantized_along(q: fx.Node) -> bool:
+    """A backward quantizer of a forward operand along the backward GEMM's own axis (a block
+    format, or after a Hadamard), as `qmatmul_rq`'s backward makes them."""
+    return q.target is qops.fp_quantize.default or bool(_hadamard_behind(q.args[0]))
+
+
 def _source_behind(node: object) -> fx.Node | None:
     """The graph input a backward requantization reads (through views, casts and a Hadamard):
     the high-precision tensor forward saved for it."""
@@ -234,31 +240,17 @@ def read_graph(gm: fx.GraphModule, graph: str) -> dict[tuple[str, str], OperandF
             shared = None
             if quant and parse_tag(quant[0].args[-1])[1] != role:
                 shared = parse_tag(quant[0].args[-1])[1]
+            others = [q for o2, tr2 in traces if o2 is not operand for q in tr2.quantizers]
+            along = [q for q in others if _requantized_along(q)]
             saved = (
                 [f"{p.name}:{_dtype(p)}" for o2, tr2 in traces if o2 is not operand for p in tr2.placeholders]
-                + [
-                    f"recomputed:{parse_tag(q.args[-1])[1]}"
-                    for o2, tr2 in traces
-                    if o2 is not operand
-                    for q in tr2.quantizers
-                    if q.target is not qops.fp_quantize.default and not _hadamard_behind(q.args[0])
-                ]
+                + [f"recomputed:{parse_tag(q.args[-1])[1]}" for q in others if q not in along]
                 + [
                     f"requantized_along:{parse_tag(q.args[-1])[1]}:{describe_quantizers([q], role).to_string()}"
                     f":{_hadamard_block(_hadamard_behind(q.args[0]))}"
-                    for o2, tr2 in traces
-                    if o2 is not operand
-                    for q in tr2.quantizers
-                    if q.target is qops.fp_quantize.default or _hadamard_behind(q.args[0])
+                    for q in along
                 ]
-                + [
-                    f"{p.name}:{_dtype(p)}"
-                    for o2, tr2 in traces
-                    if o2 is not operand
-                    for q in tr2.quantizers
-                    if (q.target is qops.fp_quantize.default or _hadamard_behind(q.args[0]))
-                    and (p := _source_behind(q.args[0])) is not None
-                ]
+                + [f"{p.name}:{_dtype(p)}" for q in along if (p := _source_behind(q.args[0])) is not None]
                 + [
                     f"packed:{parse_tag(d.args[-1])[1]}:{rebuilt or str(d.args[6]).removeprefix('torch.')}"
                     for o2, tr2 in traces
