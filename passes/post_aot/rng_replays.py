@@ -29,8 +29,10 @@ def draws_nothing(op: object, args: tuple) -> bool:
     """A qcompile quantizer call that uses no random numbers: ``int_quantize`` (and its packed
     form) with round-to-nearest."""
     qops = torch.ops.qcompile
-    if op in (qops.int_quantize.default, qops.int_quantize_packed.default):
+    if op in (qops.int_quantize.default, qops.int_quantize_packed.default, qops.fp_quantize.default):
         return not args[5]
+    if op is qops.hadamard_signs.default:
+        return bool(args[2])  # the run's fixed sign vector
     return False
 
 

@@ -40,12 +40,14 @@ def fp_quantize(
 
     Tagged nondeterministic (it may round stochastically) so the partitioner never recomputes a
     different draw in backward."""
-    return block_quantize_reference(x, element, scaling, block, axis, stochastic)
+    # Contiguous, as its fake says: a transposed operand (Wᵀ) must not give a kernel output whose
+    # strides differ from the fake's (checkpointing's RNG wrapper checks them).
+    return block_quantize_reference(x, element, scaling, block, axis, stochastic).contiguous()
 
 
 @fp_quantize.register_fake
 def _fp_quantize_fake(x, element, scaling, block, axis, stochastic, tag):
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)
 
 
 fp_quantize.register_autograd(lambda ctx, grad: (grad, None, None, None, None, None, None))
@@ -55,12 +57,12 @@ fp_quantize.register_autograd(lambda ctx, grad: (grad, None, None, None, None, N
 def hadamard(x: torch.Tensor, signs: torch.Tensor, axis: int, block: int, inverse: bool, tag: str) -> torch.Tensor:
     """Graph op for `hadamard_reference`: ``H·diag(signs)/√block`` on each run of ``block``
     elements along ``axis`` (its transpose when ``inverse``). ``tag`` names the GEMM operand."""
-    return hadamard_reference(x, axis, block, signs, inverse=inverse)
+    return hadamard_reference(x, axis, block, signs, inverse=inverse).contiguous()
 
 
 @hadamard.register_fake
 def _hadamard_fake(x, signs, axis, block, inverse, tag):
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)
 
 
 def _hadamard_backward(ctx, grad):

@@ -219,3 +219,27 @@ def test_policy_rejects_what_block_formats_cannot_do():
         qcompile.Policy(hadamard="hadamard16")
     with pytest.raises(PolicyError, match="valid"):
         qcompile.Policy(weight="fp4-nv16-e4m3")
+
+
+def test_block_formats_under_activation_checkpointing_and_a_new_batch_size():
+    """A checkpointed layer (the checkpoint's RNG wrapper checks the ops' output strides against
+    their fakes; round-to-nearest FP quantizers are unwrapped like INT ones) trains, recompiles for
+    a new batch size and is planned quantized, its region named."""
+    from torch.utils.checkpoint import checkpoint
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(32, 64), nn.Linear(64, 64), nn.Linear(64, 8)
+
+        def forward(self, x):
+            h = checkpoint(lambda t: torch.relu(self.b(t)), torch.relu(self.a(x)), use_reentrant=False)
+            return self.c(h)
+
+    torch.manual_seed(0)
+    compiled = torch.compile(Net(), backend="fqt", options={"policy": qcompile.preset("nvfp4").replace(keep_first_last=False)})
+    for batch in (32, 48):
+        compiled(torch.randn(batch, 32)).sum().backward()
+    rows = [r for r in qcompile.plan(compiled).rows if r.layer == "b"]
+    assert rows and all(r.region == "tag_activation_checkpoint" and r.weight.spec.format == "fp" for r in rows)
+    assert all(r.grad_wgrad.cell() == "fp4 nv16 e4m3×fp32 scale sr had16" for r in rows)
