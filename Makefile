@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.qcompile-installed
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install demo test test-slow test-all lint clean
 
 install: $(STAMP)
 
@@ -21,12 +21,17 @@ demo: install
 
 # Two pytest-xdist workers, one test file each at a time (module fixtures stay shared): the
 # cold suite is mostly Inductor's single-threaded code generation, so two processes keep both
-# CI cores busy.
-test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
+# CI cores busy. `test` skips the tests marked `slow` (end-to-end runs and the costliest model
+# compiles, tests/conftest.py); `test-slow` runs only those; CI runs both (`test-all`).
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
-test-fast: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile -m "not slow"
+test: install
+	$(PYTEST) -m "not slow"
+
+test-slow: install
+	$(PYTEST) -m slow
+
+test-all: test test-slow
 
 lint: install
 	$(BIN)/ruff check .

@@ -169,8 +169,22 @@ def _compile(model: torch.nn.Module, policy: Policy | str):
     return torch.compile(model, backend="fqt", options={"policy": policy}, dynamic=False), "fqt"
 
 
-def _plan_totals(compiled: Any, backend: str) -> dict[str, Any]:
-    return qcompile.plan(compiled).totals() if backend == "fqt" else {}
+def _plan_totals(task: Task, model, compiled: Any, policy: Policy | str, backend: str, seed: int,
+                 ran: bool) -> dict[str, Any]:  # fmt: skip
+    """The plan's totals of a run. A run resumed after its last epoch compiled nothing in this
+    process: a copy of the model is compiled and run as the training loop runs it (one training
+    forward and backward, one evaluation, no optimizer step), so the plan reads the same graphs."""
+    if backend != "fqt":
+        return {}
+    if not ran:
+        model = copy.deepcopy(model)
+        compiled, _ = _compile(model, policy)
+        model.train()
+        x, y = next(iter(task.batches(seed, 0)))
+        task.loss(compiled(x), y).backward()
+        model.eval()
+        task.evaluate(compiled)
+    return qcompile.plan(compiled).totals()
 
 
 def _train_epochs(task: Task, model, compiled, opt, seed: int, epochs: range, lr_fn, bar, hist,
@@ -284,7 +298,8 @@ def train_policy(task: Task, name: str, policy: Policy | str, seed: int, initial
     wall = time.perf_counter() - start
     model_name = task.model_name
     runs = [Run(task.name, model_name, name, seed, backend, task.metric, hist["final"], hist["train_loss"],
-                hist["test_metric"], wall, first, task.epochs, total, _plan_totals(compiled, backend))]  # fmt: skip
+                hist["test_metric"], wall, first, task.epochs, total,
+                _plan_totals(task, model, compiled, policy, backend, seed, done < task.epochs))]  # fmt: skip
     if snapshot is not None:
         state, opt_state, fhist = snapshot
         torch._dynamo.reset()
@@ -302,7 +317,8 @@ def train_policy(task: Task, name: str, policy: Policy | str, seed: int, initial
                 f"with LR {start_lr:.2g} -> {peak:.2g} -> 0")  # fmt: skip
         runs.append(Run(task.name, model_name, "luq+fnt", seed, fbackend, task.metric, fhist["final"],
                         fhist["train_loss"], fhist["test_metric"], branch_s + time.perf_counter() - t0, first,
-                        task.epochs, total, _plan_totals(fcompiled, fbackend), note))  # fmt: skip
+                        task.epochs, total, _plan_totals(task, fmodel, fcompiled, fnt_policy(), fbackend, seed, True),
+                        note))  # fmt: skip
     bar.close()
     return runs
 

@@ -1,6 +1,6 @@
 """End-to-end tests (training runs, subprocesses, benchmarks, the demo): all marked ``slow``.
 
-``make test`` (CI) runs them; ``pytest -m "not slow"`` is the quick inner loop.
+``make test`` skips them; ``make test-slow`` and CI (``.ci/run``) run them.
 """
 
 import pytest

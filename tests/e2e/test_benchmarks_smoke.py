@@ -260,6 +260,12 @@ def test_accuracy_run_interrupted_after_an_epoch_resumes_to_the_same_numbers(tmp
     assert accuracy.main([*base, *ckpt]) == 0
     resumed = json.loads((tmp_path / "resumed.json").read_text())["runs"][0]
     assert resumed["train_loss"] == straight["train_loss"] and resumed["final"] == straight["final"]
+    # The same command once more: the checkpoint holds the last epoch, nothing trains, and the
+    # plan comes from one batch (it used to fail: "no graph compiled").
+    assert accuracy.main([*base, *ckpt]) == 0
+    again = json.loads((tmp_path / "resumed.json").read_text())["runs"][0]
+    assert again["final"] == straight["final"] and again["train_loss"] == straight["train_loss"]
+    assert again["plan_totals"] == straight["plan_totals"] and straight["plan_totals"]
     sys.modules.pop("accuracy", None)
 
 

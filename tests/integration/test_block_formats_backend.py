@@ -210,6 +210,23 @@ def test_attention_in_a_block_format_runs_batched_requantizing_gemms():
         assert r.grad_wgrad.cell() == "fp4 mx32 e8m0 scale sr"
 
 
+def test_plan_without_training_runs_hadamard_attention_graphs_eagerly():
+    """`qcompile.plan(model, example_inputs)` runs the decomposed graphs eagerly (no Inductor):
+    a Hadamard along an axis other than the last (in attention's backward) leaves a permuted
+    view where the op's fake was contiguous, and a later ``view`` of the backward graph failed
+    (a char GPT with ``luq-int4`` + ``had16-forward``, d=128) until `views_to_reshapes`."""
+    from qcompile.testing.benchmark_models import Block
+
+    torch.manual_seed(0)
+    model = Block(64, 2)  # head dim 32: the transform applies to q·kᵀ and p·v too
+    policy = qcompile.preset("luq-int4").replace(hadamard="had16-forward", keep_first_last=False)
+    x = torch.randn(2, 32, 64)
+    rows = qcompile.plan(model, x, policy=policy).rows
+    attn = [r for r in rows if r.op.startswith("attention")]
+    assert len(attn) == 2 and all(r.activation.hadamard == 16 for r in attn)
+    assert model.qkv.weight.grad is None  # the model itself is untouched
+
+
 def test_policy_rejects_what_block_formats_cannot_do():
     with pytest.raises(PolicyError, match="learned clip"):
         qcompile.Policy(weight="int4-learned", grad_dgrad="fp4-mx32")

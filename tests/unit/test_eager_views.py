@@ -1,0 +1,45 @@
+"""`views_to_reshapes`: a lowered graph whose quantizer decomposition returns a permuted view runs
+eagerly (the graphs-only compile of `qcompile.plan` / `qcompile.export`), with the same values."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import fx
+
+from qcompile.passes.post_aot.eager_views import views_to_reshapes
+
+ATEN = torch.ops.aten
+
+
+def _graph() -> fx.GraphModule:
+    """``x.T`` (the shape a decomposition along axis 0 leaves: a transposed view), then the
+    ``view`` AOTAutograd traced on the contiguous fake (rows of 2 merged), then a GEMM."""
+    g = fx.Graph()
+    x = g.placeholder("x")
+    w = g.placeholder("w")
+    t = g.call_function(ATEN.permute.default, (x, [1, 0]))
+    flat = g.call_function(ATEN.view.default, (t, [3, 8]))
+    g.output(g.call_function(ATEN.mm.default, (flat, w)))
+    return fx.GraphModule(torch.nn.Module(), g)
+
+
+def test_a_view_of_a_permuted_value_runs_after_the_pass_with_the_same_values():
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(4, 6, generator=gen), torch.randn(8, 3, generator=gen)
+    gm = _graph()
+    with pytest.raises(RuntimeError, match="view size is not compatible"):
+        gm(x, w)
+    assert views_to_reshapes(gm) is gm
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert ATEN.view.default not in targets and ATEN.reshape.default in targets
+    torch.testing.assert_close(gm(x, w), x.T.reshape(3, 8) @ w, rtol=0, atol=0)
+
+
+def test_a_graph_without_views_is_left_as_it_is():
+    g = fx.Graph()
+    x = g.placeholder("x")
+    g.output(g.call_function(ATEN.relu.default, (x,)))
+    gm = fx.GraphModule(torch.nn.Module(), g)
+    code = gm.code
+    assert views_to_reshapes(gm).code == code
