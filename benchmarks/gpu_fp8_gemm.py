@@ -1,24 +1,27 @@
 """The Triton FP8 GEMM on a GPU: its accumulation error and its speed beside cuBLAS.
 
-    python3 benchmarks/gpu_fp8_gemm.py [--sizes 4096,8192] [--out gpu_fp8_gemm.json]
+    python3 benchmarks/gpu_fp8_gemm.py [--sizes 4096,8192] [--imprecise 0,64,none] [--out gpu_fp8_gemm.json]
 
 Needs a CUDA GPU with FP8 tensor cores (compute capability 8.9) and Triton; otherwise it prints
 why and exits with status 2 (nothing measured).
 
-1. Accuracy of the FP32 accumulation on the tensor cores (`triton_fp8_gemm` explains the
-   ``max_num_imprecise_acc=0`` it uses): on codes whose every partial sum is exact in FP32 (the
+1. Accuracy of the FP32 accumulation on the tensor cores for each ``max_num_imprecise_acc``
+   (`triton_fp8_gemm`: 0, its default, moves every instruction's sum to FP32; ``none`` is
+   Triton's default, which on sm_90 never does): on codes whose every partial sum is exact in FP32 (the
    unit test's ``_exact_codes``), how many elements differ from the float64 product; on codes of
    Gaussian data with a wide range, the largest error as a fraction of the FP32 summation bound
    ``K·2^-24·Σ|a||b|`` and of ``|exact|``.
 2. Speed, M = N = K: BF16 ``torch.mm`` (cuBLAS), ``torch._scaled_mm`` with row scales (cuBLAS
    FP8, with and without ``use_fast_accum``), the Triton FP8 GEMM in the forward (X·Wᵀ), dgrad
-   (dY·W) and wgrad (dYᵀ·X) layouts with its scale epilogue, and the Triton int8 GEMM (forward):
-   milliseconds (Triton's ``do_bench`` median), TFLOP/s and the ratio over BF16.
+   (dY·W) and wgrad (dYᵀ·X) layouts with its scale epilogue (the forward also for the other
+   ``max_num_imprecise_acc`` values), and the Triton int8 GEMM (forward): milliseconds (Triton's
+   ``do_bench`` median), TFLOP/s and the ratio over BF16.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -51,14 +54,14 @@ def exact_codes(shape, dtype, seed: int) -> torch.Tensor:
     return (sign * torch.exp2(e) * (1 + frac) * (torch.rand(shape, generator=g) > 0.1)).to(dtype)
 
 
-def accuracy() -> dict:
+def accuracy(imprecise: int | None = 0) -> dict:
     from qcompile.runtime.kernels.triton_fp8_gemm import fp8_mm
     from qcompile.runtime.reference.block_scaled import fp8_codes_reference
 
     out = {}
     for name, (m, n, k) in {"exact codes 512x512x1024": (512, 512, 1024)}.items():
         a, b = exact_codes((m, k), torch.float8_e4m3fn, 1), exact_codes((k, n), torch.float8_e4m3fn, 2)
-        got = fp8_mm(a.cuda(), b.cuda()).cpu().double()
+        got = fp8_mm(a.cuda(), b.cuda(), max_num_imprecise_acc=imprecise).cpu().double()
         want = a.double() @ b.double()
         out[name] = {"differing elements": int((got != want).sum()), "of": m * n,
                      "max abs error": float((got - want).abs().max())}  # fmt: skip
@@ -69,7 +72,7 @@ def accuracy() -> dict:
         w = torch.randn(n, k, generator=g)
         cx, _ = fp8_codes_reference(x, "e4m3", [0], -1)
         cw, _ = fp8_codes_reference(w, "e4m3", [0], -1)
-        got = fp8_mm(cx.cuda(), cw.cuda().t()).cpu().double()
+        got = fp8_mm(cx.cuda(), cw.cuda().t(), max_num_imprecise_acc=imprecise).cpu().double()
         exact = cx.double() @ cw.double().t()
         bound = k * 2**-24 * (cx.double().abs() @ cw.double().abs().t())
         err = (got - exact).abs()
@@ -81,14 +84,14 @@ def accuracy() -> dict:
     return out
 
 
-def speed(sizes: list[int]) -> list[dict]:
+def speed(sizes: list[int], imprecise: list[int | None]) -> list[dict]:
     rows: list[dict] = []
     for s in sizes:
-        rows += speed_at(s)
+        rows += speed_at(s, imprecise)
     return rows
 
 
-def speed_at(s: int) -> list[dict]:
+def speed_at(s: int, imprecise: list[int | None]) -> list[dict]:
     """Every GEMM of section 2 at ``M = N = K = s``."""
     from triton.testing import do_bench
 
@@ -113,6 +116,11 @@ def speed_at(s: int) -> list[dict]:
         "triton fp8 wgrad dYᵀ·X (e5m2 x e4m3)": lambda: fp8_mm(dy8.t(), x8, rs, cs),
         "triton int8 forward X·Wᵀ": lambda: int8_mm(xi, wi.t(), rs, cs, out_dtype=torch.bfloat16),
     }  # fmt: skip
+    for imp in imprecise:
+        if imp != 0:
+            calls[f"triton fp8 forward X·Wᵀ, max_num_imprecise_acc={imp}"] = functools.partial(
+                fp8_mm, x8, w8.t(), rs, cs, out_dtype=torch.bfloat16, max_num_imprecise_acc=imp
+            )
     rows, base = [], None
     for name, fn in calls.items():
         try:
@@ -140,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default="4096,8192")
+    parser.add_argument(
+        "--imprecise", default="0,64,none", help="max_num_imprecise_acc values; none: Triton's"
+    )
     parser.add_argument("--out", type=Path, default=Path("gpu_fp8_gemm.json"))
     args = parser.parse_args(argv)
     problem = gpu_problem()
@@ -153,10 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "triton": triton.__version__,
     }
-    result["accuracy"] = accuracy()
+    imprecise = [None if v == "none" else int(v) for v in args.imprecise.split(",")]
+    result["accuracy"] = {f"max_num_imprecise_acc={v}": accuracy(v) for v in imprecise}
     print(json.dumps(result, indent=1), flush=True)
     args.out.write_text(json.dumps(result, indent=1))
-    result["speed"] = speed([int(s) for s in args.sizes.split(",")])
+    result["speed"] = speed([int(s) for s in args.sizes.split(",")], imprecise)
     args.out.write_text(json.dumps(result, indent=1))
     return 0
 

@@ -49,6 +49,7 @@ from qcompile.passes.post_aot.gemm_kernel_choice import (
     find_source,
     gemm_operands,
     quantizer_facts,
+    saved_fp8_grouping,
 )
 from qcompile.runtime.ops import fp8_codes as fp8_gemm_ops  # noqa: F401  (registers the ops)
 from qcompile.runtime.ops import gemm_codes as triton_gemm_ops  # noqa: F401  (registers the ops)
@@ -194,11 +195,24 @@ def _requantize_as_forward(gm: fx.GraphModule, b: _Builder, cache: dict) -> None
         gm.graph.erase_node(node)
 
 
-def _fp8_codes_for(src_node: fx.Node, b: _Builder, cache: dict) -> tuple[fx.Node, fx.Node]:
+def _fp8_codes_for(
+    src_node: fx.Node, b: _Builder, cache: dict, saved: dict[str, SavedQuantized]
+) -> tuple[fx.Node, fx.Node]:
     """(codes, scale) nodes of an ``fp_quantize`` feeding an FP8 GEMM, made once per quantizer:
     it becomes ``fp8_quantize_codes`` (same arguments, so the same values and random draws), and
-    whatever else read it (a tensor saved for backward) reads ``fp8_dequantize_codes``."""
+    whatever else read it (a tensor saved for backward) reads ``fp8_dequantize_codes``. An FP8
+    operand the forward saved as a float is re-coded from that copy (`saved_fp8_grouping`)."""
     if src_node in cache:
+        return cache[src_node]
+    if src_node.op == "placeholder":
+        info = saved[src_node.name]
+        block, axis = saved_fp8_grouping(info, src_node.meta["val"].shape)
+        with b.graph.inserting_after(src_node):
+            qc = b.call(
+                qops.fp8_quantize_codes.default, (src_node, info.element, block, axis, False), src_node
+            )
+        with b.graph.inserting_after(qc):
+            cache[src_node] = tuple(b.call(operator.getitem, (qc, i), src_node) for i in range(2))
         return cache[src_node]
     x, element, _, block, axis, stochastic, _ = src_node.args
     with b.graph.inserting_before(src_node):
@@ -278,7 +292,7 @@ def fuse_triton_gemms(
         chains = [srcs[0].chain + ops.a_extra, srcs[1].chain]
         fp8 = node.meta[KERNEL_META][0] == KERNEL_FP8
         if fp8:
-            parts = [_fp8_codes_for(s.node, builder, cache) for s in srcs]
+            parts = [_fp8_codes_for(s.node, builder, cache, saved) for s in srcs]
         else:
             parts = [_codes_for(s.node, builder, cache, saved) for s in srcs]
         forward = node.target in (qops.qmatmul.default, qops.qmatmul_rq.default)

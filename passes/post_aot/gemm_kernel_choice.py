@@ -120,10 +120,12 @@ def fp_operand_problem(op: OperandCheck, name: str) -> str:
     one reason."""
     if op.bits != 8:
         return fp_simulated("no FP4 GEMM kernel yet", op.bits)
-    if op.source == "saved":
-        return fp_simulated(f"{name} saved by the forward as a float: its FP8 codes are not kept")
     if op.block not in ("row", "tensor"):
         return fp_simulated(f"block scales vary along the contraction ({op.block})")
+    if op.source == "saved" and op.stochastic:
+        return fp_simulated(
+            f"{name} saved by the forward with stochastic rounding: its codes cannot be re-coded"
+        )
     if op.why_not:
         return fp_simulated(f"{name}: {op.why_not}")
     if op.scale_varies_on_contracted_axis:
@@ -290,8 +292,9 @@ class Source:
 
 @dataclass(frozen=True)
 class SavedQuantized:
-    """A forward output that is an INT quantizer's value seen through views: enough to re-code it
-    in the backward graph. ``reduce_dims`` are in the output's own shape (None: not expressible)."""
+    """A forward output that is an INT or FP8 quantizer's value seen through views: enough to
+    re-code it in the backward graph. ``reduce_dims`` are in the output's own shape (None: not
+    expressible)."""
 
     kind: str
     bits: int
@@ -299,6 +302,32 @@ class SavedQuantized:
     stochastic: bool
     reduce_dims: tuple[int, ...] | None
     cast: bool = False  # saved after a dtype cast (autocast): re-coded with the cast clip
+    element: str = ""  # FP only, as in `OperandCheck`
+    block: str = ""
+
+
+#: Saved copies of FP8 values that re-code exactly (`saved_fp8_grouping`): float16 could underflow.
+FP8_SAVED_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def saved_fp8_grouping(info: SavedQuantized, shape: Sequence[int]) -> tuple[list[int], int] | None:
+    """``(block, axis)`` that re-quantizes a saved FP8 operand (row or tensor scales) of ``shape``
+    into its own codes: ``fp8_quantize_codes(x̂, element, block, axis, False)``. None when its
+    scale groups are not one axis.
+
+    Exact for a round-to-nearest quantizer: each group's largest element was coded ``±max_value``
+    (``amax / (amax / max_value)`` rounds to the top of the grid), so ``max|x̂| / max_value`` is
+    the scale up to the saved copy's rounding (float32: an ulp or two; bf16: 2^-8), and
+    ``x̂ / scale`` is each code within far less than half of FP8's grid spacing (2^-5 of the value
+    at least): the same codes, scaled by that near-equal scale, as `recover_codes` does for INT."""
+    if info.reduce_dims is None:
+        return None
+    wide = [d for d in info.reduce_dims if shape[d] > 1]
+    if len(info.reduce_dims) == len(shape) or not wide:
+        return [], -1  # one group: per tensor
+    if len(wide) != 1:
+        return None
+    return [0], wide[0]
 
 
 def _static_shape(node: fx.Node) -> tuple[int, ...] | None:
@@ -538,8 +567,14 @@ def saved_quantized_outputs(gm: fx.GraphModule) -> dict[str, SavedQuantized]:
             reduce_dims = tuple(d for d, f in enumerate(tracked[1]) if f == "reduced")
             if len(reduce_dims) == len(tracked[1]):
                 reduce_dims = ()
-        out[node.name] = SavedQuantized(kind, bits, signed, stochastic, reduce_dims, src.cast)
+        fp = _fp_facts(src.node) if kind == FP else {}
+        out[node.name] = SavedQuantized(kind, bits, signed, stochastic, reduce_dims, src.cast, **fp)
     return out
+
+
+def _fp_facts(q: fx.Node) -> dict[str, str]:
+    """``element`` and ``block`` of an ``fp_quantize`` node, as `OperandCheck` takes them."""
+    return {"element": q.args[1], "block": fp_block_label(q.args[3], q.args[2])}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -586,8 +621,10 @@ def _check(src: Source, extra, axis: int, saved: dict[str, SavedQuantized]) -> O
         info = saved.get(src.node.name)
         if info is None:
             return OperandCheck("none")
+        fp = {"element": info.element, "block": info.block} if info.kind == FP else {}
         if info.reduce_dims is None:
-            return OperandCheck("saved", info.kind, info.bits, why_not="saved operand's scale groups unknown")
+            why = "saved operand's scale groups unknown"
+            return OperandCheck("saved", info.kind, info.bits, info.stochastic, why_not=why, **fp)
         kind, bits, signed, stochastic, dims = (
             info.kind,
             info.bits,
@@ -597,15 +634,21 @@ def _check(src: Source, extra, axis: int, saved: dict[str, SavedQuantized]) -> O
         )
         shape = _static_shape(src.node)
         source = "saved"
+        if kind == FP and shape is not None:
+            dtype = src.node.meta["val"].dtype
+            if dtype not in FP8_SAVED_DTYPES:
+                why = f"saved as {dtype}, which may not hold its FP8 values"
+                return OperandCheck(source, kind, bits, stochastic, why_not=why, **fp)
+            if saved_fp8_grouping(info, shape) is None:
+                why = "saved operand's scales span more than one axis"
+                return OperandCheck(source, kind, bits, stochastic, why_not=why, **fp)
     else:
         kind, bits, signed, stochastic, dims = quantizer_facts(src.node)
         shape = value_shape(src.node)
         source = _source_kind(src.node)
+        fp = _fp_facts(src.node) if kind == FP else {}
     if shape is None:
-        return OperandCheck(source, kind, bits, why_not="dynamic shape")
-    fp = {}
-    if kind == FP and source != "saved":
-        fp = {"element": src.node.args[1], "block": fp_block_label(src.node.args[3], src.node.args[2])}
+        return OperandCheck(source, kind, bits, why_not="dynamic shape", **fp)
     tracked = track_kept_dims(shape, _kept_flags(shape, dims), chain)
     if tracked is None or len(tracked[0]) != 2:
         return OperandCheck(source, kind, bits, why_not="views could not be followed", **fp)

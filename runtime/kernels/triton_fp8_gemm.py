@@ -3,17 +3,19 @@
 FP8 with one FP32 scale per row (or per tensor) along the contraction (`fp8_codes_reference`:
 torchao's float8 rowwise/tensorwise recipes, the ``fp8-rowwise`` preset) gives
 ``Q(A)·Q(B) = diag(sa) · (codes_A · codes_B) · diag(sb)``: the scales leave the sum, so the
-product of the FP8 codes runs on FP8 tensor cores (compute capability 8.9: Ada, Hopper and
-later) and the epilogue computes ``(acc · sa[m]) · sb[n] (+ bias[n])`` in FP32 and casts to the
+product of the FP8 codes runs as one ``tl.dot`` on the tensor cores (FP8 ones from compute
+capability 8.9, Ada and Hopper, or FP16 ones on the widened codes: see Accumulation) and the epilogue computes ``(acc · sa[m]) · sb[n] (+ bias[n])`` in FP32 and casts to the
 output dtype, as `triton_int8_gemm` does for int8 codes. A and B may each be E4M3 or E5M2
 (``tl.dot`` takes any pair; the tensor cores have mixed E4M3 × E5M2 instructions).
 
 Accumulation. Products of FP8 values are exact in FP32 (at most 8 significant bits), but their
 sums are rounded, unlike the int8 path's integers. On Hopper, ``wgmma`` adds FP8 products in a
 reduced-precision accumulator unless the partial sums are moved into FP32 regularly; Triton's
-sm_90 default never does. ``max_num_imprecise_acc=0`` adds every ``wgmma``'s partial sum into
-the FP32 accumulator (what ``torch._scaled_mm`` does without ``use_fast_accum``): the result is
-then the FP32 sum of the products up to the tensor core's rounding inside one instruction.
+sm_90 default never does. ``max_num_imprecise_acc=0`` (the default here) asks for exact FP32
+sums; Triton 3.9 then builds the dot for sm_90 as FP16 MMAs on the FP8 values widened in
+registers (exact: FP16 holds every FP8 value), not FP8 ``wgmma``. Measured on an H200: exact, but
+0.40-0.62x BF16 ``torch.mm``; Triton's default runs FP8 ``wgmma`` at 1.68x BF16 with a median
+relative error of 3e-4 to 1.4e-3 (docs/kernels.md, `benchmarks/gpu_fp8_gemm.py`).
 
 Transposes are never materialised: A and B are read through their strides, so the forward
 ``X·Wᵀ``, dgrad ``dY·W`` and wgrad ``dYᵀ·X`` are three stride patterns of one kernel.
@@ -63,7 +65,7 @@ if triton is not None:
     def _fp8_mm_kernel(
         a_ptr, b_ptr, c_ptr, rs_ptr, cs_ptr, bias_ptr,
         M, N, K, s_am, s_ak, s_bk, s_bn, s_cm, s_cn,
-        HAS_SCALES: tl.constexpr, HAS_BIAS: tl.constexpr,
+        HAS_SCALES: tl.constexpr, HAS_BIAS: tl.constexpr, IMPRECISE_ACC: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     ):  # fmt: skip
         pid = tl.program_id(0)
@@ -87,8 +89,9 @@ if triton is not None:
             # Masked elements load as +0.0 in either FP8 format (bits 0x00).
             a = tl.load(a_ptrs, mask=(offs_m < M)[:, None] & k_ok[None, :], other=0.0)
             b = tl.load(b_ptrs, mask=k_ok[:, None] & (offs_n < N)[None, :], other=0.0)
-            # Every wgmma's partial sum goes into the FP32 accumulator (see the module docstring).
-            acc = tl.dot(a, b, acc, out_dtype=tl.float32, max_num_imprecise_acc=0)
+            # IMPRECISE_ACC = 0: every wgmma's partial sum goes into the FP32 accumulator (see the
+            # module docstring).
+            acc = tl.dot(a, b, acc, out_dtype=tl.float32, max_num_imprecise_acc=IMPRECISE_ACC)
             a_ptrs += BLOCK_K * s_ak
             b_ptrs += BLOCK_K * s_bk
         c_mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
@@ -103,10 +106,18 @@ if triton is not None:
         else:
             tl.store(c_ptrs, acc, mask=c_mask)
 
-    # The int8 GEMM's tiles: FP8 operands take the same bytes, an FP32 accumulator the same
-    # registers as int32, and every BLOCK_K is a multiple of the 32 an FP8 wgmma contracts.
+    # The int8 GEMM's tiles (FP8 operands take the same bytes; every BLOCK_K is a multiple of the
+    # 32 an FP8 wgmma contracts) less those that spill on sm_90 in the exact-accumulation build
+    # (`benchmarks/gpu_compile_report.py`: 128x256 and 256x128 in every layout, 16-232 bytes;
+    # 128x128x64 in dgrad, 16 bytes).
+    _SPILLING_TILES = {(128, 256, 128), (256, 128, 128), (128, 128, 64)}
     _fp8_mm_autotuned = triton.autotune(
-        configs=gemm_autotune_configs(), key=["M", "N", "K", "s_am", "s_ak", "s_bk", "s_bn", "HAS_BIAS"]
+        configs=[
+            c
+            for c in gemm_autotune_configs()
+            if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]) not in _SPILLING_TILES
+        ],
+        key=["M", "N", "K", "s_am", "s_ak", "s_bk", "s_bn", "HAS_BIAS", "IMPRECISE_ACC"],
     )(_fp8_mm_kernel)
 
 
@@ -118,11 +129,16 @@ def fp8_mm(
     bias: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.float32,
     out: torch.Tensor | None = None,
+    max_num_imprecise_acc: int | None = 0,
 ) -> torch.Tensor:
     """``C[M,N] = diag(row_scale) · (A[M,K] · B[K,N]) · diag(col_scale) (+ bias)`` on FP8 codes
     (E4M3 or E5M2, each operand either) of any strides, FP32 accumulation. Scales are per row of
     A / column of B, or one element (per tensor). Without scales: the FP32 product itself.
-    ``out`` may be given (tests poison it to catch unwritten elements)."""
+    ``out`` may be given (tests poison it to catch unwritten elements). ``max_num_imprecise_acc``
+    is ``tl.dot``'s: how many products Hopper's tensor cores may add in their reduced-precision
+    accumulator before the sum moves to FP32 (0, the default: every instruction's; larger values
+    trade accuracy for speed, measured by `benchmarks/gpu_fp8_gemm.py`; at most the tile's
+    BLOCK_K, 64; None: Triton's default, which on sm_90 never moves them)."""
     if a.dtype not in FP8_DTYPES or b.dtype not in FP8_DTYPES:
         raise TypeError(f"fp8_mm takes float8_e4m3fn / float8_e5m2 codes, got {a.dtype} and {b.dtype}")
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
@@ -148,12 +164,15 @@ def fp8_mm(
     if not triton_support.gpu_tiles(a.device):
         bm, bn, bk = 16, 16, 32
         grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
-        _fp8_mm_kernel[grid](*args, HAS_SCALES=has_scales, HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn,
-                             BLOCK_K=bk, GROUP_M=4)  # fmt: skip
+        _fp8_mm_kernel[grid](*args, HAS_SCALES=has_scales, HAS_BIAS=bias is not None,
+                             IMPRECISE_ACC=max_num_imprecise_acc, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+                             GROUP_M=4)  # fmt: skip
     else:
 
         def grid(meta):
             return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
 
-        _fp8_mm_autotuned[grid](*args, HAS_SCALES=has_scales, HAS_BIAS=bias is not None)
+        _fp8_mm_autotuned[grid](
+            *args, HAS_SCALES=has_scales, HAS_BIAS=bias is not None, IMPRECISE_ACC=max_num_imprecise_acc
+        )
     return c
