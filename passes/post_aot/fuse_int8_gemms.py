@@ -25,7 +25,9 @@ autocast's dtype casts between a quantizer and its GEMM are followed):
   ``fp8_quantize_codes`` (FP8 codes and the FP32 scale), its other users read
   ``fp8_dequantize_codes`` (the same value, bit for bit), and the GEMM (``qmatmul_rq``'s forward,
   or a backward ``mm`` on the operands it requantized along its own contraction) becomes
-  ``scaled_fp8_gemm``, with views, scales and bias handled as above.
+  ``scaled_fp8_gemm``, with views, scales and bias handled as above; an FP8 operand the forward
+  saved as a float is quantized again from that copy, which gives its codes exactly
+  (`saved_fp8_grouping`).
 
 The codes ops are the same on both devices (one representation); on CUDA they run Triton
 kernels, on the CPU path `decompose_quantizers` inlines them as ATen loops. Everything else stays
