@@ -14,7 +14,7 @@ reduced-precision accumulator unless the partial sums are moved into FP32 regula
 sm_90 default never does. ``max_num_imprecise_acc=0`` (the default here) asks for exact FP32
 sums; Triton 3.9 then builds the dot for sm_90 as FP16 MMAs on the FP8 values widened in
 registers (exact: FP16 holds every FP8 value), not FP8 ``wgmma``. Measured on an H200: exact, but
-0.40-0.62x BF16 ``torch.mm``; Triton's default runs FP8 ``wgmma`` at 1.68x BF16 with a median
+0.39-0.62x BF16 ``torch.mm``; Triton's default runs FP8 ``wgmma`` at 1.68x BF16 with a median
 relative error of 3e-4 to 1.4e-3 (docs/kernels.md, `benchmarks/gpu_fp8_gemm.py`).
 
 Transposes are never materialised: A and B are read through their strides, so the forward
