@@ -52,6 +52,7 @@ class CompiledKernel:
     registers: int = -1
     spill_bytes: int = -1
     tensor_core: str = ""
+    mma_ops: str = ""  # the MMA opcodes in the SASS (QGMMA: FP8 operands on the tensor cores)
     fits: bool = True
 
 
@@ -111,7 +112,9 @@ class CompileOnlyDriver:
         k = self._pending
         k.registers, k.spill_bytes = _resource_usage(cubin)
         sass = _disassemble(cubin)
-        k.tensor_core = "wgmma" if "HGMMA" in sass or "IGMMA" in sass else "mma" if "IMMA" in sass else ""
+        # SASS opcodes: HGMMA/IGMMA/QGMMA (FP16-BF16 / int8 / FP8 warpgroup MMA, sm_90), HMMA/IMMA/QMMA.
+        k.mma_ops = ",".join(sorted(set(re.findall(r"\b([HIQ]G?MMA)\b", sass))))
+        k.tensor_core = "wgmma" if "GMMA" in k.mma_ops else "mma" if k.mma_ops else ""
         return "compile-only", None, k.registers, k.spill_bytes, 1024  # a module: loaded once
 
 
@@ -144,12 +147,13 @@ def _disassemble(cubin: bytes) -> str:
 
 def compile_all(arch: int, n: int = 1024) -> list[CompiledKernel]:
     """Run every kernel wrapper once on CPU tensors as if on an sm_``arch`` GPU: forward, dgrad and
-    wgrad layouts of the int8 GEMM (all autotuning configs, with and without bias), the packed GEMM,
-    the quantizers (per tensor, per row, per column; nearest and stochastic; writing packed codes
-    too) and packing."""
+    wgrad layouts of the int8 GEMM (all autotuning configs, with and without bias) and, from sm_89
+    on (FP8 tensor cores), of the FP8 GEMM, the packed GEMM, the quantizers (per tensor, per row,
+    per column; nearest and stochastic; writing packed codes too) and packing."""
     import triton
 
     from qcompile.runtime.kernels import triton_support
+    from qcompile.runtime.kernels.triton_fp8_gemm import fp8_mm
     from qcompile.runtime.kernels.triton_int8_gemm import dgrad_gemm, forward_gemm, wgrad_gemm
     from qcompile.runtime.kernels.triton_int_quantize import int_quantize_codes
     from qcompile.runtime.kernels.triton_luq_quantize import luq_quantize_codes
@@ -191,6 +195,13 @@ def compile_all(arch: int, n: int = 1024) -> list[CompiledKernel]:
             )
             calls[f"luq4 per {axis}"] = lambda d=dims: luq_quantize_codes(x, 4, d)
         calls["luq4 packed per row"] = lambda: luq_quantize_codes(x, 4, [1], pack=True)
+        if arch >= 89:  # E4M3 needs FP8 tensor cores; dY in E5M2 (mixed formats) for dgrad/wgrad
+            fx, fw, fdy = x.to(torch.float8_e4m3fn), w8.to(torch.float8_e4m3fn), x.to(torch.float8_e5m2)
+            calls["fp8 forward X·Wᵀ + bias"] = lambda: fp8_mm(
+                fx, fw.t(), rs, cs, bias, out_dtype=torch.bfloat16
+            )
+            calls["fp8 dgrad dY·W"] = lambda: fp8_mm(fdy, fw, rs, cs)
+            calls["fp8 wgrad dYᵀ·X"] = lambda: fp8_mm(fdy.t(), fx, rs, cs)
         for name, call in calls.items():
             drv.call = name
             call()
@@ -210,6 +221,7 @@ def _forget_compiled_kernels() -> None:
     from triton.runtime.jit import JITFunction
 
     from qcompile.runtime.kernels import (
+        triton_fp8_gemm,
         triton_int8_gemm,
         triton_int_quantize,
         triton_luq_quantize,
@@ -218,6 +230,7 @@ def _forget_compiled_kernels() -> None:
     )
 
     modules = (
+        triton_fp8_gemm,
         triton_int8_gemm,
         triton_int_quantize,
         triton_luq_quantize,
@@ -246,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         f"compiled for {DEVICES[args.arch][0]} without a GPU (shared memory limit {DEVICES[args.arch][1]} B)"
     )
     print(tabulate([[k.call, k.name, k.constants, k.num_warps, k.num_stages, k.shared_bytes, k.registers, k.spill_bytes,
-                     k.tensor_core or "-", "yes" if k.fits else "NO"] for k in kernels],
+                     f"{k.tensor_core} ({k.mma_ops})" if k.tensor_core else "-", "yes" if k.fits else "NO"]
+                    for k in kernels],
                    headers=["call", "kernel", "constants", "warps", "stages", "shared B", "regs", "spill B",
                             "tensor cores", "fits"]))  # fmt: skip
     import triton

@@ -1,9 +1,9 @@
-"""Route quantized GEMMs of the AOT forward/backward graphs to the int8 kernels: Triton (CUDA) or
-the CPU integer GEMM.
+"""Route quantized GEMMs of the AOT forward/backward graphs to the int8 kernels, Triton (CUDA) or
+the CPU integer GEMM, and FP8 GEMMs to the Triton FP8 kernel (CUDA).
 
 Runs after `gemm_kernel_choice.annotate_gemm_kernels` (and after the plan has read the graph):
-the GEMMs annotated ``triton-int8`` or ``cpu-int8`` are rewritten (views and autocast's dtype casts between a
-quantizer and its GEMM are followed):
+the GEMMs annotated ``triton-int8``, ``cpu-int8`` or ``triton-fp8`` are rewritten (views and
+autocast's dtype casts between a quantizer and its GEMM are followed):
 
 * each operand's quantizer becomes ``qcompile::quantize_codes``; its other users read
   ``dequantize_codes`` of the same codes (the quantizer's value);
@@ -20,7 +20,14 @@ quantizer and its GEMM are followed):
   which also carries the codes' bounds), which applies the recorded views to the codes
   (strides, no transposed copies) and the scales in its epilogue; a bias ``add`` right after a
   forward GEMM moves into the epilogue (a bias computed after the GEMM from earlier values,
-  such as autocast's bf16 cast of the bias parameter, is moved before it first).
+  such as autocast's bf16 cast of the bias parameter, is moved before it first);
+* for ``triton-fp8``: each ``fp_quantize`` (FP8, one scale per row or tensor) becomes
+  ``fp8_quantize_codes`` (FP8 codes and the FP32 scale), its other users read
+  ``fp8_dequantize_codes`` (the same value, bit for bit), and the GEMM (``qmatmul_rq``'s forward,
+  or a backward ``mm`` on the operands it requantized along its own contraction) becomes
+  ``scaled_fp8_gemm``, with views, scales and bias handled as above; an FP8 operand the forward
+  saved as a float is quantized again from that copy, which gives its codes exactly
+  (`saved_fp8_grouping`).
 
 The codes ops are the same on both devices (one representation); on CUDA they run Triton
 kernels, on the CPU path `decompose_quantizers` inlines them as ATen loops. Everything else stays
@@ -36,14 +43,17 @@ from torch import fx
 
 from qcompile.passes.post_aot.gemm_kernel_choice import (
     BOUNDS_META,
-    INT8_KERNELS,
+    FUSED_KERNELS,
     KERNEL_CPU,
+    KERNEL_FP8,
     KERNEL_META,
     SavedQuantized,
     find_source,
     gemm_operands,
     quantizer_facts,
+    saved_fp8_grouping,
 )
+from qcompile.runtime.ops import fp8_codes as fp8_gemm_ops  # noqa: F401  (registers the ops)
 from qcompile.runtime.ops import gemm_codes as triton_gemm_ops  # noqa: F401  (registers the ops)
 from qcompile.runtime.reference.view_chains import encode_views
 
@@ -187,6 +197,37 @@ def _requantize_as_forward(gm: fx.GraphModule, b: _Builder, cache: dict) -> None
         gm.graph.erase_node(node)
 
 
+def _fp8_codes_for(
+    src_node: fx.Node, b: _Builder, cache: dict, saved: dict[str, SavedQuantized]
+) -> tuple[fx.Node, fx.Node]:
+    """(codes, scale) nodes of an ``fp_quantize`` feeding an FP8 GEMM, made once per quantizer:
+    it becomes ``fp8_quantize_codes`` (same arguments, so the same values and random draws), and
+    whatever else read it (a tensor saved for backward) reads ``fp8_dequantize_codes``. An FP8
+    operand the forward saved as a float is re-coded from that copy (`saved_fp8_grouping`)."""
+    if src_node in cache:
+        return cache[src_node]
+    if src_node.op == "placeholder":
+        info = saved[src_node.name]
+        block, axis = saved_fp8_grouping(info, src_node.meta["val"].shape)
+        with b.graph.inserting_after(src_node):
+            qc = b.call(
+                qops.fp8_quantize_codes.default, (src_node, info.element, block, axis, False), src_node
+            )
+        with b.graph.inserting_after(qc):
+            cache[src_node] = tuple(b.call(operator.getitem, (qc, i), src_node) for i in range(2))
+        return cache[src_node]
+    x, element, _, block, axis, stochastic, _ = src_node.args
+    with b.graph.inserting_before(src_node):
+        qc = b.call(qops.fp8_quantize_codes.default, (x, element, list(block), axis, stochastic), src_node)
+        parts = tuple(b.call(operator.getitem, (qc, i), src_node) for i in range(2))
+        value = b.call(qops.fp8_dequantize_codes.default, (*parts, src_node.meta["val"].dtype), src_node)
+        value.meta.update({k: v for k, v in src_node.meta.items() if k != "val"})
+    src_node.replace_all_uses_with(value)
+    b.graph.erase_node(src_node)
+    cache[src_node] = parts
+    return parts
+
+
 _FROM_SAVED_CODES = {
     qops.int_quantize_packed.default: _packed_quantizer_codes,
     qops.int_dequantize_packed.default: _dequantized_codes,
@@ -230,15 +271,16 @@ def fuse_triton_gemms(
     saved: dict[str, SavedQuantized] | None = None,
     kernel_quantized: set[str] | None = None,
 ) -> fx.GraphModule:
-    """In place: GEMMs annotated ``triton-int8`` / ``cpu-int8`` (by `annotate_gemm_kernels`)
-    become ``scaled_int8_gemm`` / ``scaled_int8_gemm_cpu`` on codes. Returns ``gm``; graphs without such GEMMs are untouched.
+    """In place: GEMMs annotated ``triton-int8`` / ``cpu-int8`` / ``triton-fp8`` (by
+    `annotate_gemm_kernels`) become ``scaled_int8_gemm`` / ``scaled_int8_gemm_cpu`` /
+    ``scaled_fp8_gemm`` on codes. Returns ``gm``; graphs without such GEMMs are untouched.
 
     ``kernel_quantized`` collects the tags of forward quantizers moved onto the Triton quantizer;
     pass the same set for a model's forward and backward graphs, so backward rebuilds those
     operands with the same arithmetic (one call with both, as in the tests, needs none)."""
     saved = saved or {}
     kernel_quantized = set() if kernel_quantized is None else kernel_quantized
-    targets = [n for n in gm.graph.nodes if n.meta.get(KERNEL_META, ("",))[0] in INT8_KERNELS]
+    targets = [n for n in gm.graph.nodes if n.meta.get(KERNEL_META, ("",))[0] in FUSED_KERNELS]
     requantized = [n for n in gm.graph.nodes if n.target is qops.int_requantize.default]
     if not targets and not any(n.args[6] in kernel_quantized for n in requantized):
         return gm
@@ -250,8 +292,13 @@ def fuse_triton_gemms(
         plans.append((node, ops, [find_source(ops.a), find_source(ops.b)]))
     for node, ops, srcs in plans:
         chains = [srcs[0].chain + ops.a_extra, srcs[1].chain]
-        parts = [_codes_for(s.node, builder, cache, saved) for s in srcs]
-        fused_bias = _bias_user(node) if node.target is qops.qmatmul.default else None
+        fp8 = node.meta[KERNEL_META][0] == KERNEL_FP8
+        if fp8:
+            parts = [_fp8_codes_for(s.node, builder, cache, saved) for s in srcs]
+        else:
+            parts = [_codes_for(s.node, builder, cache, saved) for s in srcs]
+        forward = node.target in (qops.qmatmul.default, qops.qmatmul_rq.default)
+        fused_bias = _bias_user(node) if forward else None
         out = node.meta["val"]
         with gm.graph.inserting_before(node):
             bias_arg = fused_bias[1] if fused_bias else None
@@ -261,7 +308,9 @@ def fuse_triton_gemms(
                 encode_views(chain, p[0].meta["val"].ndim) for chain, p in zip(chains, parts, strict=True)
             ]
             args = (*parts[0], *parts[1], bias_arg, *views, list(out.shape), out.dtype)
-            if node.meta[KERNEL_META][0] == KERNEL_CPU:
+            if fp8:
+                fused = builder.call(qops.scaled_fp8_gemm.default, args, node)
+            elif node.meta[KERNEL_META][0] == KERNEL_CPU:
                 fused = builder.call(
                     qops.scaled_int8_gemm_cpu.default, (*args, *node.meta[BOUNDS_META]), node
                 )

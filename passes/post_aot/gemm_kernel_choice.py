@@ -1,5 +1,5 @@
 """Which kernel runs each GEMM of an AOT forward/backward graph: Inductor (float), the Triton int8
-GEMM (CUDA) or the CPU int8 GEMM.
+GEMM (CUDA), the Triton FP8 GEMM (CUDA with FP8 tensor cores) or the CPU int8 GEMM.
 
 `annotate_gemm_kernels` decides, for every GEMM node (``aten.mm``, ``qcompile::qmatmul``), which
 kernel runs it and why, and writes it to ``node.meta["qcompile_kernel"]`` (the plan reads it back
@@ -23,14 +23,20 @@ from torch import fx
 from qcompile.passes.fx_utils import is_smp_draws
 from qcompile.passes.joint.pack_saved import is_dtype_cast
 from qcompile.runtime.kernels.triton_support import triton_available
+from qcompile.runtime.reference.minifloat import element_format
 
 aten = torch.ops.aten
 qops = torch.ops.qcompile
 
 KERNEL_TRITON = "triton-int8"
 KERNEL_CPU = "cpu-int8"
+KERNEL_FP8 = "triton-fp8"
 KERNEL_INDUCTOR = "inductor"
 INT8_KERNELS = (KERNEL_TRITON, KERNEL_CPU)
+#: Every kernel `fuse_triton_gemms` rewrites a GEMM onto (the rest stay Inductor's float GEMMs).
+FUSED_KERNELS = (*INT8_KERNELS, KERNEL_FP8)
+#: FP8 tensor cores (E4M3/E5M2 ``mma``) start at compute capability 8.9 (Ada; Hopper is 9.0).
+FP8_MIN_CAPABILITY = (8, 9)
 # The backend's ``kernels`` option: "auto" runs integer GEMMs where the hardware has them and the
 # GEMM is large enough to gain; "int8" wherever the codes allow (any size: tests, and users who
 # want every qualifying GEMM in integers); "reference" keeps every GEMM a float simulation.
@@ -67,6 +73,7 @@ _SKIP = {qops.mark_layer.default, aten.alias.default}
 # quantizer (`int_quantize_packed`, output 0), and the backward's rebuilds of a packed X̂
 # (`int_dequantize_packed`) or a requantized Ŵ (`int_requantize`).
 _QUANTIZERS = (qops.int_quantize.default, qops.luq_quantize.default)
+FP = "fp"  # OperandCheck.kind of a block-scaled FP operand (``fp_quantize``)
 _REBUILDS = (qops.int_dequantize_packed.default, qops.int_requantize.default)
 # GEMM-class nodes the kernels do not cover yet: they stay Inductor's, and the plan says why.
 _NOT_ROUTED = {
@@ -87,22 +94,49 @@ class OperandCheck:
     # "quantizer" (in this graph), "packed" / "requantized" (rebuilt from saved codes or a clip),
     # "saved" (a forward quantizer's saved float output), "none"
     source: str
-    kind: str = ""  # "int" or "luq"
+    kind: str = ""  # "int", "luq" or "fp"
     bits: int = 0
     stochastic: bool = False
     signed: str = "signed"
     scale_varies_on_contracted_axis: bool = False
     why_not: str = ""  # set when the operand's chain or source cannot be followed
+    element: str = ""  # FP only: "e4m3", "e5m2" or "e2m1"
+    block: str = ""  # FP only: where its scales apply ("row", "tensor", "mx32", "nv16x16", ...)
 
 
-#: Why a GEMM on block-scaled FP operands stays a float GEMM: no CPU has FP4/FP8 dot products.
-FP_SIMULATED = "FP4/FP8 simulated in float32 (no FP4/FP8 GEMM kernel yet)"
+#: Why a GEMM on block-scaled FP operands stays a float GEMM on the CPU: no CPU here has FP4 or
+#: FP8 dot products, so the quantized values go into a float32 GEMM.
+FP_SIMULATED = "FP4/FP8 simulated in float32 (no FP4/FP8 dot products on the CPU)"
+
+
+def fp_simulated(why: str, bits: int = 8) -> str:
+    """The plan's reason for an FP4/FP8 GEMM left to Inductor on a GPU: simulated, and why."""
+    return f"FP{bits} simulated in float32 ({why})"
+
+
+def fp_operand_problem(op: OperandCheck, name: str) -> str:
+    """Why this block-scaled FP operand cannot feed the FP8 kernel ('' when it can). The format's
+    own reasons name no operand: both operands of a site share them, so its three GEMMs give
+    one reason."""
+    if op.bits != 8:
+        return fp_simulated("no FP4 GEMM kernel yet", op.bits)
+    if op.block not in ("row", "tensor"):
+        return fp_simulated(f"block scales vary along the contraction ({op.block})")
+    if op.source == "saved" and op.stochastic:
+        return fp_simulated(
+            f"{name} saved by the forward with stochastic rounding: its codes cannot be re-coded"
+        )
+    if op.why_not:
+        return fp_simulated(f"{name}: {op.why_not}")
+    if op.scale_varies_on_contracted_axis:
+        return fp_simulated(f"{name}: its scale varies along the contracted axis")
+    return ""
 
 
 def operand_problem(op: OperandCheck, name: str) -> str:
     """Why this operand cannot feed the int8 kernel ('' when it can)."""
-    if op.why_not == FP_SIMULATED:  # the same words as the forward GEMM's, whichever operand
-        return FP_SIMULATED
+    if op.kind == FP:
+        return fp_simulated("no int8 codes")
     if op.why_not:
         return f"{name}: {op.why_not}"
     if op.source == "none":
@@ -147,6 +181,48 @@ def _cpu_choice(dtype, m, n, k, a: OperandCheck, b: OperandCheck, kernels: str) 
     return KERNEL_CPU, ""
 
 
+def device_capability(device: torch.device | str) -> tuple[int, int] | None:
+    """The CUDA compute capability of ``device``; None for other devices, or without a GPU
+    (a graph traced for CUDA on a machine without one)."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_capability(device)
+
+
+def _fp8_choice(
+    device, dtype, m, n, k, a: OperandCheck, b: OperandCheck, triton_ok, kernels, capability
+) -> tuple[str, str]:
+    """`choose_gemm_kernel` for a GEMM with a block-scaled FP operand: ``triton-fp8`` or why not."""
+    device_type = torch.device(device).type
+    if device_type not in FUSE_ON_DEVICES:
+        return KERNEL_INDUCTOR, FP_SIMULATED if device_type == "cpu" else f"tensors on {device_type}"
+    if kernels == "reference":
+        return KERNEL_INDUCTOR, "kernels='reference'"
+    for op, name in ((a, "A"), (b, "B")):
+        if op.kind != FP:
+            problem = operand_problem(op, name) or f"{name} is {op.kind}{op.bits}, the other operand FP"
+            return KERNEL_INDUCTOR, problem
+    for op, name in ((a, "A"), (b, "B")):
+        problem = fp_operand_problem(op, name)
+        if problem:
+            return KERNEL_INDUCTOR, problem
+    capability = device_capability(device) if capability is None else capability
+    if capability is None or tuple(capability) < FP8_MIN_CAPABILITY:
+        found = "no CUDA device" if capability is None else "found {}.{}".format(*capability)
+        return KERNEL_INDUCTOR, fp_simulated(f"FP8 tensor cores need compute capability 8.9, {found}")
+    triton_ok = triton_available() if triton_ok is None else triton_ok
+    if not triton_ok:
+        return KERNEL_INDUCTOR, "triton not installed"
+    if dtype not in _FLOAT_DTYPES:
+        return KERNEL_INDUCTOR, f"output dtype {dtype}"
+    if not all(isinstance(d, int) for d in (m, n, k)):
+        return KERNEL_INDUCTOR, "dynamic shape"
+    if min(m, n, k) < MIN_DIM:
+        return KERNEL_INDUCTOR, f"a GEMM dim below {MIN_DIM} ({m}x{k}x{n})"
+    return KERNEL_FP8, ""
+
+
 def choose_gemm_kernel(
     device: torch.device | str,
     dtype: torch.dtype,
@@ -157,18 +233,26 @@ def choose_gemm_kernel(
     b: OperandCheck,
     triton_ok: bool | None = None,
     kernels: str = "auto",
+    capability: tuple[int, int] | None = None,
 ) -> tuple[str, str]:
     """(kernel, reason) for a GEMM ``[M,K]·[K,N]``, on every device:
 
     * ``triton-int8`` on CUDA with Triton: a float output, static shapes of at least 16 along
       every axis, both operands quantized with codes that fit int8 and scales that factor out of
       the contraction;
+    * ``triton-fp8`` on CUDA with FP8 tensor cores (compute capability 8.9 or more; ``capability``
+      overrides the device's, for tests) under the same rules, both operands FP8 (E4M3 or E5M2,
+      either) with one scale per row or per tensor along the contraction (MX and NVFP4 blocks
+      put scales inside the sum);
     * ``cpu-int8`` on a CPU with an integer kernel (`cpu_int8_kernel`), under the same operand
       rules, when ``kernels`` is ``"int8"``, or ``"auto"`` and the GEMM is large enough to gain;
-    * else ``inductor`` (the float simulation), with the reason.
+    * else ``inductor`` (the float simulation), with the reason. FP4/FP8 operands on the CPU are
+      always that: `FP_SIMULATED`.
     """
     if kernels not in KERNEL_MODES:
         raise ValueError(f"kernels={kernels!r}; valid choices: {KERNEL_MODES}")
+    if FP in (a.kind, b.kind):
+        return _fp8_choice(device, dtype, m, n, k, a, b, triton_ok, kernels, capability)
     device_type = torch.device(device).type
     if device_type not in FUSE_ON_DEVICES:
         if device_type == "cpu":
@@ -208,8 +292,9 @@ class Source:
 
 @dataclass(frozen=True)
 class SavedQuantized:
-    """A forward output that is an INT quantizer's value seen through views: enough to re-code it
-    in the backward graph. ``reduce_dims`` are in the output's own shape (None: not expressible)."""
+    """A forward output that is an INT or FP8 quantizer's value seen through views: enough to
+    re-code it in the backward graph. ``reduce_dims`` are in the output's own shape (None: not
+    expressible)."""
 
     kind: str
     bits: int
@@ -217,6 +302,32 @@ class SavedQuantized:
     stochastic: bool
     reduce_dims: tuple[int, ...] | None
     cast: bool = False  # saved after a dtype cast (autocast): re-coded with the cast clip
+    element: str = ""  # FP only, as in `OperandCheck`
+    block: str = ""
+
+
+#: Saved copies of FP8 values that re-code exactly (`saved_fp8_grouping`): float16 could underflow.
+FP8_SAVED_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def saved_fp8_grouping(info: SavedQuantized, shape: Sequence[int]) -> tuple[list[int], int] | None:
+    """``(block, axis)`` that re-quantizes a saved FP8 operand (row or tensor scales) of ``shape``
+    into its own codes: ``fp8_quantize_codes(x̂, element, block, axis, False)``. None when its
+    scale groups are not one axis.
+
+    Exact for a round-to-nearest quantizer: each group's largest element was coded ``±max_value``
+    (``amax / (amax / max_value)`` rounds to the top of the grid), so ``max|x̂| / max_value`` is
+    the scale up to the saved copy's rounding (float32: an ulp or two; bf16: 2^-8), and
+    ``x̂ / scale`` is each code within far less than half of FP8's grid spacing (2^-5 of the value
+    at least): the same codes, scaled by that near-equal scale, as `recover_codes` does for INT."""
+    if info.reduce_dims is None:
+        return None
+    wide = [d for d in info.reduce_dims if shape[d] > 1]
+    if len(info.reduce_dims) == len(shape) or not wide:
+        return [], -1  # one group: per tensor
+    if len(wide) != 1:
+        return None
+    return [0], wide[0]
 
 
 def _static_shape(node: fx.Node) -> tuple[int, ...] | None:
@@ -236,12 +347,24 @@ def _view_arg(node: fx.Node, name: str):
     return None
 
 
+#: Why a `qmatmul_rq` on INT operands (a Hadamard transform in front of INT quantizers) stays a
+#: float GEMM.
+REQUANT_NOT_ROUTED = "requantizing GEMM (Hadamard transform) not routed to int8"
+
+
+def _is_fp_source(src: Source) -> bool:
+    return src.node is not None and src.node.target is qops.fp_quantize.default
+
+
 def _requant_gemm_reason(node: fx.Node) -> str:
-    """Why a `qmatmul_rq` (block formats, Hadamard) runs as Inductor's float GEMM."""
+    """Why a batched `qmatmul_rq` (attention in a block format, or after a Hadamard) runs as
+    Inductor's float GEMM."""
     for operand in node.args[:2]:
-        if isinstance(operand, fx.Node) and find_source(operand).why_not == FP_SIMULATED:
-            return FP_SIMULATED
-    return "requantizing GEMM (Hadamard transform) not routed to int8"
+        if isinstance(operand, fx.Node) and _is_fp_source(find_source(operand)):
+            out = node.meta.get("val")
+            on_cpu = not isinstance(out, torch.Tensor) or out.device.type == "cpu"
+            return FP_SIMULATED if on_cpu else fp_simulated("batched GEMM not routed")
+    return REQUANT_NOT_ROUTED
 
 
 def find_source(node: fx.Node) -> Source:
@@ -256,7 +379,7 @@ def find_source(node: fx.Node) -> Source:
         if node.target in _QUANTIZERS or node.target in _REBUILDS:
             return Source(node, chain[::-1], cast=cast)
         if node.target is qops.fp_quantize.default:
-            return Source(None, why_not=FP_SIMULATED)
+            return Source(node, chain[::-1], cast=cast)
         if node.target is operator.getitem and _is_packed_quantizer(node.args[0]) and node.args[1] == 0:
             return Source(node.args[0], chain[::-1], cast=cast)
         if node.target in _SKIP or _is_relayout(node):
@@ -368,9 +491,24 @@ def _regroup(old: list[int], flags: list[str], new: list[int]) -> list[str] | No
     return out
 
 
+def fp_block_label(block: Sequence[int], scaling: str) -> str:
+    """Where an ``fp_quantize``'s scales apply, as the plan writes it: ``tensor``, ``row``,
+    or the block (``mx32``, ``nv16x16``)."""
+    block = list(block)
+    if not block:
+        return "tensor"
+    return "row" if block == [0] else scaling + "x".join(str(b) for b in block)
+
+
 def quantizer_facts(q: fx.Node) -> tuple[str, int, str, bool, list[int]]:
     """(kind, bits, signed, stochastic, reduce_dims) of a quantizer node, or of a node rebuilding
-    a quantizer's value from what the forward saved (its codes are exact: not stochastic)."""
+    a quantizer's value from what the forward saved (its codes are exact: not stochastic).
+    An ``fp_quantize`` with one scale per row along ``axis`` reduces that axis; per tensor, and
+    blocks (whose scales vary along ``axis``: `fp_block_label` says so), give ``[]``."""
+    if q.target is qops.fp_quantize.default:
+        x, element, _, block, axis, stochastic, _ = q.args
+        dims = [axis % x.meta["val"].ndim] if list(block) == [0] else []
+        return FP, element_format(element).bits, "signed", stochastic, dims
     if q.target is qops.luq_quantize.default:
         _, bits, dims, _, _ = q.args
         return "luq", bits, "signed", True, list(dims)
@@ -429,8 +567,14 @@ def saved_quantized_outputs(gm: fx.GraphModule) -> dict[str, SavedQuantized]:
             reduce_dims = tuple(d for d, f in enumerate(tracked[1]) if f == "reduced")
             if len(reduce_dims) == len(tracked[1]):
                 reduce_dims = ()
-        out[node.name] = SavedQuantized(kind, bits, signed, stochastic, reduce_dims, src.cast)
+        fp = _fp_facts(src.node) if kind == FP else {}
+        out[node.name] = SavedQuantized(kind, bits, signed, stochastic, reduce_dims, src.cast, **fp)
     return out
+
+
+def _fp_facts(q: fx.Node) -> dict[str, str]:
+    """``element`` and ``block`` of an ``fp_quantize`` node, as `OperandCheck` takes them."""
+    return {"element": q.args[1], "block": fp_block_label(q.args[3], q.args[2])}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -456,7 +600,7 @@ def gemm_operands(node: fx.Node) -> GemmOperands | None:
         a, b = node.args[0], node.args[1]
         sa, sb = a.meta["val"].shape, b.meta["val"].shape
         return GemmOperands(a, b, [], sa[0], sb[1], sa[1])
-    if node.target is qops.qmatmul.default:
+    if node.target in (qops.qmatmul.default, qops.qmatmul_rq.default):
         a, b = node.args[0], node.args[1]
         va, vb = a.meta["val"], b.meta["val"]
         if vb.ndim != 2 or va.ndim < 2:
@@ -477,8 +621,10 @@ def _check(src: Source, extra, axis: int, saved: dict[str, SavedQuantized]) -> O
         info = saved.get(src.node.name)
         if info is None:
             return OperandCheck("none")
+        fp = {"element": info.element, "block": info.block} if info.kind == FP else {}
         if info.reduce_dims is None:
-            return OperandCheck("saved", info.kind, info.bits, why_not="saved operand's scale groups unknown")
+            why = "saved operand's scale groups unknown"
+            return OperandCheck("saved", info.kind, info.bits, info.stochastic, why_not=why, **fp)
         kind, bits, signed, stochastic, dims = (
             info.kind,
             info.bits,
@@ -488,17 +634,26 @@ def _check(src: Source, extra, axis: int, saved: dict[str, SavedQuantized]) -> O
         )
         shape = _static_shape(src.node)
         source = "saved"
+        if kind == FP and shape is not None:
+            dtype = src.node.meta["val"].dtype
+            if dtype not in FP8_SAVED_DTYPES:
+                why = f"saved as {dtype}, which may not hold its FP8 values"
+                return OperandCheck(source, kind, bits, stochastic, why_not=why, **fp)
+            if saved_fp8_grouping(info, shape) is None:
+                why = "saved operand's scales span more than one axis"
+                return OperandCheck(source, kind, bits, stochastic, why_not=why, **fp)
     else:
         kind, bits, signed, stochastic, dims = quantizer_facts(src.node)
         shape = value_shape(src.node)
         source = _source_kind(src.node)
+        fp = _fp_facts(src.node) if kind == FP else {}
     if shape is None:
-        return OperandCheck(source, kind, bits, why_not="dynamic shape")
+        return OperandCheck(source, kind, bits, why_not="dynamic shape", **fp)
     tracked = track_kept_dims(shape, _kept_flags(shape, dims), chain)
     if tracked is None or len(tracked[0]) != 2:
-        return OperandCheck(source, kind, bits, why_not="views could not be followed")
+        return OperandCheck(source, kind, bits, why_not="views could not be followed", **fp)
     varies = tracked[1][axis] != "reduced"
-    return OperandCheck(source, kind, bits, stochastic, signed, varies)
+    return OperandCheck(source, kind, bits, stochastic, signed, varies, **fp)
 
 
 def annotate_gemm_kernels(
@@ -536,7 +691,10 @@ def annotate_gemm_kernels(
             continue
         device = out.device if isinstance(out, torch.Tensor) else "cpu"
         dtype = out.dtype if isinstance(out, torch.Tensor) else torch.float32
-        decision = choose_gemm_kernel(device, dtype, ops.m, ops.n, ops.k, a, b, triton_ok, kernels)
+        if node.target is qops.qmatmul_rq.default and FP not in (a.kind, b.kind):
+            decision = (KERNEL_INDUCTOR, REQUANT_NOT_ROUTED)
+        else:
+            decision = choose_gemm_kernel(device, dtype, ops.m, ops.n, ops.k, a, b, triton_ok, kernels)
         node.meta[KERNEL_META] = decisions[node.name] = decision
         if decision[0] == KERNEL_CPU:
             node.meta[BOUNDS_META] = (code_bound(a), code_bound(b))
@@ -544,14 +702,15 @@ def annotate_gemm_kernels(
 
 
 def demote_triton_gemms(gm: fx.GraphModule, reason: str) -> None:
-    """Send every GEMM annotated with an int8 kernel back to Inductor, saying why (a failed rewrite)."""
+    """Send every GEMM annotated with an int8 or FP8 kernel back to Inductor, saying why (a failed
+    rewrite)."""
     for node in gm.graph.nodes:
-        if node.meta.get(KERNEL_META, ("",))[0] in INT8_KERNELS:
+        if node.meta.get(KERNEL_META, ("",))[0] in FUSED_KERNELS:
             node.meta[KERNEL_META] = (KERNEL_INDUCTOR, reason)
 
 
 def kernel_label(decision: tuple[str, str] | None) -> str:
-    """``triton-int8``, ``cpu-int8`` or ``inductor (reason)`` for the plan."""
+    """``triton-int8``, ``triton-fp8``, ``cpu-int8`` or ``inductor (reason)`` for the plan."""
     if decision is None:
         return KERNEL_INDUCTOR
     kernel, reason = decision

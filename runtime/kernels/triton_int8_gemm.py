@@ -47,7 +47,9 @@ def int8_mm_reference(
 
 if triton is not None:
 
-    def _gpu_configs():
+    def gemm_autotune_configs() -> list:
+        """The GEMMs' autotuning list (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps), checked for
+        spills and shared memory on sm_90 by `benchmarks/gpu_compile_report.py`."""
         cfg = []
         for bm, bn, bk, stages, warps in [
             (128, 256, 128, 3, 8), (256, 128, 128, 3, 8), (128, 128, 128, 4, 8), (128, 128, 64, 4, 4),
@@ -106,7 +108,7 @@ if triton is not None:
 
     # Strides in the key: the forward, dgrad and wgrad layouts of one shape tune separately.
     _int8_mm_autotuned = triton.autotune(
-        configs=_gpu_configs(), key=["M", "N", "K", "s_am", "s_ak", "s_bk", "s_bn", "HAS_BIAS"]
+        configs=gemm_autotune_configs(), key=["M", "N", "K", "s_am", "s_ak", "s_bk", "s_bn", "HAS_BIAS"]
     )(_int8_mm_kernel)
 
 

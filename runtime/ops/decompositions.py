@@ -13,12 +13,13 @@ import torch
 from qcompile.runtime.kernels import cpu_int8_gemm
 from qcompile.runtime.ops import (  # noqa: F401  (registers the codes ops this maps)
     block_formats,
+    fp8_codes,
     gemm_codes,
     requant_matmul_op,  # noqa: F401  (registers qmatmul_rq)
 )
 from qcompile.runtime.ops import qconv_op as quantized_conv
 from qcompile.runtime.ops import qmatmul_op as quantized_matmul
-from qcompile.runtime.reference.block_scaled import block_quantize_reference
+from qcompile.runtime.reference.block_scaled import block_quantize_reference, fp8_codes_reference
 from qcompile.runtime.reference.codes import (
     LUQ,
     dequantize_codes_reference,
@@ -68,6 +69,13 @@ def _fp_quantize(x, element, scaling, block, axis, stochastic, tag):
     return block_quantize_reference(x, element, scaling, block, axis, stochastic, noise=noise)
 
 
+def _fp8_quantize_codes(x, element, block, axis, stochastic):
+    # The draws of `_fp_quantize` (same seed order, same hash of the same element index): the
+    # FP8 GEMM path quantizes to the very values the simulated path would.
+    noise = hash_uniform(x, draw_seed(x.device)) if stochastic else None
+    return fp8_codes_reference(x, element, block, axis, stochastic, noise=noise)
+
+
 def _hadamard(x, signs, axis, block, inverse, tag):
     return hadamard_reference(x, axis, block, signs, inverse=inverse)
 
@@ -111,6 +119,10 @@ QUANTIZER_DECOMPOSITIONS = {
     ops.qmatmul.default: quantized_matmul.matmul_forward,
     ops.qmatmul_rq.default: _qmatmul_rq,
     ops.fp_quantize.default: _fp_quantize,
+    # The FP8 GEMM path's quantizer and its value for other readers, on every device: Inductor
+    # writes the codes in its own loops (CUDA too); only `scaled_fp8_gemm` stays a call.
+    ops.fp8_quantize_codes.default: _fp8_quantize_codes,
+    ops.fp8_dequantize_codes.default: fp8_codes.fp8_dequantize_reference,
     ops.hadamard.default: _hadamard,
     ops.hadamard_signs.default: block_formats.signs_decomposition,
     ops.qconv.default: quantized_conv.conv_forward,

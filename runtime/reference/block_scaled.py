@@ -99,6 +99,52 @@ def block_quantize_reference(
     return _from_blocks(q, block, axis, x.shape).to(x.dtype)
 
 
+#: torch dtypes of the FP8 elements, for formats whose codes a GEMM reads directly (`fp8_codes_reference`).
+FP8_DTYPES = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
+
+
+def fp8_codes_reference(
+    x: torch.Tensor,
+    element: str,
+    block: Sequence[int],
+    axis: int = -1,
+    stochastic: bool = False,
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`block_quantize_reference` with ``"max"`` scaling per tensor (``block=[]``) or per row
+    (``[0]``), split into what an FP8 GEMM reads: ``(codes, scale)``.
+
+    ``codes`` is ``x``'s shape in ``torch.float8_e4m3fn`` / ``float8_e5m2``, ``scale`` the FP32
+    ``amax / max_value`` in keepdim shape (1 along ``axis`` for rows, all 1 per tensor). Then
+    ``(codes.float() * scale).to(x.dtype)`` equals `block_quantize_reference`'s output bit for
+    bit, with the same ``noise``: the same float operations in the same order, and the element
+    grid values (the rounding's output) are exactly FP8 values, so the cast to FP8 loses nothing.
+    A non-finite row gives NaN codes, so the GEMM's rows come out NaN as the simulation's do.
+    Only these two scalings keep the scale constant along ``axis`` (the GEMM's contraction):
+    the scale can then move to the GEMM's epilogue, which MX and NVFP4 blocks do not allow."""
+    if element not in FP8_DTYPES:
+        raise ValueError(f"FP8 codes are e4m3 or e5m2 elements, not {element!r}")
+    block = _check_block(block, x.ndim)
+    if block not in ([], [0]):
+        raise ValueError(f"FP8 codes take one scale per tensor ([]) or per row ([0]), not block {block}")
+    if noise is not None and (not stochastic or noise.shape != x.shape):
+        raise ValueError("noise is stochastic rounding's uniforms: pass stochastic=True and x's shape")
+    fmt = element_format(element)
+    xf = x.float()
+    group = [1 if not block or d == axis % x.ndim else s for d, s in enumerate(x.shape)]
+    if x.numel() == 0:
+        return torch.empty(x.shape, dtype=FP8_DTYPES[element], device=x.device), xf.new_ones(group)
+    u = (torch.rand_like(xf) if noise is None else noise.float()) if stochastic else None
+    if block and x.ndim:
+        amax = xf.abs().amax(dim=axis, keepdim=True)
+    else:
+        amax = xf.abs().amax().reshape(group)
+    safe = torch.where(amax > 0, amax / fmt.max_value, 1.0)
+    q = round_to_element(xf / safe, element, u)
+    q = torch.where(amax < float("inf"), q, float("nan"))
+    return q.to(FP8_DTYPES[element]), safe
+
+
 def block_scale_bits(
     element: str, scaling: str, block: Sequence[int], shape: Sequence[int], axis: int = -1
 ) -> float:

@@ -68,7 +68,16 @@ def operand_2d(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(2-D codes, scale vector along ``axis``) of one GEMM operand: the codes through the
     graph's views, and ``clip/top`` broadcast to the operand and read along the free axis."""
+    return scaled_operand_2d(codes, clip / top, views, axis)
+
+
+def scaled_operand_2d(
+    codes: torch.Tensor, scale: torch.Tensor, views: Sequence[int], axis: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`operand_2d` for codes whose value is ``codes · scale`` (FP8 codes and their FP32 scale):
+    ``scale`` (keepdim shape) is broadcast to the codes, taken through the same views and read
+    along the free axis (``axis`` 0: one per row of ``[M, K]``; 1: one per column of ``[K, N]``)."""
     a = replay_views(codes, views)
-    scale = replay_views((clip / top).expand(codes.shape), views)
-    vec = scale[:, 0] if axis == 0 else scale[0, :]
+    full = replay_views(scale.expand(codes.shape), views)
+    vec = full[:, 0] if axis == 0 else full[0, :]
     return a, vec

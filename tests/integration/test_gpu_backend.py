@@ -75,3 +75,28 @@ def test_default_policy_trains_with_the_kernels():
     losses = train_steps(cm, opt, x, x[:, :32] * 0.5, 30, torch.nn.functional.mse_loss)
     assert all(k == TRITON for k in qcompile.plan(cm).row("2").kernels().values())
     assert losses[-1] < 0.25 * losses[0], losses
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_fp8_rowwise_step_runs_the_fp8_kernel_and_matches_the_inductor_step(autocast, monkeypatch):
+    """``fp8-rowwise`` on a GPU with FP8 tensor cores: the hidden layers' three GEMMs run the Triton
+    FP8 kernel (FP8 codes and FP32 row scales), and the step equals the simulated one (the same
+    codes in Inductor's float GEMM) up to float rounding of the sums and scales."""
+    if torch.cuda.get_device_capability() < choice.FP8_MIN_CAPABILITY:
+        pytest.skip("needs FP8 tensor cores (compute capability 8.9)")
+    policy = qcompile.preset("fp8-rowwise")
+    x = torch.randn(4, 32, 64, device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+    fused_model = _mlp()
+    plain_model = copy.deepcopy(fused_model)
+    out_f, grads_f, plan_f = _step(fused_model, policy, x, autocast)
+    monkeypatch.setattr(choice, "FUSE_ON_DEVICES", ())
+    torch._dynamo.reset()
+    out_p, grads_p, plan_p = _step(plain_model, policy, x, autocast)
+    fp8 = choice.KERNEL_FP8
+    for layer in ("2", "4"):
+        assert plan_f.row(layer).kernels() == {"forward": fp8, "dgrad": fp8, "wgrad": fp8}
+        assert plan_p.row(layer).kernels()["forward"].startswith("inductor")
+    tol = 0.05 if autocast else 1e-3
+    assert (out_f - out_p).norm() <= tol * out_p.norm()
+    for gf, gp in zip(grads_f, grads_p, strict=True):
+        assert (gf - gp).norm() <= tol * gp.norm()

@@ -19,6 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 KERNELS = {
     "_int8_mm_kernel",
+    "_fp8_mm_kernel",
     "_packed_mm_kernel",
     "_pack_kernel",
     "_int_quantize_kernel",
@@ -26,6 +27,7 @@ KERNELS = {
     "_group_stats_kernel",
 }
 GEMM_LAYOUTS = {"forward X·Wᵀ + bias", "forward X·Wᵀ", "dgrad dY·W", "wgrad dYᵀ·X"}
+FP8_LAYOUTS = {"fp8 forward X·Wᵀ + bias", "fp8 dgrad dY·W", "fp8 wgrad dYᵀ·X"}
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +85,17 @@ def test_the_forward_gemm_is_software_pipelined(sm90):
         c = dict(kv.split("=") for kv in k["constants"].split(","))
         stage = int(c["BLOCK_K"]) * (int(c["BLOCK_M"]) + int(c["BLOCK_N"]))  # int8 A and B tiles
         assert k["shared_bytes"] >= 2 * stage, k
+
+
+def test_the_fp8_gemm_builds_in_every_layout_on_tensor_cores(sm90):
+    """Every layout and tile of the FP8 GEMM's autotuning list builds without spills (checked
+    above for every kernel) on tensor cores. With its default exact FP32 accumulation
+    (``max_num_imprecise_acc=0``) Triton 3.9 builds it as FP16 MMAs (``HMMA``) on the FP8 values
+    widened in registers, not as FP8 warpgroup MMAs (``QGMMA``), which it emits only when partial
+    sums may stay in the tensor cores' reduced-precision accumulator (docs/kernels.md)."""
+    gemms = [k for k in sm90 if k["name"] == "_fp8_mm_kernel"]
+    assert {k["call"] for k in gemms} == FP8_LAYOUTS
+    for layout in FP8_LAYOUTS:
+        configs = [k for k in gemms if k["call"] == layout]
+        assert len(configs) == 5, configs  # the int8 list less the tiles that spill here
+        assert all(k["tensor_core"] and k["mma_ops"] for k in configs), configs
