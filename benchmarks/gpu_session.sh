@@ -7,7 +7,7 @@
 # qcompile is installed from this tree without its dependencies. Then, each step with its own time
 # limit so a hang cannot eat the others' time:
 #   1. the Triton kernel tests compiled on the GPU (QCOMPILE_TEST_DEVICE=cuda) and the CUDA backend
-#      tests (tests/test_gpu_backend.py);
+#      tests (tests/integration/test_gpu_backend.py);
 #   2. benchmarks/gpu_kernels.py: the int8 peak, GEMMs at 2048³-8192³, the quantizer kernels and
 #      the GPT-2-small block step (BF16 torch.compile, the default fqt, attention kept in SDPA);
 #      it writes its JSON after each section, so a cut-short run keeps what it measured.
@@ -29,7 +29,7 @@ $PY -m pip install -q --no-deps --no-build-isolation -e . > "$OUT/install.log" 2
     || { echo "install failed:"; tail -n 20 "$OUT/install.log"; }
 
 QCOMPILE_TEST_DEVICE=cuda timeout 150 $PY -m pytest -q -p no:cacheprovider \
-    tests/test_triton_kernels.py tests/test_gpu_backend.py > "$OUT/tests.log" 2>&1
+    tests/unit/test_triton_kernels.py tests/unit/test_triton_fp8_gemm.py tests/integration/test_gpu_backend.py > "$OUT/tests.log" 2>&1
 echo "== tests: exit $?"
 tail -n 30 "$OUT/tests.log"
 
