@@ -32,7 +32,7 @@ from qcompile.passes.pipeline import (
     GraphInCompile,
     run_post_aot,
 )
-from qcompile.passes.post_aot.eager_views import views_to_reshapes
+from qcompile.passes.post_aot.eager_views import run_eagerly
 from qcompile.policy.config import PolicyError
 from qcompile.policy.files import resolve_policy
 from qcompile.report.shortfalls import report_shortfalls
@@ -83,7 +83,7 @@ def _inner_compile(
     if graph_hooks.read_only():  # export / planning: the graphs are what is wanted; run
         from torch._functorch.aot_autograd import make_boxed_func  # them eagerly, skip Inductor
 
-        return make_boxed_func(views_to_reshapes(gm).forward)
+        return make_boxed_func(run_eagerly(gm))
     compiled = compile_fx_inner(gm, example_inputs, **kwargs)
     if kind != "forward":  # the record is complete: keep it for AOTAutograd cache hits
         plan_store.save(store_key, record)

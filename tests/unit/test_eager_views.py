@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import fx
 
-from qcompile.passes.post_aot.eager_views import views_to_reshapes
+from qcompile.passes.post_aot.eager_views import run_eagerly, view_or_reshape, views_to_reshapes
 
 ATEN = torch.ops.aten
 
@@ -32,8 +32,14 @@ def test_a_view_of_a_permuted_value_runs_after_the_pass_with_the_same_values():
         gm(x, w)
     assert views_to_reshapes(gm) is gm
     targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
-    assert ATEN.view.default not in targets and ATEN.reshape.default in targets
+    assert ATEN.view.default not in targets and view_or_reshape in targets
     torch.testing.assert_close(gm(x, w), x.T.reshape(3, 8) @ w, rtol=0, atol=0)
+
+
+def test_a_view_that_works_stays_a_view():
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    out = view_or_reshape(x, [2, 12])
+    assert out.data_ptr() == x.data_ptr() and out._base is x
 
 
 def test_a_graph_without_views_is_left_as_it_is():
@@ -43,3 +49,18 @@ def test_a_graph_without_views_is_left_as_it_is():
     gm = fx.GraphModule(torch.nn.Module(), g)
     code = gm.code
     assert views_to_reshapes(gm).code == code
+
+
+def test_run_eagerly_rewrites_only_a_graph_whose_view_failed():
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(4, 6, generator=gen), torch.randn(8, 3, generator=gen)
+    gm = _graph()
+    code = gm.code
+    run = run_eagerly(gm)
+    torch.testing.assert_close(run(x, w), x.T.reshape(3, 8) @ w, rtol=0, atol=0)
+    assert gm.code != code  # rewritten after the failed view
+    fine = _graph()
+    fine_code = fine.code
+    xt = torch.randn(6, 4, generator=gen).T  # laid out so that its transpose views as [3, 8]
+    torch.testing.assert_close(run_eagerly(fine)(xt, w), xt.T.reshape(3, 8) @ w, rtol=0, atol=0)
+    assert fine.code == fine_code  # a graph that ran is left as it was
