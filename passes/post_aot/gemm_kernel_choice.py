@@ -190,6 +190,21 @@ def device_capability(device: torch.device | str) -> tuple[int, int] | None:
     return torch.cuda.get_device_capability(device)
 
 
+def _triton_gemm_problem(dtype, m, n, k, triton_ok: bool | None) -> str:
+    """Why a Triton GEMM kernel (int8 or FP8) cannot take this GEMM ('' when it can): Triton
+    missing, a non-float output, dynamic shapes, or a dim below the kernels' smallest tile."""
+    triton_ok = triton_available() if triton_ok is None else triton_ok
+    if not triton_ok:
+        return "triton not installed"
+    if dtype not in _FLOAT_DTYPES:
+        return f"output dtype {dtype}"
+    if not all(isinstance(d, int) for d in (m, n, k)):
+        return "dynamic shape"
+    if min(m, n, k) < MIN_DIM:
+        return f"a GEMM dim below {MIN_DIM} ({m}x{k}x{n})"
+    return ""
+
+
 def _fp8_choice(
     device, dtype, m, n, k, a: OperandCheck, b: OperandCheck, triton_ok, kernels, capability
 ) -> tuple[str, str]:
@@ -211,15 +226,9 @@ def _fp8_choice(
     if capability is None or tuple(capability) < FP8_MIN_CAPABILITY:
         found = "no CUDA device" if capability is None else "found {}.{}".format(*capability)
         return KERNEL_INDUCTOR, fp_simulated(f"FP8 tensor cores need compute capability 8.9, {found}")
-    triton_ok = triton_available() if triton_ok is None else triton_ok
-    if not triton_ok:
-        return KERNEL_INDUCTOR, "triton not installed"
-    if dtype not in _FLOAT_DTYPES:
-        return KERNEL_INDUCTOR, f"output dtype {dtype}"
-    if not all(isinstance(d, int) for d in (m, n, k)):
-        return KERNEL_INDUCTOR, "dynamic shape"
-    if min(m, n, k) < MIN_DIM:
-        return KERNEL_INDUCTOR, f"a GEMM dim below {MIN_DIM} ({m}x{k}x{n})"
+    problem = _triton_gemm_problem(dtype, m, n, k, triton_ok)
+    if problem:
+        return KERNEL_INDUCTOR, problem
     return KERNEL_FP8, ""
 
 
@@ -260,15 +269,9 @@ def choose_gemm_kernel(
         return KERNEL_INDUCTOR, f"tensors on {device_type}"
     if kernels == "reference":
         return KERNEL_INDUCTOR, "kernels='reference'"
-    triton_ok = triton_available() if triton_ok is None else triton_ok
-    if not triton_ok:
-        return KERNEL_INDUCTOR, "triton not installed"
-    if dtype not in _FLOAT_DTYPES:
-        return KERNEL_INDUCTOR, f"output dtype {dtype}"
-    if not all(isinstance(d, int) for d in (m, n, k)):
-        return KERNEL_INDUCTOR, "dynamic shape"
-    if min(m, n, k) < MIN_DIM:
-        return KERNEL_INDUCTOR, f"a GEMM dim below {MIN_DIM} ({m}x{k}x{n})"
+    problem = _triton_gemm_problem(dtype, m, n, k, triton_ok)
+    if problem:
+        return KERNEL_INDUCTOR, problem
     for op, name in ((a, "A"), (b, "B")):
         problem = operand_problem(op, name)
         if problem:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from qcompile.runtime.kernels import triton_support
-from qcompile.runtime.kernels.triton_int8_gemm import gemm_autotune_configs, vector_of
+from qcompile.runtime.kernels.triton_int8_gemm import gemm_autotune_configs, prepare_scaled_gemm, vector_of
 
 try:
     import triton
@@ -141,38 +141,25 @@ def fp8_mm(
     BLOCK_K, 64; None: Triton's default, which on sm_90 never moves them)."""
     if a.dtype not in FP8_DTYPES or b.dtype not in FP8_DTYPES:
         raise TypeError(f"fp8_mm takes float8_e4m3fn / float8_e5m2 codes, got {a.dtype} and {b.dtype}")
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
-        raise ValueError(f"fp8_mm: shapes {tuple(a.shape)} and {tuple(b.shape)} do not multiply")
-    if (row_scale is None) != (col_scale is None) or (bias is not None and row_scale is None):
-        raise ValueError("fp8_mm: give both scales (and a bias only with scales), or none")
-    m, k = a.shape
-    n = b.shape[1]
-    has_scales = row_scale is not None
-    dtype = out_dtype if has_scales else torch.float32
-    c = torch.empty((m, n), device=a.device, dtype=dtype) if out is None else out
-    if m == 0 or n == 0:
-        return c
-    if k == 0:
-        return c.copy_(fp8_mm_reference(a, b, row_scale, col_scale, bias, dtype))
-    rs, cs = vector_of(row_scale, m), vector_of(col_scale, n)
-    bias_v = bias.reshape(n).contiguous() if bias is not None else None
-    dummy = c
-    args = (
-        a, b, c, rs if has_scales else dummy, cs if has_scales else dummy, bias_v if bias_v is not None else dummy,
-        m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
-    )  # fmt: skip
+    launch = prepare_scaled_gemm(
+        "fp8_mm", a, b, row_scale, col_scale, bias, out_dtype, out, torch.float32, fp8_mm_reference
+    )
+    if launch.args is None:
+        return launch.c
+    m, n = launch.c.shape
+    flags = {
+        "HAS_SCALES": launch.has_scales,
+        "HAS_BIAS": bias is not None,
+        "IMPRECISE_ACC": max_num_imprecise_acc,
+    }
     if not triton_support.gpu_tiles(a.device):
         bm, bn, bk = 16, 16, 32
         grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
-        _fp8_mm_kernel[grid](*args, HAS_SCALES=has_scales, HAS_BIAS=bias is not None,
-                             IMPRECISE_ACC=max_num_imprecise_acc, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-                             GROUP_M=4)  # fmt: skip
+        _fp8_mm_kernel[grid](*launch.args, **flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=4)
     else:
 
         def grid(meta):
             return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
 
-        _fp8_mm_autotuned[grid](
-            *args, HAS_SCALES=has_scales, HAS_BIAS=bias is not None, IMPRECISE_ACC=max_num_imprecise_acc
-        )
-    return c
+        _fp8_mm_autotuned[grid](*launch.args, **flags)
+    return launch.c

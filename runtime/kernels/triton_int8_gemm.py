@@ -15,6 +15,9 @@ Reference: `int8_mm_reference`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 from qcompile.runtime.kernels import triton_support
@@ -121,6 +124,54 @@ def vector_of(s: torch.Tensor | None, n: int) -> torch.Tensor | None:
     )
 
 
+@dataclass(frozen=True)
+class GemmLaunch:
+    """What `prepare_scaled_gemm` leaves a launcher: the output, and the kernel's arguments (None
+    when the output is already complete: an empty GEMM, or K = 0 computed by the reference)."""
+
+    c: torch.Tensor
+    args: tuple | None
+    has_scales: bool
+
+
+def prepare_scaled_gemm(
+    name: str,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    row_scale: torch.Tensor | None,
+    col_scale: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    out: torch.Tensor | None,
+    acc_dtype: torch.dtype,
+    reference: Callable[..., torch.Tensor],
+) -> GemmLaunch:
+    """The checks, output and argument list the int8 and FP8 GEMM kernels share (same signature,
+    same epilogue): shapes that multiply, both scales or none (a bias only with scales), the output
+    in ``out_dtype`` (``acc_dtype`` without scales), per-tensor scales broadcast to vectors."""
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"{name}: shapes {tuple(a.shape)} and {tuple(b.shape)} do not multiply")
+    if (row_scale is None) != (col_scale is None) or (bias is not None and row_scale is None):
+        raise ValueError(f"{name}: give both scales (and a bias only with scales), or none")
+    m, k = a.shape
+    n = b.shape[1]
+    has_scales = row_scale is not None
+    dtype = out_dtype if has_scales else acc_dtype
+    c = torch.empty((m, n), device=a.device, dtype=dtype) if out is None else out
+    if m == 0 or n == 0:
+        return GemmLaunch(c, None, has_scales)
+    if k == 0:
+        return GemmLaunch(c.copy_(reference(a, b, row_scale, col_scale, bias, dtype)), None, has_scales)
+    rs, cs = vector_of(row_scale, m), vector_of(col_scale, n)
+    bias_v = bias.reshape(n).contiguous() if bias is not None else None
+    dummy = c
+    args = (
+        a, b, c, rs if has_scales else dummy, cs if has_scales else dummy, bias_v if bias_v is not None else dummy,
+        m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
+    )  # fmt: skip
+    return GemmLaunch(c, args, has_scales)
+
+
 def int8_mm(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -135,38 +186,24 @@ def int8_mm(
     given (tests poison it to catch unwritten elements)."""
     if a.dtype != torch.int8 or b.dtype != torch.int8:
         raise TypeError(f"int8_mm takes int8 codes, got {a.dtype} and {b.dtype}")
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
-        raise ValueError(f"int8_mm: shapes {tuple(a.shape)} and {tuple(b.shape)} do not multiply")
-    if (row_scale is None) != (col_scale is None) or (bias is not None and row_scale is None):
-        raise ValueError("int8_mm: give both scales (and a bias only with scales), or none")
-    m, k = a.shape
-    n = b.shape[1]
-    has_scales = row_scale is not None
-    dtype = out_dtype if has_scales else torch.int32
-    c = torch.empty((m, n), device=a.device, dtype=dtype) if out is None else out
-    if m == 0 or n == 0:
-        return c
-    if k == 0:
-        return c.copy_(int8_mm_reference(a, b, row_scale, col_scale, bias, dtype))
-    rs, cs = vector_of(row_scale, m), vector_of(col_scale, n)
-    bias_v = bias.reshape(n).contiguous() if bias is not None else None
-    dummy = c
-    args = (
-        a, b, c, rs if has_scales else dummy, cs if has_scales else dummy, bias_v if bias_v is not None else dummy,
-        m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
-    )  # fmt: skip
+    launch = prepare_scaled_gemm(
+        "int8_mm", a, b, row_scale, col_scale, bias, out_dtype, out, torch.int32, int8_mm_reference
+    )
+    if launch.args is None:
+        return launch.c
+    m, n = launch.c.shape
+    flags = {"HAS_SCALES": launch.has_scales, "HAS_BIAS": bias is not None}
     if not triton_support.gpu_tiles(a.device):
         bm, bn, bk = 16, 16, 16
         grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
-        _int8_mm_kernel[grid](*args, HAS_SCALES=has_scales, HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn,
-                              BLOCK_K=bk, GROUP_M=4)  # fmt: skip
+        _int8_mm_kernel[grid](*launch.args, **flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=4)
     else:
 
         def grid(meta):
             return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
 
-        _int8_mm_autotuned[grid](*args, HAS_SCALES=has_scales, HAS_BIAS=bias is not None)
-    return c
+        _int8_mm_autotuned[grid](*launch.args, **flags)
+    return launch.c
 
 
 def forward_gemm(x, w, x_scale, w_scale, bias=None, out_dtype=torch.float32):
