@@ -93,8 +93,8 @@ def block_quantize_reference(
     elif scaling == "nv":
         q = _nv(xb, amax, xf.abs().amax(), fmt, element, ub)
     else:
-        safe = torch.where(amax > 0, amax / fmt.max_value, 1.0)
-        q = round_to_element(xb / safe, element, ub) * safe
+        codes, safe = _max_scaled_codes(xb, amax, fmt, element, ub)
+        q = codes * safe
     q = torch.where(amax < float("inf"), q, float("nan"))  # False for NaN and inf
     return _from_blocks(q, block, axis, x.shape).to(x.dtype)
 
@@ -139,10 +139,19 @@ def fp8_codes_reference(
         amax = xf.abs().amax(dim=axis, keepdim=True)
     else:
         amax = xf.abs().amax().reshape(group)
+    codes, safe = _max_scaled_codes(xf, amax, fmt, element, u)
+    return codes.to(FP8_DTYPES[element]), safe
+
+
+def _max_scaled_codes(
+    x: torch.Tensor, amax: torch.Tensor, fmt: ElementFormat, element: str, noise: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``"max"`` scaling, shared by `block_quantize_reference` and `fp8_codes_reference`: the
+    element-grid codes of ``x / scale`` and the FP32 ``scale = amax / max_value`` (1 for an
+    all-zero group). Codes of a group whose ``amax`` is NaN or inf are NaN."""
     safe = torch.where(amax > 0, amax / fmt.max_value, 1.0)
-    q = round_to_element(xf / safe, element, u)
-    q = torch.where(amax < float("inf"), q, float("nan"))
-    return q.to(FP8_DTYPES[element]), safe
+    codes = round_to_element(x / safe, element, noise)
+    return torch.where(amax < float("inf"), codes, float("nan")), safe
 
 
 def block_scale_bits(
