@@ -184,6 +184,12 @@ def compile_all(arch: int, n: int = 1024) -> list[CompiledKernel]:
             "pack int4": lambda: pack_codes(w8),
             "packed X·Wᵀ": lambda: packed_mm(pack_codes(a8.clamp(-7, 7)), pack_codes(w8).t(), rs, cs,
                                             out_dtype=torch.bfloat16),
+            # dgrad reads W packed along its GEMM's N axis, wgrad dYᵀ packed along its M axis, and
+            # a plain int8 operand beside a packed one (Triton 3.6 on an H200 failed to compile
+            # that last branch combination; 3.9 compiled it).
+            "packed dgrad dY·W": lambda: packed_mm(pack_codes(w8), pack_codes(w8), rs, cs),
+            "packed wgrad dYᵀ·X": lambda: packed_mm(pack_codes(w8).t(), pack_codes(w8), rs, cs),
+            "packed wgrad, plain dYᵀ": lambda: packed_mm(w8.t(), pack_codes(w8), rs, cs),
         }  # fmt: skip
         for dims, axis in (([], "tensor"), ([1], "row"), ([0], "column")):
             # The fused forward's quantizer writes codes and saved nibbles together (pack=True).

@@ -212,13 +212,80 @@ class Block(torch.nn.Module):
         return x + self.out(torch.nn.functional.gelu(self.fc(self.ln2(x))))
 
 
+# Kernel names by what they do, first match wins: the profile's categories.
+KERNEL_CATEGORIES = (
+    ("qcompile GEMM", ("_int8_mm_kernel", "_packed_mm_kernel", "_fp8_mm_kernel")),
+    ("qcompile quantizer", ("_int_quantize_kernel", "_luq_quantize_kernel", "_group_stats_kernel", "_pack_kernel")),
+    ("cuBLAS / CUTLASS GEMM", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "_int_mm", "aten::mm", "aten::addmm", "aten::bmm")),
+    ("attention (SDPA)", ("flash", "fmha", "attention")),
+    ("Inductor-generated", ("triton_",)),
+)  # fmt: skip
+PROFILE_STEPS = 3
+
+
+def kernel_category(name: str) -> str:
+    """`KERNEL_CATEGORIES`' label for a kernel (or, on CPU, an operator) name; ``"other"``."""
+    low = name.lower()
+    for label, keys in KERNEL_CATEGORIES:
+        if any(k.lower() in low for k in keys):
+            return label
+    return "other"
+
+
+def profile_step(step, device: str, steps: int = PROFILE_STEPS, top: int = 15) -> dict:
+    """Where one training step's time goes: ``steps`` steps under `torch.profiler`, each kernel's
+    self time on the device (on CPU: each operator's self CPU time), summed by
+    `kernel_category` and listed for the ``top`` kernels, in milliseconds per step. Why: the
+    step's time over BF16 is the sum of these, and the GEMM table alone cannot say which part of
+    the step loses it (quantizers, GEMM layouts, Inductor's own kernels)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.device(device).type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+    kernels = []
+    for e in prof.key_averages():
+        if cuda:
+            if e.device_type != torch.autograd.DeviceType.CUDA:
+                continue
+            us = e.self_device_time_total
+        else:
+            us = e.self_cpu_time_total
+        if us > 0:
+            kernels.append({"name": e.key[:160], "category": kernel_category(e.key),
+                            "ms_per_step": us / 1e3 / steps, "calls_per_step": e.count / steps})  # fmt: skip
+    kernels.sort(key=lambda k: -k["ms_per_step"])
+    categories: dict[str, float] = {}
+    for k in kernels:
+        categories[k["category"]] = categories.get(k["category"], 0.0) + k["ms_per_step"]
+    return {
+        "time": "device self time" if cuda else "CPU self time",
+        "steps": steps,
+        "total_ms_per_step": sum(categories.values()),
+        "categories": dict(sorted(categories.items(), key=lambda kv: -kv[1])),
+        "top_kernels": kernels[:top],
+    }
+
+
 def block_rows(
-    batch: int, seq: int, device: str = "cuda", d: int = 768, heads: int = 12, timer=None, only=None
+    batch: int,
+    seq: int,
+    device: str = "cuda",
+    d: int = 768,
+    heads: int = 12,
+    timer=None,
+    only=None,
+    profile: tuple[str, ...] = (),
 ) -> tuple[list[dict], str]:
     """One training step of `Block` per configuration: milliseconds (``timer``, default `bench`),
-    GEMM TFLOP/s, peak CUDA memory over one step, and for fqt how many GEMMs the plan puts on the
-    Triton kernels. ``device``/``d``/``heads``/``timer``/``only`` (configuration names) let a CPU
-    smoke test run the same code."""
+    GEMM TFLOP/s, peak CUDA memory over one step, for fqt how many GEMMs the plan puts on the
+    Triton kernels, and for the configurations named in ``profile`` where the step's time goes
+    (`profile_step`). ``device``/``d``/``heads``/``timer``/``only`` (configuration names) let a
+    CPU smoke test run the same code."""
     import qcompile
     from qcompile import Policy, Rule
 
@@ -243,7 +310,7 @@ def block_rows(
             dataclasses.replace(fqt, rules=(Rule.high_precision(op="attention.*", reason="fused SDPA"),)),
         ),
     }
-    unknown = sorted(set(only or ()) - set(configs))
+    unknown = sorted((set(only or ()) | set(profile)) - set(configs))
     if unknown:
         raise ValueError(f"unknown block configurations {unknown}; valid: {list(configs)}")
     configs = {k: v for k, v in configs.items() if only is None or k in only}
@@ -281,6 +348,8 @@ def block_rows(
             rows.append({"config": name, "error": f"{type(exc).__name__}: {exc}"[:500]})
             continue
         row = {"config": name, "ms": ms, "gemm_tflops": tflops(gemm_flops, ms), "peak_mib": peak}
+        if name in profile:
+            row["profile"] = profile_step(step, device)
         if backend == "fqt":
             plan = qcompile.plan(cm)
             plan_text = str(plan)
@@ -295,6 +364,17 @@ def block_rows(
     return rows, plan_text
 
 
+def print_profile(config: str, prof: dict) -> None:
+    """A profiled step's categories and top kernels, as tables."""
+    from tabulate import tabulate
+
+    total = prof["total_ms_per_step"]
+    print(tabulate([[c, f"{ms:.3f}", f"{ms / total:.0%}"] for c, ms in prof["categories"].items()],
+                   headers=[f"{config}: {prof['time']}", "ms/step", "share"]))  # fmt: skip
+    print(tabulate([[k["name"][:70], k["category"], f"{k['ms_per_step']:.3f}", f"{k['calls_per_step']:g}"]
+                    for k in prof["top_kernels"]], headers=["kernel", "category", "ms/step", "calls/step"]))  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -306,10 +386,18 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="block-step configurations to run, ';'-separated names (default: all)",
     )
+    parser.add_argument(
+        "--profile",
+        default="bf16 torch.compile;fqt luq-int4 (Triton int8 GEMMs)",
+        help="block-step configurations to profile (kernel time by category), ';'-separated ('' for none)",
+    )
     parser.add_argument("--no-quantizers", action="store_true", help="skip the quantizer-kernel section")
     parser.add_argument("--out", type=Path, default=RESULTS / "gpu_kernels.json")
     args = parser.parse_args(argv)
     only = tuple(c.strip() for c in args.block_configs.split(";") if c.strip()) or None
+    profiled = tuple(
+        c.strip() for c in args.profile.split(";") if c.strip() and (only is None or c.strip() in only)
+    )
     problem = gpu_problem()
     if problem:
         print(
@@ -348,13 +436,16 @@ def main(argv: list[str] | None = None) -> int:
     print(tabulate([[r["size"], r["kernel"], f"{r['ms']:.3f}", f"{r['tflops']:.1f}", f"{r['vs_bf16']:.2f}x",
                      f"{r['vs_int_mm']:.2f}x", f"{r['of_int8_peak']:.0%}"] for r in gemms],
                    headers=["M=N=K", "kernel", "ms", "TFLOP/s", "vs bf16", "vs _int_mm", "of int8 peak"]))  # fmt: skip
-    block, plan_text = block_rows(2 if args.quick else 8, 1024, only=only)
+    block, plan_text = block_rows(2 if args.quick else 8, 1024, only=only, profile=profiled)
     save(block_step=block, plan=plan_text)
     print(tabulate([[r["config"], f"{r['ms']:.2f}" if "ms" in r else r.get("error", ""),
                      f"{r.get('speedup_vs_bf16_compile', 0):.2f}x", f"{r.get('peak_mib') or 0:.0f}",
                      r.get("gemms_on_triton", "")] for r in block],
                    headers=["GPT-2-small block step", "ms", "vs bf16 compile", "peak MiB",
                             "GEMMs on triton"]))  # fmt: skip
+    for r in block:
+        if "profile" in r:
+            print_profile(r["config"], r["profile"])
     if plan_text:
         print(plan_text)
     if not args.no_quantizers:

@@ -153,6 +153,8 @@ if triton is not None:
                       L: tl.constexpr):  # fmt: skip
         """A tile of a 2-D operand (n_i x n_j); PACK: -1 plain int8, 0/1 packed along that axis in
         blocks of ``L`` bytes."""
+        # Every branch returns and nothing follows the chain: Triton 3.6 lost the names bound in
+        # the nested branches after an early return (NameError compiling PACK == 0 on an H200).
         mask = (offs_i < n_i)[:, None] & (offs_j < n_j)[None, :]
         if PACK == -1:
             return tl.load(
@@ -163,13 +165,17 @@ if triton is not None:
             byte = tl.load(
                 ptr + offs_i[:, None].to(tl.int64) * s_i + byte_j[None, :] * s_j, mask=mask, other=0
             )
-            shift = shift_j[None, :]
+            return _decode_nibbles(byte, shift_j[None, :], mask, ENC)
         else:
             byte_i, shift_i = _packed_index(offs_i, L)
             byte = tl.load(
                 ptr + byte_i[:, None].to(tl.int64) * s_i + offs_j[None, :] * s_j, mask=mask, other=0
             )
-            shift = shift_i[:, None]
+            return _decode_nibbles(byte, shift_i[:, None], mask, ENC)
+
+    @triton.jit
+    def _decode_nibbles(byte, shift, mask, ENC: tl.constexpr):
+        """int8 codes from the nibbles of ``byte`` at bit offsets ``shift``; 0 outside ``mask``."""
         nib = (byte.to(tl.int32) >> shift) & 0xF
         return tl.where(mask, _decode(nib, ENC), 0).to(tl.int8)
 

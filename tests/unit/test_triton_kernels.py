@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.kernel_device import kernels_testable, on_device
+from tests.kernel_device import epilogue_with_bias_matches, kernels_testable, on_device
 
 triton = pytest.importorskip("triton")
 
@@ -300,7 +300,7 @@ def test_int8_gemm_training_layouts_use_strides_and_exact_epilogue():
     x, w, dy = _codes((m, k), -7, 7, 2), _codes((n, k), -7, 7, 3), _codes((m, n), -64, 64, 4)
     sx, sw, bias = torch.rand(m) + 0.1, torch.rand(n) + 0.1, torch.randn(n)
     y = forward_gemm(x, w, sx, sw, bias)  # X·Wᵀ with W read through its strides
-    assert torch.equal(y, int8_mm_reference(x, w.t(), sx, sw, bias))
+    assert epilogue_with_bias_matches(y, int8_mm_reference, x, w.t(), sx, sw, bias)
     assert torch.allclose(y.double(), (x.double() * sx[:, None].double()) @ (w.double() * sw[:, None]).t()
                           + bias.double(), rtol=1e-5, atol=1e-5)  # fmt: skip
     s_dy, s_wk = torch.rand(m) + 0.1, torch.full((k,), 0.37)  # per-sample dY, per-tensor W
@@ -374,9 +374,8 @@ def test_packed_gemm_reads_nibbles_in_every_training_layout():
     px, pw, pdy = pack_codes(x, "int"), pack_codes(w, "int"), pack_codes(dy, "luq")
     poisoned = torch.full((m, n), float("nan"))
     # forward X·Wᵀ: Wᵀ is W packed along K, read through swapped strides
-    assert torch.equal(
-        packed_mm(px, pw.t(), rs, cs, bias, out=poisoned), int8_mm_reference(x, w.t(), rs, cs, bias)
-    )
+    y = packed_mm(px, pw.t(), rs, cs, bias, out=poisoned)
+    assert epilogue_with_bias_matches(y, int8_mm_reference, x, w.t(), rs, cs, bias)
     # dgrad dY·W: the same packed W, now packed along the GEMM's N axis
     assert torch.equal(packed_mm(pdy, pw, rs, ck), int8_mm_reference(dy, w, rs, ck))
     # wgrad dYᵀ·X: dYᵀ packed along its row axis, X packed along N; and a plain int8 operand mixed in
