@@ -179,8 +179,12 @@ def compile_all(arch: int, n: int = 1024) -> list[CompiledKernel]:
         calls = {
             "forward X·Wᵀ + bias": lambda: forward_gemm(a8, w8, rs, cs, bias, out_dtype=torch.bfloat16),
             "forward X·Wᵀ": lambda: forward_gemm(a8, w8, rs, cs, out_dtype=torch.bfloat16),
+            # The backward layouts as launched on a GPU (MN-major operands copied K-major) and
+            # read through their strides (k_major=False, the benchmark's comparison rows).
             "dgrad dY·W": lambda: dgrad_gemm(a8, w8, rs, cs, out_dtype=torch.float32),
             "wgrad dYᵀ·X": lambda: wgrad_gemm(a8, w8, rs, cs, out_dtype=torch.float32),
+            "dgrad dY·W, strided": lambda: dgrad_gemm(a8, w8, rs, cs, k_major=False),
+            "wgrad dYᵀ·X, strided": lambda: wgrad_gemm(a8, w8, rs, cs, k_major=False),
             "pack int4": lambda: pack_codes(w8),
             "packed X·Wᵀ": lambda: packed_mm(pack_codes(a8.clamp(-7, 7)), pack_codes(w8).t(), rs, cs,
                                             out_dtype=torch.bfloat16),
@@ -207,7 +211,9 @@ def compile_all(arch: int, n: int = 1024) -> list[CompiledKernel]:
                 fx, fw.t(), rs, cs, bias, out_dtype=torch.bfloat16
             )
             calls["fp8 dgrad dY·W"] = lambda: fp8_mm(fdy, fw, rs, cs)
-            calls["fp8 wgrad dYᵀ·X"] = lambda: fp8_mm(fdy.t(), fx, rs, cs)
+            calls["fp8 wgrad dYᵀ·X"] = lambda: fp8_mm(fdy.t(), fx, rs, cs)  # = the dgrad's build
+            calls["fp8 dgrad dY·W, strided"] = lambda: fp8_mm(fdy, fw, rs, cs, k_major=False)
+            calls["fp8 wgrad dYᵀ·X, strided"] = lambda: fp8_mm(fdy.t(), fx, rs, cs, k_major=False)
         for name, call in calls.items():
             drv.call = name
             call()

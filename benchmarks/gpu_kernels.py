@@ -9,8 +9,10 @@ with status 2 (nothing measured; distinct from 0 = measured, 1 = error).
 Sections (Triton's `do_bench`: median of repeated runs after warm-up):
   1. GEMMs M = N = K from 1024 to 8192: ``torch.mm`` in BF16 (cuBLAS), ``torch._int_mm``
      (cuBLAS int8 → int32), the Triton int8 GEMM with its scale epilogue in the forward
-     (X·Wᵀ), dgrad (dY·W) and wgrad (dYᵀ·X) layouts, and the fused path (quantize both operands to
-     codes + GEMM) and the GEMM reading 4-bit codes packed two per byte: TFLOP/s (TOP/s for
+     (X·Wᵀ), dgrad (dY·W) and wgrad (dYᵀ·X) layouts (the backward ones with their MN-major
+     operands copied K-major, the default, and read through strides), the fused path
+     (quantize both operands to codes + GEMM) and the GEMM reading 4-bit codes packed two per
+     byte: TFLOP/s (TOP/s for
      int8), ratio over BF16 and over ``_int_mm``, and the fraction of the device's measured int8
      peak (`int8_peak`: ``torch._int_mm`` at large square shapes, or any faster int8 row).
   2. A GPT-2-small-sized transformer block (d=768, 12 heads, MLP 3072, 8×1024 tokens): one full
@@ -94,8 +96,16 @@ def gemm_times(n: int) -> dict[str, float]:
         "bf16 torch.mm": bench(lambda: torch.mm(a16, b16)),
         "int8 torch._int_mm": bench(lambda: torch._int_mm(a8, b8.t())),
         "triton int8 fwd (X·Wᵀ)": bench(lambda: forward_gemm(a8, b8, rs, cs, out_dtype=bf16)),
+        # The backward layouts copy their MN-major operands K-major first (the default on a GPU,
+        # copy included in the time), and, beside it, read them through strides.
         "triton int8 dgrad (dY·W)": bench(lambda: dgrad_gemm(a8, b8, rs, cs, out_dtype=bf16)),
+        "triton int8 dgrad, strided W": bench(
+            lambda: dgrad_gemm(a8, b8, rs, cs, out_dtype=bf16, k_major=False)
+        ),
         "triton int8 wgrad (dYᵀ·X)": bench(lambda: wgrad_gemm(a8, b8, rs, cs, out_dtype=bf16)),
+        "triton int8 wgrad, strided": bench(
+            lambda: wgrad_gemm(a8, b8, rs, cs, out_dtype=bf16, k_major=False)
+        ),
         "triton packed-int4 fwd (nibbles)": bench(lambda: packed_mm(pa, pb.t(), rs, cs, out_dtype=bf16)),
         "fused LUQ+INT4 quantize + GEMM": bench(fused),
     }

@@ -10,8 +10,9 @@ compiler's own business (the plan's record, export observers, Inductor itself).
    ``POST_AOT_PREPARE`` (checkpoint replays unwrapped, forward outputs read, each GEMM's kernel
    chosen), then the backend shows the graph to an export observer, then ``POST_AOT_LOWER``
    (what backward saves read, layouts matched, the plan's facts read, layer markers stripped,
-   int8 GEMMs fused, higher-order-op bodies lowered, quantizers inlined as ATen). Inductor
-   compiles what comes out.
+   int8 GEMMs fused, higher-order-op bodies lowered, quantizers inlined as ATen). A graph for
+   Inductor then gets ``POST_AOT_INDUCTOR`` (the inlined random draws seeded Inductor's way) and
+   Inductor compiles what comes out; a graph run eagerly (graphs-only) does not.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from qcompile.passes.post_aot.gemm_kernel_choice import (
     demote_triton_gemms,
     saved_quantized_outputs,
 )
+from qcompile.passes.post_aot.inductor_random import seed_random_draws
 from qcompile.passes.post_aot.inline_quantizers import decompose_quantizers
 from qcompile.passes.post_aot.layer_markers import strip_layer_markers
 from qcompile.passes.post_aot.pack_round_trips import cancel_pack_round_trips
@@ -146,6 +148,11 @@ def _inline_quantizers(g: GraphInCompile) -> None:
     decompose_quantizers(g.gm)
 
 
+def _seed_random_draws(g: GraphInCompile) -> None:
+    for gm in (g.gm, *g.subgraphs):
+        seed_random_draws(gm)
+
+
 def _read_forward_layout(g: GraphInCompile) -> None:
     g.record.forward_channels_last = forward_uses_channels_last(g.gm)
 
@@ -167,6 +174,8 @@ POST_AOT_LOWER: Sequence[PostAotPass] = (
     PostAotPass("inline_quantizers", _inline_quantizers),
     PostAotPass("read_forward_layout", _read_forward_layout, ("forward",)),
 )
+# Only where Inductor compiles the graph (not in eager graphs-only runs: see `seed_random_draws`).
+POST_AOT_INDUCTOR: Sequence[PostAotPass] = (PostAotPass("seed_random_draws", _seed_random_draws),)
 
 
 def run_post_aot(passes: Sequence[PostAotPass], graph: GraphInCompile) -> None:

@@ -12,14 +12,12 @@ cannot. The partitioned graphs are functional (no mutation through a view), so t
 those the compiled graph computes. Adding ``.contiguous()`` to the decompositions instead would
 change the graphs Inductor compiles (it gave NaN on an AVX2 CPU).
 
-`run_eagerly` applies the rewrite only to a graph whose run failed that way, because rewriting
-recompiles the graph's Python code, and that code is older than the graph: `inline_quantizers`
-runs Inductor's `replace_random_passes` after its last recompile, so an eager run draws the
-quantizers' seeds with ``aten.randint`` where Inductor's code uses its seed ops. Recompiling every
-graph changed which seeds the layers of a gradient-checkpointed HF BERT drew (its graphs-only test
-compares it bit for bit with the model without checkpointing). Which of the two an eager run
-should follow is an open question (docs/testing.md); until it is settled, graphs that ran keep
-running as they did.
+`run_eagerly` applies the rewrite only to a graph whose run failed that way: a graph that runs
+is left exactly as it is. (Recompiling a graph used to be a hazard here: `inline_quantizers` ran
+Inductor's ``replace_random_passes`` after its last recompile, so the code eager runs executed
+was older than the graph, and a recompile switched a gradient-checkpointed HF BERT's draws.
+The seeding is now its own pass, `inductor_random.seed_random_draws`, run only where Inductor
+compiles, so a lowered graph's code is its graph.)
 """
 
 from __future__ import annotations

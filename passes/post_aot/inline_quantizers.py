@@ -127,14 +127,6 @@ def decompose_quantizers(gm: fx.GraphModule) -> fx.GraphModule:
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.recompile()
-    # Inductor turns aten.rand into its seeded Philox-style random ops in a joint-graph pass that
-    # has already run; run it for the random draws the quantizers just brought in.
-    from torch._inductor.fx_passes.replace_random import replace_random_passes
-    from torch._inductor.virtualized import V
-
-    graph_fake_mode = next(
-        (n.meta["val"].fake_mode for n in gm.graph.nodes if isinstance(n.meta.get("val"), FakeTensor)), None
-    )
-    with V.set_fake_mode(graph_fake_mode) if graph_fake_mode is not None else contextlib.nullcontext():
-        replace_random_passes(gm)
+    # The quantizers' draws stay aten.rand here; `inductor_random.seed_random_draws` seeds them
+    # Inductor's way where Inductor compiles the graph.
     return gm

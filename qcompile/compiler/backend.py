@@ -26,6 +26,7 @@ from qcompile.compiler.quantizer_binding import bind_state
 from qcompile.passes import KERNEL_MODES
 from qcompile.passes.pipeline import (
     JOINT_PASS,
+    POST_AOT_INDUCTOR,
     POST_AOT_LOWER,
     POST_AOT_PREPARE,
     PRE_AOT,
@@ -84,6 +85,7 @@ def _inner_compile(
         from torch._functorch.aot_autograd import make_boxed_func  # them eagerly, skip Inductor
 
         return make_boxed_func(run_eagerly(gm))
+    run_post_aot(POST_AOT_INDUCTOR, graph)
     compiled = compile_fx_inner(gm, example_inputs, **kwargs)
     if kind != "forward":  # the record is complete: keep it for AOTAutograd cache hits
         plan_store.save(store_key, record)

@@ -130,6 +130,7 @@ def fp8_mm(
     out_dtype: torch.dtype = torch.float32,
     out: torch.Tensor | None = None,
     max_num_imprecise_acc: int | None = 0,
+    k_major: bool | None = None,
 ) -> torch.Tensor:
     """``C[M,N] = diag(row_scale) · (A[M,K] · B[K,N]) · diag(col_scale) (+ bias)`` on FP8 codes
     (E4M3 or E5M2, each operand either) of any strides, FP32 accumulation. Scales are per row of
@@ -138,11 +139,12 @@ def fp8_mm(
     is ``tl.dot``'s: how many products Hopper's tensor cores may add in their reduced-precision
     accumulator before the sum moves to FP32 (0, the default: every instruction's; larger values
     trade accuracy for speed, measured by `benchmarks/gpu_fp8_gemm.py`; at most the tile's
-    BLOCK_K, 64; None: Triton's default, which on sm_90 never moves them)."""
+    BLOCK_K, 64; None: Triton's default, which on sm_90 never moves them). ``k_major``: copy
+    MN-major operands K-major before the launch (`prepare_scaled_gemm`; default: on a GPU)."""
     if a.dtype not in FP8_DTYPES or b.dtype not in FP8_DTYPES:
         raise TypeError(f"fp8_mm takes float8_e4m3fn / float8_e5m2 codes, got {a.dtype} and {b.dtype}")
     launch = prepare_scaled_gemm(
-        "fp8_mm", a, b, row_scale, col_scale, bias, out_dtype, out, torch.float32, fp8_mm_reference
+        "fp8_mm", a, b, row_scale, col_scale, bias, out_dtype, out, torch.float32, fp8_mm_reference, k_major
     )
     if launch.args is None:
         return launch.c

@@ -134,6 +134,21 @@ class GemmLaunch:
     has_scales: bool
 
 
+def k_major_operands(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``A[M,K]`` and ``B[K,N]`` with K the contiguous axis of both, copied only where it is not.
+
+    Why: Hopper's warpgroup MMA reads 8-bit operands from shared memory K-major only (MN-major,
+    "transposed", operands are a 16-bit feature; cuBLASLt's TN-only rule for FP8 is the same
+    limit). Read through MN-major strides, the backward layouts ran at 0.37–0.42× (dgrad, W read
+    along its rows) and 0.14–0.15× (wgrad, both operands) of BF16 on an H200, against 1.39–1.55×
+    for the K-major forward; a copy of 1-byte codes costs a small fraction of such a GEMM."""
+    if a.stride(1) != 1 and a.shape[1] > 1:
+        a = a.contiguous()
+    if b.stride(0) != 1 and b.shape[0] > 1:
+        b = b.t().contiguous().t()
+    return a, b
+
+
 def prepare_scaled_gemm(
     name: str,
     a: torch.Tensor,
@@ -145,10 +160,14 @@ def prepare_scaled_gemm(
     out: torch.Tensor | None,
     acc_dtype: torch.dtype,
     reference: Callable[..., torch.Tensor],
+    k_major: bool | None = None,
 ) -> GemmLaunch:
     """The checks, output and argument list the int8 and FP8 GEMM kernels share (same signature,
     same epilogue): shapes that multiply, both scales or none (a bias only with scales), the output
-    in ``out_dtype`` (``acc_dtype`` without scales), per-tensor scales broadcast to vectors."""
+    in ``out_dtype`` (``acc_dtype`` without scales), per-tensor scales broadcast to vectors, and
+    the operands made K-major first (`k_major_operands`) when ``k_major`` is true; ``None``
+    means on a GPU (`triton_support.gpu_tiles`), not under the interpreter, where strides cost
+    nothing."""
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"{name}: shapes {tuple(a.shape)} and {tuple(b.shape)} do not multiply")
     if (row_scale is None) != (col_scale is None) or (bias is not None and row_scale is None):
@@ -162,6 +181,8 @@ def prepare_scaled_gemm(
         return GemmLaunch(c, None, has_scales)
     if k == 0:
         return GemmLaunch(c.copy_(reference(a, b, row_scale, col_scale, bias, dtype)), None, has_scales)
+    if triton_support.gpu_tiles(a.device) if k_major is None else k_major:
+        a, b = k_major_operands(a, b)
     rs, cs = vector_of(row_scale, m), vector_of(col_scale, n)
     bias_v = bias.reshape(n).contiguous() if bias is not None else None
     dummy = c
@@ -180,14 +201,17 @@ def int8_mm(
     bias: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.float32,
     out: torch.Tensor | None = None,
+    k_major: bool | None = None,
 ) -> torch.Tensor:
     """``C[M,N] = diag(row_scale) · (A[M,K] · B[K,N]) · diag(col_scale) (+ bias)`` on int8 codes of
     any strides (int32 accumulation). Without scales: the int32 product itself. ``out`` may be
-    given (tests poison it to catch unwritten elements)."""
+    given (tests poison it to catch unwritten elements). ``k_major``: copy MN-major operands
+    K-major before the launch (`prepare_scaled_gemm`; default: on a GPU); False reads them
+    through their strides."""
     if a.dtype != torch.int8 or b.dtype != torch.int8:
         raise TypeError(f"int8_mm takes int8 codes, got {a.dtype} and {b.dtype}")
     launch = prepare_scaled_gemm(
-        "int8_mm", a, b, row_scale, col_scale, bias, out_dtype, out, torch.int32, int8_mm_reference
+        "int8_mm", a, b, row_scale, col_scale, bias, out_dtype, out, torch.int32, int8_mm_reference, k_major
     )
     if launch.args is None:
         return launch.c
@@ -206,19 +230,21 @@ def int8_mm(
     return launch.c
 
 
-def forward_gemm(x, w, x_scale, w_scale, bias=None, out_dtype=torch.float32):
+def forward_gemm(x, w, x_scale, w_scale, bias=None, out_dtype=torch.float32, k_major=None):
     """``Y = X·Wᵀ`` from X codes [M,K] (per-row or per-tensor scale) and W codes [N,K] (per-output-
-    channel or per-tensor scale); Wᵀ is read through its strides."""
-    return int8_mm(x, w.t(), x_scale, w_scale, bias, out_dtype)
+    channel or per-tensor scale); Wᵀ is read through its strides (already K-major)."""
+    return int8_mm(x, w.t(), x_scale, w_scale, bias, out_dtype, k_major=k_major)
 
 
-def dgrad_gemm(dy, w, dy_scale, w_scale, out_dtype=torch.float32):
+def dgrad_gemm(dy, w, dy_scale, w_scale, out_dtype=torch.float32, k_major=None):
     """``dX = dY·W`` from dY codes [M,N] (per-sample scale) and W codes [N,K] (per-tensor scale,
-    or per-input-channel: the axis dgrad does not contract)."""
-    return int8_mm(dy, w, dy_scale, w_scale, None, out_dtype)
+    or per-input-channel: the axis dgrad does not contract). W is MN-major here: on a GPU it is
+    copied K-major first unless ``k_major=False``."""
+    return int8_mm(dy, w, dy_scale, w_scale, None, out_dtype, k_major=k_major)
 
 
-def wgrad_gemm(dy, x, dy_scale, x_scale, out_dtype=torch.float32):
+def wgrad_gemm(dy, x, dy_scale, x_scale, out_dtype=torch.float32, k_major=None):
     """``dW = dYᵀ·X`` from dY codes [M,N] (per-channel scale: length N) and X codes [M,K]
-    (per-tensor, or per-column scale of length K); dYᵀ is read through its strides."""
-    return int8_mm(dy.t(), x, dy_scale, x_scale, None, out_dtype)
+    (per-tensor, or per-column scale of length K); dYᵀ is a strided view. Both operands are
+    MN-major here: on a GPU they are copied K-major first unless ``k_major=False``."""
+    return int8_mm(dy.t(), x, dy_scale, x_scale, None, out_dtype, k_major=k_major)

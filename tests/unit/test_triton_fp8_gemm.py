@@ -167,6 +167,18 @@ def test_fp8_gemm_training_layouts_use_strides_and_exact_epilogue():
 
 
 @kernel_test
+@pytest.mark.parametrize("k_major", [True, False])
+def test_fp8_backward_layouts_give_the_same_result_with_operands_copied_k_major(k_major):
+    """dgrad (W MN-major) and wgrad (both MN-major) with the operands copied K-major first (a
+    GPU's default) or read through their strides: the float64 product's value bit for bit."""
+    m, n, k = 23, 19, 37
+    x, w, dy = _exact_codes((m, k), E4M3, 6), _exact_codes((n, k), E4M3, 7), _exact_codes((m, n), E5M2, 8)
+    sm, sn, sk = torch.rand(m) + 0.1, torch.rand(n) + 0.1, torch.rand(k) + 0.1
+    assert torch.equal(fp8_mm(dy, w, sm, sk, k_major=k_major), fp8_mm_reference(dy, w, sm, sk))
+    assert torch.equal(fp8_mm(dy.t(), x, sn, sk, k_major=k_major), fp8_mm_reference(dy.t(), x, sn, sk))
+
+
+@kernel_test
 def test_fp8_gemm_on_full_range_codes_is_within_the_fp32_summation_bound():
     """Codes of real data (subnormals to 448): FP32 sums round, by at most ``K·2^-24·Σ|a||b|``
     in any order; the quantized operands' product, scales included, is the simulation's."""

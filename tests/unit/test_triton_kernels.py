@@ -316,6 +316,37 @@ def test_int8_gemm_training_layouts_use_strides_and_exact_epilogue():
     assert torch.equal(y1, int8_mm_reference(x, w.t(), s_x.expand(m), s_w.expand(n)))
 
 
+@pytest.mark.parametrize("k_major", [True, False])
+def test_int8_gemm_gives_the_same_result_with_operands_copied_k_major(k_major):
+    """``k_major=True`` (a GPU's default) copies MN-major operands K-major before the launch,
+    ``False`` reads them through their strides: the same numbers bit for bit, in every layout."""
+    m, n, k = 21, 19, 37
+    x, w, dy = _codes((m, k), -7, 7, 5), _codes((n, k), -7, 7, 6), _codes((m, n), -64, 64, 7)
+    sm, sn, sk, bias = torch.rand(m) + 0.1, torch.rand(n) + 0.1, torch.rand(k) + 0.1, torch.randn(n)
+    y = forward_gemm(x, w, sm, sn, bias, k_major=k_major)
+    assert epilogue_with_bias_matches(y, int8_mm_reference, x, w.t(), sm, sn, bias)
+    assert torch.equal(dgrad_gemm(dy, w, sm, sk, k_major=k_major), int8_mm_reference(dy, w, sm, sk))
+    dw = wgrad_gemm(dy, x, sn, sk, k_major=k_major)
+    assert torch.equal(dw, int8_mm_reference(dy.t(), x, sn, sk))
+    assert torch.equal(int8_mm(dy.t(), x, k_major=k_major), int8_mm_reference(dy.t(), x))  # int32
+
+
+def test_k_major_operands_copies_only_mn_major_operands():
+    """Forward's operands (X, and Wᵀ as a view of W) are K-major already and are not copied;
+    dgrad's W and both of wgrad's operands are, into K-major storage of the same values."""
+    x, w, dy = _codes((8, 12), -7, 7, 8), _codes((5, 12), -7, 7, 9), _codes((8, 5), -64, 64, 10)
+    k_major = triton_int8_gemm.k_major_operands
+    a, b = k_major(x, w.t())
+    assert a.data_ptr() == x.data_ptr() and b.data_ptr() == w.data_ptr()
+    for a0, b0 in ((dy, w), (dy.t(), x)):  # dgrad dY·W, wgrad dYᵀ·X
+        a, b = k_major(a0, b0)
+        assert a.stride(1) == 1 and b.stride(0) == 1
+        assert torch.equal(a, a0) and torch.equal(b, b0)
+    assert b.data_ptr() != x.data_ptr() and a.data_ptr() != dy.data_ptr()
+    one = torch.ones(3, 1, dtype=torch.int8)  # K = 1: every layout is K-major, nothing copied
+    assert k_major(one, one.t())[0].data_ptr() == one.data_ptr()
+
+
 def test_int8_gemm_poisoned_float_output_and_low_precision_cast():
     m, n, k = 21, 35, 18
     a, b = _codes((m, k), -64, 64, 5), _codes((n, k), -7, 7, 6)
