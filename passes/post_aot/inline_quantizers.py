@@ -65,18 +65,40 @@ def _trace(fn, consts: list, tensor_pos: list[int], fakes: list, decompositions)
         )(*fakes)
 
 
+# Devices on which a graph whose GEMMs run the Triton int8 kernel gets its quantizers (the codes
+# ops) as Inductor's generated code, as the CPU integer path always does, instead of qcompile's
+# Triton quantizer kernels. None by default. On an H200 those kernels reached 64–225 GB/s and
+# Inductor's code of the same quantizers was 1.6–7× faster (`benchmarks/gpu_kernels.py`, its
+# quantizer table); whether that carries over to the training step is what the benchmark's
+# block configuration "quantizers in Inductor's code" (which sets this to ("cuda",)) measures.
+INDUCTOR_QUANTIZERS_ON: tuple[str, ...] = ()
+
+
 def uses_cpu_int8(gm: fx.GraphModule) -> bool:
     """The graph runs GEMMs on the CPU integer kernel (`fuse_triton_gemms` put them there)."""
     return any(n.target is torch.ops.qcompile.scaled_int8_gemm_cpu.default for n in gm.graph.nodes)
 
 
+def inlines_codes(gm: fx.GraphModule) -> bool:
+    """The codes ops become Inductor code: on the CPU integer path, and on the Triton int8 path
+    on the devices of `INDUCTOR_QUANTIZERS_ON`."""
+    if uses_cpu_int8(gm):
+        return True
+    return any(
+        n.target is torch.ops.qcompile.scaled_int8_gemm.default
+        and getattr(getattr(n.meta.get("val"), "device", None), "type", None) in INDUCTOR_QUANTIZERS_ON
+        for n in gm.graph.nodes
+    )
+
+
 def decompose_quantizers(gm: fx.GraphModule) -> fx.GraphModule:
     """In place; returns ``gm``. Graphs without qcompile ops are returned unchanged.
 
-    In a graph on the CPU integer path (`uses_cpu_int8`) the codes ops are inlined too, so the
-    quantizers write their int8 codes in Inductor's loops; elsewhere they stay opaque (Triton)."""
+    In a graph on the CPU integer path (`uses_cpu_int8`), or on the Triton path of a device in
+    `INDUCTOR_QUANTIZERS_ON`, the codes ops are inlined too, so the quantizers write their int8
+    codes in Inductor's loops; elsewhere they stay opaque (Triton)."""
     table = dict(QUANTIZER_DECOMPOSITIONS)
-    if uses_cpu_int8(gm):
+    if inlines_codes(gm):
         table.update(CPU_INT8_DECOMPOSITIONS)
     targets = [n for n in gm.graph.nodes if n.op == "call_function" and n.target in table]
     if not targets:

@@ -132,6 +132,10 @@ def test_gpu_block_step_configurations_run_on_cpu(monkeypatch):
     assert gpu_kernels.kernel_category("_luq_quantize_kernel") == "qcompile quantizer"
     assert gpu_kernels.kernel_category("triton_poi_fused_add_0") == "Inductor-generated"
     assert gpu_kernels.kernel_category("sm90_xmma_gemm_bf16bf16") == "cuBLAS / CUTLASS GEMM"
+    # The quantizer-placement switch one configuration sets is back to its default afterwards.
+    from qcompile.passes.post_aot import inline_quantizers
+
+    assert inline_quantizers.INDUCTOR_QUANTIZERS_ON == ()
     assert [r.get("error") for r in rows] == [None] * 2, rows
     assert all(r["ms"] == 1.0 and r["peak_mib"] is None and r["speedup_vs_bf16_compile"] == 1.0 for r in rows)
     # On CPU nothing runs on the Triton kernels. The plan counts three roles of the four linear

@@ -203,11 +203,33 @@ def _mlp():
     )
 
 
-def test_backend_routes_gemms_to_triton_and_matches_inductor_path(fuse_on_cpu, monkeypatch):
+@pytest.mark.parametrize("quantizers", ["triton", "inductor"])
+def test_backend_routes_gemms_to_triton_and_matches_inductor_path(fuse_on_cpu, monkeypatch, quantizers):
     """fqt with deterministic INT4 gradients: the fused step equals the Inductor step, and the
-    plan names the kernel each GEMM ran (read from the compiled graphs)."""
+    plan names the kernel each GEMM ran (read from the compiled graphs). The quantizers feeding
+    the Triton GEMMs run as qcompile's Triton kernels, or (``INDUCTOR_QUANTIZERS_ON``) as
+    Inductor's code of the same ops: the same numbers either way."""
     import qcompile
     from qcompile import Policy
+
+    inline = importlib.import_module("qcompile.passes.post_aot.inline_quantizers")
+    pipeline = importlib.import_module("qcompile.passes.pipeline")
+    if quantizers == "inductor":
+        monkeypatch.setattr(inline, "INDUCTOR_QUANTIZERS_ON", ("cpu",))
+    codes_ops = {
+        q.quantize_codes.default,
+        q.int_quantize_packed_codes.default,
+        q.kernel_requantize_codes.default,
+    }
+    left: list[int] = []  # codes ops each fused graph still calls once lowered
+
+    def spy_lowering(gm):
+        out = inline.decompose_quantizers(gm)
+        if any(n.target is q.scaled_int8_gemm.default for n in gm.graph.nodes):
+            left.append(sum(n.target in codes_ops for n in gm.graph.nodes))
+        return out
+
+    monkeypatch.setattr(pipeline, "decompose_quantizers", spy_lowering)
 
     policy = Policy(name="int4-grads", grad_dgrad="int4", grad_wgrad="int4")
     x = torch.randn(2, 9, 16, generator=torch.Generator().manual_seed(1))
@@ -230,6 +252,7 @@ def test_backend_routes_gemms_to_triton_and_matches_inductor_path(fuse_on_cpu, m
     # once and with the forward's Triton quantizer: which quantizers run there is carried from
     # the forward compile to the backward's.
     assert sum(n.target is q.kernel_requantize_codes.default for n in fused) == 1
+    assert len(left) == 2 and (all(k > 0 for k in left) if quantizers == "triton" else left == [0, 0]), left
     monkeypatch.setattr(choice, "FUSE_ON_DEVICES", ("cuda",))
     torch._dynamo.reset()
     out_p, grads_p, plan_p = step(plain_model)
