@@ -60,10 +60,21 @@ def source_fingerprint() -> str:
     return digest.hexdigest()[:32]
 
 
+def lowering_switches() -> str:
+    """The module-level switches that change what a graph lowers to without changing the graph
+    Dynamo hands over (which devices fuse Triton GEMMs, which take Inductor's quantizers): part
+    of the cache key, so a cached compile made under other switches is not handed back."""
+    from qcompile.passes.post_aot import gemm_kernel_choice, inline_quantizers
+
+    return f"fuse={','.join(gemm_kernel_choice.FUSE_ON_DEVICES)};iq={','.join(inline_quantizers.INDUCTOR_QUANTIZERS_ON)}"
+
+
 def cache_key_tag() -> str:
-    """torch's cache key tag with qcompile's source fingerprint added (see module docstring)."""
+    """torch's cache key tag with qcompile's source fingerprint and `lowering_switches` added
+    (see module docstring)."""
+    ours = f"qcompile-{source_fingerprint()}-{lowering_switches()}"
     user = torch.compiler.config.cache_key_tag
-    return f"{user}|qcompile-{source_fingerprint()}" if user else f"qcompile-{source_fingerprint()}"
+    return f"{user}|{ours}" if user else ours
 
 
 def _plain(value: Any) -> bool:

@@ -203,8 +203,20 @@ def _mlp():
     )
 
 
+@pytest.fixture
+def no_compile_cache():
+    """Spies on the passes must see them run: no compile handed back from an earlier run's cache."""
+    with (
+        torch._functorch.config.patch(enable_autograd_cache=False),
+        torch._inductor.config.patch(fx_graph_cache=False),
+    ):
+        yield
+
+
 @pytest.mark.parametrize("quantizers", ["triton", "inductor"])
-def test_backend_routes_gemms_to_triton_and_matches_inductor_path(fuse_on_cpu, monkeypatch, quantizers):
+def test_backend_routes_gemms_to_triton_and_matches_inductor_path(
+    fuse_on_cpu, no_compile_cache, monkeypatch, quantizers
+):
     """fqt with deterministic INT4 gradients: the fused step equals the Inductor step, and the
     plan names the kernel each GEMM ran (read from the compiled graphs). The quantizers feeding
     the Triton GEMMs run as qcompile's Triton kernels, or (``INDUCTOR_QUANTIZERS_ON``) as
