@@ -332,53 +332,55 @@ def block_rows(
     cuda = torch.device(device).type == "cuda"
     inline = importlib.import_module("qcompile.passes.post_aot.inline_quantizers")
     default_inline = inline.INDUCTOR_QUANTIZERS_ON
-    for name, (backend, policy) in configs.items():
-        # Read when the graphs compile (the first step below); restored after each configuration.
-        inline.INDUCTOR_QUANTIZERS_ON = (
-            (torch.device(device).type,) if name == INDUCTOR_QUANTIZERS else default_inline
-        )
-        torch._dynamo.reset()
-        torch.manual_seed(0)
-        model = Block(d, heads).to(device)
-        opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-        options = {"policy": policy} if policy is not None else None
-        cm = (
-            torch.compile(model, backend=backend, options=options)
-            if backend == "fqt"
-            else torch.compile(model)
-        )
+    try:
+        for name, (backend, policy) in configs.items():
+            # Read when the graphs compile (the first step below); restored below.
+            inline.INDUCTOR_QUANTIZERS_ON = (
+                (torch.device(device).type,) if name == INDUCTOR_QUANTIZERS else default_inline
+            )
+            torch._dynamo.reset()
+            torch.manual_seed(0)
+            model = Block(d, heads).to(device)
+            opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+            options = {"policy": policy} if policy is not None else None
+            cm = (
+                torch.compile(model, backend=backend, options=options)
+                if backend == "fqt"
+                else torch.compile(model)
+            )
 
-        def step(cm=cm, opt=opt):
-            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
-                loss = cm(x).float().square().mean()
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            def step(cm=cm, opt=opt):
+                with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+                    loss = cm(x).float().square().mean()
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
 
-        try:
-            step()  # compile outside the timed region and the memory reading
-            peak = None
-            if cuda:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                step()
-                torch.cuda.synchronize()
-                peak = torch.cuda.max_memory_allocated() / 2**20
-            ms = timer(step)
-        except Exception as exc:  # report, do not hide: the JSON says this config failed and why
-            rows.append({"config": name, "error": f"{type(exc).__name__}: {exc}"[:500]})
-            continue
-        row = {"config": name, "ms": ms, "gemm_tflops": tflops(gemm_flops, ms), "peak_mib": peak}
-        if name in profile:
-            row["profile"] = profile_step(step, device)
-        if backend == "fqt":
-            plan = qcompile.plan(cm)
-            plan_text = str(plan)
-            kernels = [k for r in plan for k in r.kernels().values()]
-            row["gemms_on_triton"] = sum(k.startswith("triton") for k in kernels)
-            row["gemms_total"] = len(kernels)
-        rows.append(row)
-    inline.INDUCTOR_QUANTIZERS_ON = default_inline
+            try:
+                step()  # compile outside the timed region and the memory reading
+                peak = None
+                if cuda:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                    step()
+                    torch.cuda.synchronize()
+                    peak = torch.cuda.max_memory_allocated() / 2**20
+                ms = timer(step)
+            except Exception as exc:  # report, do not hide: the JSON says this config failed and why
+                rows.append({"config": name, "error": f"{type(exc).__name__}: {exc}"[:500]})
+                continue
+            row = {"config": name, "ms": ms, "gemm_tflops": tflops(gemm_flops, ms), "peak_mib": peak}
+            if name in profile:
+                row["profile"] = profile_step(step, device)
+            if backend == "fqt":
+                plan = qcompile.plan(cm)
+                plan_text = str(plan)
+                kernels = [k for r in plan for k in r.kernels().values()]
+                row["gemms_on_triton"] = sum(k.startswith("triton") for k in kernels)
+                row["gemms_total"] = len(kernels)
+            rows.append(row)
+    finally:  # the switch is module state: back to its default whatever happened
+        inline.INDUCTOR_QUANTIZERS_ON = default_inline
     base = next((r for r in rows if r["config"].startswith("bf16") and "ms" in r), None)
     for r in rows:
         if base is not None and "ms" in r:

@@ -181,7 +181,8 @@ def prepare_scaled_gemm(
         return GemmLaunch(c, None, has_scales)
     if k == 0:
         return GemmLaunch(c.copy_(reference(a, b, row_scale, col_scale, bias, dtype)), None, has_scales)
-    if triton_support.gpu_tiles(a.device) if k_major is None else k_major:
+    copy_k_major = triton_support.gpu_tiles(a.device) if k_major is None else k_major
+    if copy_k_major:
         a, b = k_major_operands(a, b)
     rs, cs = vector_of(row_scale, m), vector_of(col_scale, n)
     bias_v = bias.reshape(n).contiguous() if bias is not None else None
